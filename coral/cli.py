@@ -1,0 +1,131 @@
+"""`python -m coral <stage> ...`: every pipeline stage without Snakemake.
+
+Each stage reads the same config.yaml (choose a preset with --preset) and writes the same
+artifacts as the workflow rule of the same name.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from coral import config as config_module
+
+
+def setup_job(log: str | Path | None, threads: int | None) -> None:
+    """Send logging and stderr (progress bars) to `log` (a rule's log file, or None for the console)
+    and set torch's thread count."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        sys.stderr = open(log, "w", buffering=1)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _config(args) -> dict:
+    return config_module.load(args.config, args.preset)
+
+
+def _cmd_check_config(args) -> None:
+    cfg = _config(args)
+    print(f"{args.config}: valid (preset {cfg['preset']!r}, methods {', '.join(cfg['methods'])})")
+
+
+def _cmd_subsample(args) -> None:
+    from coral.data import write_split
+    cfg = _config(args)
+    write_split(cfg["data"], args.rho, args.out_split, args.out_counts)
+
+
+def _cmd_train_classifier(args) -> None:
+    from coral.classifier import train_classifier
+    cfg = _config(args)
+    train_classifier(cfg["data"], cfg["classifier"], args.out_checkpoint, args.out_json)
+
+
+def _cmd_train(args) -> None:
+    from coral.train import train
+    cfg = _config(args)
+    run_cfg = config_module.run_config(cfg, cfg["data"]["dataset"], args.rho, args.method, args.seed)
+    train(run_cfg, args.split, args.run_dir)
+
+
+def _cmd_sample(args) -> None:
+    from coral.sample import sample
+    cfg = _config(args)
+    sample(args.checkpoint, cfg["sample"], args.out_npz, args.out_png)
+
+
+def _cmd_evaluate(args) -> None:
+    from coral.metrics import evaluate
+    cfg = _config(args)
+    evaluate(args.samples, cfg["data"], args.split, args.classifier, cfg["evaluate"], args.out_json,
+             args.out_per_class)
+
+
+def _cmd_latent(args) -> None:
+    from coral.latent import run_latent
+    cfg = _config(args)
+    run_latent(args.checkpoint, args.split, cfg["latent"], args.out_npz, args.out_json, args.out_png)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coral", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True)
+
+    def stage(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", default="config.yaml", help="config file (default: config.yaml)")
+        p.add_argument("--preset", default=None, help="preset to apply (default: the file's `preset` key)")
+        p.add_argument("--log", default=None, help="write logs and progress to this file")
+        p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+        p.set_defaults(func=func)
+        return p
+
+    stage("check-config", _cmd_check_config, "validate a config and exit")
+    p = stage("subsample", _cmd_subsample, "write the long-tailed split")
+    p.add_argument("--rho", type=float, required=True)
+    p.add_argument("--out-split", required=True)
+    p.add_argument("--out-counts", required=True)
+    p = stage("train-classifier", _cmd_train_classifier, "train the evaluation classifier")
+    p.add_argument("--out-checkpoint", required=True)
+    p.add_argument("--out-json", required=True)
+    p = stage("train", _cmd_train, "train (or resume) one diffusion run")
+    p.add_argument("--rho", type=float, required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", required=True)
+    p.add_argument("--run-dir", required=True)
+    p = stage("sample", _cmd_sample, "generate images from a run")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out-npz", required=True)
+    p.add_argument("--out-png", required=True)
+    p = stage("evaluate", _cmd_evaluate, "metrics of a sample set")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-per-class", required=True)
+    p = stage("latent", _cmd_latent, "bottleneck features, t-SNE and separation scores of a run")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", required=True)
+    p.add_argument("--out-npz", required=True)
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-png", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_job(args.log, args.threads)
+    try:
+        args.func(args)
+    except config_module.ConfigError as err:
+        print(f"config error: {err}", file=sys.__stderr__)
+        return 2
+    return 0

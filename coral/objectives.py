@@ -1,0 +1,224 @@
+"""Training objectives of SPEC section 4, one small class each, chosen by name.
+
+Every objective maps (model, x0, y, y_in, t, noise) to a dict of scalar loss terms whose
+"loss" entry is optimised; the other entries are logged. `y` holds the true labels and
+`y_in` the labels the network sees (-1 where guidance training dropped them).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from coral.diffusion import Diffusion
+from coral.unet import UNet
+
+
+def drop_labels(y: torch.Tensor, mode: str, p_uncond: float) -> torch.Tensor:
+    """Classifier-free guidance label dropping; dropped labels become -1.
+
+    mode 'batch' (released code): one coin per minibatch drops every label with probability p_uncond.
+    mode 'sample': each label is dropped independently with probability p_uncond.
+    """
+    if mode == "batch":
+        drop = (torch.rand(1, device=y.device) < p_uncond).expand_as(y)
+    elif mode == "sample":
+        drop = torch.rand(y.shape, device=y.device) < p_uncond
+    else:
+        raise ValueError(f"train.label_drop: {mode!r} is not one of 'batch', 'sample'")
+    return torch.where(drop, torch.full_like(y, -1), y)
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (pred.float() - target.float()).pow(2).mean()
+
+
+class Objective(nn.Module):
+    """Base class: holds the diffusion and the training-set class prior (empirical frequencies)."""
+
+    name = ""
+
+    def __init__(self, diffusion: Diffusion, class_counts: torch.Tensor, model: UNet):
+        super().__init__()
+        self.diffusion = diffusion
+        counts = torch.as_tensor(class_counts, dtype=torch.float32)
+        self.register_buffer("prior", counts / counts.sum(), persistent=False)
+
+    def forward(self, model: UNet, x0, y, y_in, t, noise) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class DDPM(Objective):
+    """Plain epsilon MSE over all elements."""
+
+    name = "ddpm"
+
+    def forward(self, model, x0, y, y_in, t, noise):
+        eps = model(self.diffusion.q_sample(x0, t, noise), t, y_in)
+        loss = mse(eps, noise)
+        return {"loss": loss, "mse": loss}
+
+
+class CBDM(Objective):
+    """Class-balancing regulariser towards predictions under labels y' ~ prior (Qin et al. 2023).
+
+    Both passes share one forward of the doubled batch; the regulariser only acts on samples
+    whose label was kept.
+    """
+
+    name = "cbdm"
+
+    def __init__(self, diffusion, class_counts, model, tau: float, gamma: float, prior: str):
+        super().__init__(diffusion, class_counts, model)
+        if prior == "uniform":
+            self.prior = torch.full_like(self.prior, 1.0 / len(self.prior))
+        self.tau, self.gamma = tau, gamma
+
+    def forward(self, model, x0, y, y_in, t, noise):
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        labelled = y_in >= 0
+        if not labelled.any():
+            eps = model(x_t, t, y_in)
+            loss = mse(eps, noise)
+            zero = loss.detach() * 0
+            return {"loss": loss, "mse": loss, "cb_reg": zero, "cb_commit": zero}
+        y_prime = torch.multinomial(self.prior.to(y.device), len(y), replacement=True)
+        eps, eps_prime = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y_in, y_prime])).float().chunk(2)
+        base = mse(eps, noise)
+        weight = (t.float() / self.diffusion.T * self.tau * labelled.float()).reshape(-1, 1, 1, 1)
+        reg = (weight * (eps - eps_prime.detach()).pow(2)).mean()
+        commit = (weight * (eps.detach() - eps_prime).pow(2)).mean()
+        return {"loss": base + reg + self.gamma * commit, "mse": base, "cb_reg": reg, "cb_commit": commit}
+
+
+@torch.no_grad()
+def t2h_targets(diffusion: Diffusion, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                noise: torch.Tensor, prior: torch.Tensor, mode: str):
+    """T2H regression targets (Zhang et al. 2024) by in-batch posterior sampling and gating.
+
+    Returns (targets like x0, chosen index j (B,), posterior weights (B, B)). Where the gate
+    keeps j = i the target is exactly the true noise.
+    """
+    abar = diffusion.alphas_bar.to(t.device)[t].double()
+    flat_c = (x_t.double().flatten(1) / abar.sqrt()[:, None])  # c_i = x0_i + sigma_i eps_i
+    sigma2 = 1.0 / abar - 1.0
+    dist2 = torch.cdist(flat_c, x0.double().flatten(1), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    logits = -dist2 / (2 * sigma2[:, None])
+    weights = (logits - logits.amax(1, keepdim=True)).exp()  # softmax over j, in float64
+    weights = weights / weights.sum(1, keepdim=True)
+    j = torch.multinomial(weights.float(), 1).squeeze(1)
+    self_index = torch.arange(len(y), device=y.device)
+    if mode == "t2h":
+        accept = prior[y[j]] >= prior[y]
+    elif mode == "h2t":
+        accept = prior[y[j]] <= prior[y]
+    elif mode == "full":
+        accept = torch.ones_like(j, dtype=torch.bool)
+    else:
+        raise ValueError(f"objectives.t2h.mode: {mode!r} is not one of 't2h', 'h2t', 'full'")
+    j = torch.where(accept, j, self_index)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    transferred = (x_t - diffusion.sqrt_alphas_bar.to(t.device)[t].reshape(shape) * x0[j]) \
+        / diffusion.sqrt_one_minus_alphas_bar.to(t.device)[t].reshape(shape)
+    targets = torch.where((j == self_index).reshape(shape), noise, transferred)
+    return targets, j, weights
+
+
+class T2H(Objective):
+    """Same loss as DDPM against calibrated targets; no extra term or forward pass."""
+
+    name = "t2h"
+
+    def __init__(self, diffusion, class_counts, model, mode: str):
+        super().__init__(diffusion, class_counts, model)
+        self.mode = mode
+
+    def forward(self, model, x0, y, y_in, t, noise):
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        targets, j, _ = t2h_targets(self.diffusion, x0, x_t, t, y, noise, self.prior.to(y.device), self.mode)
+        loss = mse(model(x_t, t, y_in), targets)
+        return {"loss": loss, "mse": loss, "t2h_transfer_rate": (j != torch.arange(len(j), device=j.device)).float().mean()}
+
+
+def supcon_per_anchor(z: torch.Tensor, y: torch.Tensor, temperature: float):
+    """Supervised contrastive loss (Khosla et al. 2020) per anchor, on cosine similarity.
+
+    z (B, D), y (B,). For anchor i, positives are p != i with y_p = y_i, the denominator runs
+    over all a != i. Returns (loss (B,), has_positive (B,) bool); anchors without a positive get 0.
+    """
+    z = F.normalize(z.float(), dim=1)
+    sim = z @ z.T / temperature
+    self_mask = torch.eye(len(y), dtype=torch.bool, device=z.device)
+    log_prob = sim - torch.logsumexp(sim.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    positives = (y[:, None] == y[None, :]) & ~self_mask
+    num_pos = positives.sum(1)
+    loss = -(log_prob * positives).sum(1) / num_pos.clamp(min=1)
+    return loss, num_pos > 0
+
+
+def coral_time_weight(t: torch.Tensor, T: int, weight: float, tau_r: float) -> torch.Tensor:
+    """lambda(t) = w * exp((1 - t/T) / tau_r): largest at low noise."""
+    return weight * torch.exp((1 - t.float() / T) / tau_r)
+
+
+class CORAL(Objective):
+    """DDPM loss + lambda(t) * SupCon on a projection of the pooled UNet bottleneck."""
+
+    name = "coral"
+
+    def __init__(self, diffusion, class_counts, model, weight: float, tau_r: float, tau_sc: float,
+                 reduction: str, proj_dim: int):
+        super().__init__(diffusion, class_counts, model)
+        self.weight, self.tau_r, self.tau_sc, self.reduction = weight, tau_r, tau_sc, reduction
+        self.head = nn.Linear(self.embedding_dim(model), proj_dim)
+
+    def embedding_dim(self, model: UNet) -> int:
+        return model.bottleneck_dim
+
+    def embedding(self, x_t, t, eps, bottleneck) -> torch.Tensor:
+        return bottleneck
+
+    def forward(self, model, x0, y, y_in, t, noise):
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        eps, bottleneck = model(x_t, t, y_in, return_bottleneck=True)
+        base = mse(eps, noise)
+        if not (y_in >= 0).any():  # a dropped batch carries no contrastive term
+            zero = base.detach() * 0
+            return {"loss": base, "mse": base, "supcon": zero, "coral_term": zero}
+        z = self.head(self.embedding(x_t, t, eps, bottleneck).float())
+        per_anchor, valid = supcon_per_anchor(z, y, self.tau_sc)
+        lam = coral_time_weight(t, self.diffusion.T, self.weight, self.tau_r)
+        if not valid.any():
+            term = per_anchor.sum() * 0
+        elif self.reduction == "batch_mean":
+            term = lam.mean() * per_anchor[valid].mean()
+        else:  # per_anchor
+            term = (lam[valid] * per_anchor[valid]).mean()
+        supcon = per_anchor[valid].mean() if valid.any() else term.detach()
+        return {"loss": base + term, "mse": base, "supcon": supcon.detach(), "coral_term": term.detach()}
+
+
+class CORALAmbient(CORAL):
+    """Ablation: the same loss and head on the predicted x0 (image space, pooled) instead of the bottleneck."""
+
+    name = "coral_ambient"
+
+    def __init__(self, diffusion, class_counts, model, pool_size: int, **coral_hparams):
+        self.pool_size = pool_size
+        super().__init__(diffusion, class_counts, model, **coral_hparams)
+
+    def embedding_dim(self, model: UNet) -> int:
+        return model.head.in_channels * self.pool_size ** 2
+
+    def embedding(self, x_t, t, eps, bottleneck):
+        x0_pred = self.diffusion.predict_x0(x_t, t, eps.float())
+        return F.adaptive_avg_pool2d(x0_pred, self.pool_size).flatten(1)
+
+
+OBJECTIVES = {cls.name: cls for cls in (DDPM, CBDM, T2H, CORAL, CORALAmbient)}
+
+
+def build_objective(name: str, hparams: dict, diffusion: Diffusion, class_counts, model: UNet) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"methods: unknown method {name!r}; allowed: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name](diffusion, class_counts, model, **hparams)

@@ -1,0 +1,118 @@
+"""Samplers (SPEC section 5): ancestral DDPM and DDIM with batched classifier-free guidance.
+
+Generation is seeded per image (image i uses seed sample.seed * 2**20 + i: torch's CPU generator
+keeps 32 bits of a seed, so seeds below 4096 and up to 2**20 images never collide), so an image
+does not depend on the batch it was generated in.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coral.diffusion import Diffusion
+from coral.images import save_grid_png
+from coral.io import atomic_path, provenance
+from coral.train import default_device, load_model
+from coral.unet import UNet
+
+log = logging.getLogger(__name__)
+
+
+def guided_eps(model: UNet, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, omega: float,
+               batched: bool = True) -> torch.Tensor:
+    """eps^ = (1 + omega) eps(x, y) - omega eps(x, unconditional).
+
+    With batched=True both passes run as one forward of the doubled batch; omega = 0 is
+    plain conditional sampling (one pass).
+    """
+    if omega == 0:
+        return model(x, t, y).float()
+    if batched:
+        eps_c, eps_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, -1)])).float().chunk(2)
+    else:
+        eps_c, eps_u = model(x, t, y).float(), model(x, t, torch.full_like(y, -1)).float()
+    return (1 + omega) * eps_c - omega * eps_u
+
+
+def sample_labels(num_samples: int, num_classes: int, mode: str, seed: int) -> torch.Tensor:
+    """'stratified': exactly num_samples / C per class in class-order blocks; 'uniform': i.i.d. per image."""
+    if mode == "stratified":
+        return torch.arange(num_samples) * num_classes // num_samples
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_classes, (num_samples,), generator=generator)
+
+
+def ddim_timesteps(T: int, steps: int) -> list[int]:
+    """Evenly skipped timesteps, high to low, ending at 0 (T=1000, steps=100: 990, 980, ..., 0)."""
+    stride = T // steps
+    return list(range(0, stride * steps, stride))[::-1]
+
+
+MAX_IMAGES_PER_SEED = 2 ** 20
+
+
+def image_seed(seed: int, image_id: int) -> int:
+    """The generator seed of one image; unique within torch's 32-bit CPU seeds."""
+    return seed * MAX_IMAGES_PER_SEED + image_id
+
+
+class _PerImageNoise:
+    """Gaussian noise drawn from one generator per image, so each image's noise ignores batching."""
+
+    def __init__(self, image_ids: torch.Tensor, seed: int, shape: tuple[int, ...], device: torch.device):
+        self.generators = [torch.Generator().manual_seed(image_seed(seed, int(i))) for i in image_ids]
+        self.shape, self.device = shape, device
+
+    def draw(self) -> torch.Tensor:
+        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
+
+
+@torch.no_grad()
+def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
+             image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Generate one batch: labels (B,), image_ids (B,) -> uint8 images (B, C, H, W)."""
+    device = next(model.parameters()).device
+    noise = _PerImageNoise(image_ids, sample_cfg["seed"], image_shape, device)
+    y = labels.to(device)
+    x = noise.draw()
+    omega = sample_cfg["omega"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sample_cfg["bf16_autocast"])
+    if sample_cfg["sampler"] == "ddpm":
+        for step in reversed(range(diffusion.T)):
+            t = torch.full((len(y),), step, device=device, dtype=torch.long)
+            with autocast:
+                eps = guided_eps(model, x, t, y, omega)
+            x = diffusion.ancestral_step(x, t, eps, noise.draw() if step > 0 else torch.zeros_like(x))
+    else:
+        timesteps = ddim_timesteps(diffusion.T, sample_cfg["steps"])
+        for step, step_prev in zip(timesteps, timesteps[1:] + [-1]):
+            t = torch.full((len(y),), step, device=device, dtype=torch.long)
+            with autocast:
+                eps = guided_eps(model, x, t, y, omega)
+            step_noise = noise.draw() if sample_cfg["eta"] > 0 else torch.zeros_like(x)
+            x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg["eta"], step_noise)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path) -> None:
+    """Generate sample.num_samples images from a run's EMA model; write them (uint8 + labels) and a preview grid."""
+    model, diffusion, run_cfg = load_model(checkpoint, default_device())
+    num_classes = model.class_embedding.num_embeddings
+    image_size = run_cfg["data"]["image_size"]
+    image_shape = (model.head.in_channels, image_size, image_size)
+    labels = sample_labels(sample_cfg["num_samples"], num_classes, sample_cfg["labels"], sample_cfg["seed"])
+    images = torch.empty((len(labels), *image_shape), dtype=torch.uint8)
+    ids = torch.arange(len(labels))
+    for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
+        batch = slice(start, start + sample_cfg["batch_size"])
+        images[batch] = generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape)
+    meta = {"run": run_cfg["run"], **sample_cfg, "checkpoint": str(checkpoint), "provenance": provenance()}
+    with atomic_path(out_npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
+    save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png)

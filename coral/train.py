@@ -1,0 +1,208 @@
+"""Training loop: Adam with warm-up, grad clipping, EMA, atomic step checkpoints, automatic resume.
+
+Run directory layout:
+    config.json     the resolved run config
+    stats.jsonl     one line of per-term losses every train.log_every steps
+    checkpoints/    step-<N>.pt, the newest train.keep_checkpoints kept
+    final.pt        EMA + raw weights and the config, written last
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from coral.data import load_balanced, load_split
+from coral.diffusion import Diffusion
+from coral.io import atomic_path, provenance, write_json
+from coral.objectives import build_objective, drop_labels
+from coral.unet import UNet, build_unet
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images_uint8.float() / 127.5 - 1.0
+
+
+def batch_indices(step: int, num_images: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Indices of the step's minibatch: a seeded shuffle per epoch, the last partial batch dropped.
+
+    Stateless in `step`, so a resumed run draws exactly the batches of an uninterrupted one.
+    """
+    per_epoch = num_images // batch_size
+    epoch, position = divmod(step, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_images, generator=generator)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+def random_hflip(x: torch.Tensor) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(-1), x)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_params = list(ema.parameters())
+    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
+
+
+def build_model(run_cfg: dict, in_channels: int, num_classes: int) -> UNet:
+    return build_unet(run_cfg["model"], in_channels, num_classes)
+
+
+def _checkpoint_paths(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def _save(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_model(checkpoint: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
+    """The EMA network of a run (eval mode), its diffusion and its run config."""
+    state = load_checkpoint(checkpoint)
+    run_cfg = state["config"]
+    model = build_model(run_cfg, state["in_channels"], len(state["class_names"]))
+    model.load_state_dict(state["ema"])
+    model.eval().requires_grad_(False)
+    return model.to(device or default_device()), Diffusion.from_config(run_cfg["diffusion"]), run_cfg
+
+
+def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
+    """Train one run (resuming from its newest checkpoint) and write run_dir/final.pt."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tcfg, seed = run_cfg["train"], run_cfg["run"]["seed"]
+    device = default_device()
+
+    data = load_balanced(run_cfg["data"])
+    split = load_split(split_path)
+    images = data.images[torch.from_numpy(split.indices)].to(device)  # uint8, resident
+    labels = torch.from_numpy(split.labels).to(device)
+    if len(images) < tcfg["batch_size"]:
+        raise ValueError(f"train.batch_size: {tcfg['batch_size']} exceeds the {len(images)} training images")
+
+    torch.manual_seed(seed)
+    diffusion = Diffusion.from_config(run_cfg["diffusion"])
+    model = build_model(run_cfg, images.shape[1], data.num_classes).to(device)
+    objective = build_objective(run_cfg["objective"]["name"], run_cfg["objective"]["hparams"], diffusion,
+                                torch.from_numpy(split.class_counts), model).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    params = list(model.parameters()) + list(objective.parameters())
+    optimizer = torch.optim.Adam(params, lr=tcfg["lr"], foreach=True)
+    warmup = tcfg["warmup"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0)
+
+    start = 0
+    checkpoints = _checkpoint_paths(run_dir)
+    if checkpoints:
+        state = load_checkpoint(checkpoints[-1])
+        if state["config"] != run_cfg:
+            raise ValueError(f"{checkpoints[-1]} was written with another config; delete {run_dir} to retrain")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start = state["step"]
+        log.info("resuming %s from step %d (%s)", run_dir, start, checkpoints[-1].name)
+    write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
+    _truncate_stats(run_dir / "stats.jsonl", start)
+
+    def snapshot(step: int) -> dict:
+        state = {"step": step, "config": run_cfg, "in_channels": images.shape[1], "class_names": data.class_names,
+                 "model": model.state_dict(), "ema": ema.state_dict(), "objective": objective.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng_cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16_autocast"])
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    tick = time.perf_counter()
+    progress = tqdm(range(start, tcfg["steps"]), initial=start, total=tcfg["steps"], desc=f"train {run_dir}",
+                    mininterval=5, dynamic_ncols=True)
+    for step in progress:
+        idx = batch_indices(step, len(images), tcfg["batch_size"], seed).to(device)
+        x0 = to_model_range(images[idx])
+        if run_cfg["data"]["hflip"]:
+            x0 = random_hflip(x0)
+        y = labels[idx]
+        t = torch.randint(0, diffusion.T, (len(y),), device=device)
+        noise = torch.randn_like(x0)
+        y_in = drop_labels(y, tcfg["label_drop"], tcfg["p_uncond"])
+        with autocast:
+            terms = objective(model, x0, y, y_in, t, noise)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        ema_update(ema, model, tcfg["ema_decay"])
+        for name, value in terms.items():  # accumulated on-device: no host sync between log steps
+            sums[name] = sums.get(name, 0) + value.detach().float()
+        sums["grad_norm"] = sums.get("grad_norm", 0) + grad_norm.detach().float()
+
+        done = step + 1
+        if done % tcfg["log_every"] == 0 or done == tcfg["steps"]:
+            count = tcfg["log_every"] if done % tcfg["log_every"] == 0 else done % tcfg["log_every"]
+            record = {"step": done, "lr": scheduler.get_last_lr()[0]}
+            record.update({name: float(total) / count for name, total in sums.items()})
+            now = time.perf_counter()
+            record["img_per_s"] = count * tcfg["batch_size"] / (now - tick)
+            tick, sums = now, {}
+            if not math.isfinite(record["loss"]):
+                last = _checkpoint_paths(run_dir)
+                raise TrainingDiverged(f"loss is {record['loss']} at step {done}; kept the last good checkpoint "
+                                       f"{last[-1] if last else '(none yet)'}")
+            with open(run_dir / "stats.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+        if done % tcfg["checkpoint_every"] == 0 or done == tcfg["steps"]:
+            _save(run_dir / "checkpoints" / f"step-{done:08d}.pt", snapshot(done))
+            for old in _checkpoint_paths(run_dir)[:-tcfg["keep_checkpoints"]]:
+                old.unlink()
+
+    final = snapshot(tcfg["steps"])
+    for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
+        final.pop(key, None)
+    final["provenance"] = provenance()
+    _save(run_dir / "final.pt", final)
+    return run_dir / "final.pt"
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    """Drop stats lines past `step`, written before an interruption, so a resumed log has no duplicates."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines))

@@ -1,0 +1,73 @@
+"""Long-tailed split against SPEC section 1's check values; the bundled dataset loads offline."""
+import csv
+
+import numpy as np
+import pytest
+
+from coral.data import class_groups, load_balanced, load_split, long_tail_indices, resize_uint8, write_split
+
+CIFAR10_RHO_001 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+CIFAR10_RHO_0001 = [5000, 2320, 1077, 500, 232, 107, 50, 23, 10, 5]
+
+
+@pytest.mark.parametrize("rho,expected,total", [(0.01, CIFAR10_RHO_001, 12406), (0.001, CIFAR10_RHO_0001, 9324)])
+def test_cifar10_shaped_counts(rho, expected, total):
+    labels = np.tile(np.arange(10), 5000)  # CIFAR10-shaped: 10 x 5000, interleaved like the real file
+    counts = np.bincount(labels[long_tail_indices(labels, rho, seed=0)], minlength=10)
+    assert counts.tolist() == expected and counts.sum() == total
+
+
+def test_cifar100_shaped_counts():
+    labels = np.tile(np.arange(100), 500)
+    counts = np.bincount(labels[long_tail_indices(labels, 0.01, seed=0)], minlength=100)
+    assert counts.sum() == 10847
+    assert counts[:5].tolist() == [500, 477, 455, 434, 415] and counts[-4:].tolist() == [5, 5, 5, 5]
+
+
+def test_selection_is_seeded_shuffle_per_class():
+    labels = np.repeat(np.arange(3), 10)
+    chosen = long_tail_indices(labels, 0.1, seed=0)
+    rng = np.random.RandomState(0)  # the SPEC's procedure, written out
+    expected = []
+    for c, n in enumerate([10, 3, 1]):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        expected.extend(idx[:n])
+    assert chosen.tolist() == expected
+    assert not np.array_equal(chosen, long_tail_indices(labels, 0.1, seed=1))
+
+
+def test_class_groups_thirds():
+    assert class_groups([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]) == \
+        ["head"] * 4 + ["medium"] * 3 + ["tail"] * 3
+    assert class_groups([1, 3, 2]) == ["tail", "head", "medium"]
+
+
+def test_animals_bundled_dataset():
+    data = load_balanced({"dataset": "animals", "image_size": 28})
+    assert data.images.shape == (10000, 1, 28, 28) and str(data.images.dtype) == "torch.uint8"
+    assert np.bincount(data.labels.numpy()).tolist() == [1000] * 10
+    assert data.class_names[0] == "bear" and data.class_names[-1] == "zebra"
+    assert 0 < data.images.float().mean() < 255
+
+
+def test_resize_preserves_constant_images():
+    import torch
+    images = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
+    assert resize_uint8(images, 16).unique().tolist() == [200]
+
+
+def test_write_split_files(tmp_path):
+    cfg = {"dataset": "animals", "image_size": 8, "subsample_seed": 0}
+    write_split(cfg, 0.01, tmp_path / "split.npz", tmp_path / "counts.csv")
+    split = load_split(tmp_path / "split.npz")
+    expected = [int(1000 * 0.01 ** (i / 9)) for i in range(10)]  # 1000, 599, ..., 10
+    assert split.class_counts.tolist() == expected and expected[-1] == 10
+    assert np.bincount(split.labels).tolist() == expected
+    rows = list(csv.DictReader(open(tmp_path / "counts.csv")))
+    assert [int(r["count"]) for r in rows] == expected and rows[-1]["group"] == "tail"
+
+
+def test_unknown_dataset_named():
+    with pytest.raises(ValueError, match="'cifar1O'"):
+        load_balanced({"dataset": "cifar1O", "image_size": 8})

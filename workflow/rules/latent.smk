@@ -1,0 +1,20 @@
+rule latent:
+    """Bottleneck features of real balanced images at t = 0.1 T, their t-SNE and separation scores."""
+    input:
+        checkpoint=f"results/runs/{RUN}/final.pt",
+        split="results/data/{dataset}/rho{rho}/split.npz",
+    output:
+        features=f"results/latent/{RUN}/features.npz",
+        separation=f"results/latent/{RUN}/separation.json",
+        plot=f"results/latent/{RUN}/tsne.png",
+    params:
+        latent=CFG["latent"],
+    threads: 1
+    log:
+        f"results/logs/latent/{RUN}.log",
+    benchmark:
+        f"results/benchmarks/latent/{RUN}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/latent.py"

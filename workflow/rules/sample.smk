@@ -1,0 +1,18 @@
+rule sample:
+    """Generated images (uint8 + labels) from a run's EMA model, with a preview grid."""
+    input:
+        checkpoint=f"results/runs/{RUN}/final.pt",
+    output:
+        samples=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.npz",
+        preview=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.png",
+    params:
+        sample=sample_params,
+    threads: 1
+    log:
+        f"results/logs/sample/{RUN}/{{sampler}}-w{{omega}}.log",
+    benchmark:
+        f"results/benchmarks/sample/{RUN}/{{sampler}}-w{{omega}}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/sample.py"
