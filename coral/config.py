@@ -113,14 +113,13 @@ def resolve(raw: dict) -> dict:
     for name, override in presets.items():
         if not isinstance(override, dict):
             raise ConfigError(f"presets.{name}: must be a mapping of keys, found {override!r}")
-        if name == preset:
-            continue
+    cfg = deep_merge(raw, presets[preset])
+    validate(cfg)
+    for name, override in presets.items():  # catch typos in presets not chosen now, too
         try:
             validate(deep_merge(raw, override))
         except ConfigError as err:
             raise ConfigError(f"{err} (in preset {name!r})") from None
-    cfg = deep_merge(raw, presets[preset])
-    validate(cfg)
     return cfg
 
 

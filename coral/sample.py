@@ -17,7 +17,7 @@ from tqdm import tqdm
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, provenance
-from coral.train import default_device, load_model
+from coral.train import default_device, load_checkpoint, model_from_state
 from coral.unet import UNet
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids:
 
 def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path) -> None:
     """Generate sample.num_samples images from a run's EMA model; write them (uint8 + labels) and a preview grid."""
-    model, diffusion, run_cfg = load_model(checkpoint, default_device())
+    state = load_checkpoint(checkpoint)
+    model, diffusion, run_cfg = model_from_state(state, default_device())
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]
     image_shape = (model.head.in_channels, image_size, image_size)
@@ -111,8 +112,10 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
     for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
         batch = slice(start, start + sample_cfg["batch_size"])
         images[batch] = generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape)
-    meta = {"run": run_cfg["run"], **sample_cfg, "checkpoint": str(checkpoint), "provenance": provenance()}
+    class_names = state["class_names"]
+    meta = {"run": run_cfg["run"], **sample_cfg, "num_classes": num_classes, "class_names": class_names,
+            "checkpoint": str(checkpoint), "provenance": provenance()}
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
-    save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png)
+    save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png, class_names=class_names)

@@ -80,14 +80,18 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_model(checkpoint: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
-    """The EMA network of a run (eval mode), its diffusion and its run config."""
-    state = load_checkpoint(checkpoint)
+def model_from_state(state: dict, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
+    """The EMA network of a loaded checkpoint (eval mode), its diffusion and its run config."""
     run_cfg = state["config"]
     model = build_model(run_cfg, state["in_channels"], len(state["class_names"]))
     model.load_state_dict(state["ema"])
     model.eval().requires_grad_(False)
     return model.to(device or default_device()), Diffusion.from_config(run_cfg["diffusion"]), run_cfg
+
+
+def load_model(checkpoint: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
+    """The EMA network of a run's checkpoint file (eval mode), its diffusion and its run config."""
+    return model_from_state(load_checkpoint(checkpoint), device)
 
 
 def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:

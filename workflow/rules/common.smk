@@ -3,8 +3,8 @@ import os
 import re
 import sys
 
-# Jobs import coral from this checkout, also inside conda environments and on cluster nodes.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+# The Snakefile imports coral from this checkout; jobs find it through workflow/scripts/coral,
+# a link to it (Snakemake puts the scripts' folder on sys.path), also in conda environments.
 sys.path.insert(0, workflow.basedir)
 
 from coral.config import ConfigError, resolve, run_config, NUM_CLASSES
@@ -60,13 +60,18 @@ def data_params(wildcards):
     return {**CFG["data"], "dataset": wildcards.dataset}
 
 
+CHECKPOINTS = runs(f"results/runs/{RUN}/final.pt")
 METRICS = runs(f"results/metrics/{RUN}/{TAG}.json")
 PER_CLASS = runs(f"results/metrics/{RUN}/{TAG}_per_class.csv")
 SEPARATION = runs(f"results/latent/{RUN}/separation.json")
 FEATURES = runs(f"results/latent/{RUN}/features.npz")
 SAMPLE_FIGURES = expand("results/figures/samples_{dataset}-rho{rho}_{method}.png",
                         dataset=[DATASET], rho=RHOS, method=METHODS)
+# The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
+# everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
+# rerun the chain after it).
 ALL_TARGETS = [
+    *CHECKPOINTS,
     "results/tables/main.csv",
     "results/tables/per_class.csv",
     "results/tables/latent.csv",

@@ -1,0 +1,230 @@
+"""A small CNN classifier: the evaluation feature extractor of small presets (SPEC section 6).
+
+It is trained on the full balanced dataset. Its penultimate features replace Inception pool3 for
+FID/KID/precision-recall/PRD and its logits replace Inception logits for IS, so its numbers are
+not comparable with Inception FID. Importing this module registers it with torch-fidelity as
+"coral-classifier".
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_fidelity
+from sklearn.model_selection import train_test_split
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from tqdm import tqdm
+
+from coral.data import load_balanced
+from coral.io import atomic_path, provenance, write_json
+
+FEATURE_EXTRACTOR_NAME = "coral-classifier"
+CLASSIFIER_KEYS = ("steps", "batch_size", "lr", "width", "test_fraction", "seed")
+_CHECKPOINT_KEYS = ("state_dict", "in_channels", "num_classes", "width", "image_size", "class_names",
+                    "test_accuracy")
+_GROUPS = 8  # GroupNorm groups; every channel count is a multiple of it
+
+
+def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, C, H, W) in [0, 255] -> float32 in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3, twice, plus the identity."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_GROUPS, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(_GROUPS, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return x + h
+
+
+class SmallClassifier(nn.Module):
+    """Three residual stages (width, 2*width, 4*width channels; stride-2 convs between them),
+    global average pooling to a `feature_dim = 4*width` penultimate feature, then a linear layer.
+
+    Input: float images (B, in_channels, H, W) in [-1, 1], any square H >= 4.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        if width <= 0 or width % _GROUPS:
+            raise ValueError(f"classifier.width: got {width}; allowed: a positive multiple of {_GROUPS}")
+        channels = [width, 2 * width, 4 * width]
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        stages: list[nn.Module] = [_ResBlock(width)]
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            stages += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _ResBlock(c_out)]
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.GroupNorm(_GROUPS, channels[-1])
+        self.head = nn.Linear(channels[-1], num_classes)
+        self.feature_dim = channels[-1]
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) in [-1, 1] -> (penultimate (B, feature_dim), logits (B, num_classes))."""
+        h = F.silu(self.norm(self.stages(self.stem(x))))
+        penultimate = h.mean(dim=(2, 3))
+        return penultimate, self.head(penultimate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [-1, 1] -> logits (B, num_classes)."""
+        return self.features(x)[1]
+
+
+@torch.no_grad()
+def predict_logits(model: SmallClassifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Logits (N, num_classes) of uint8 images (N, C, H, W), computed in batches on the model's device."""
+    device = next(model.parameters()).device
+    return torch.cat([model(uint8_to_unit(batch.to(device))).cpu() for batch in images.split(batch_size)])
+
+
+def _augment(x: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """Random translation by up to H//8 pixels (edge-replicated), and a random horizontal flip if `hflip`.
+
+    x: (B, C, H, W) float.
+    """
+    b, _, h, w = x.shape
+    shift = max(1, h // 8)
+    padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, b)).tolist()
+    x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    if hflip:
+        flip = torch.rand(b) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def _check_classifier_cfg(clf_cfg: dict) -> None:
+    missing = [k for k in CLASSIFIER_KEYS if k not in clf_cfg]
+    if missing:
+        raise ValueError(f"classifier config: missing keys {missing}; required: {list(CLASSIFIER_KEYS)}")
+    if not 0.0 < clf_cfg["test_fraction"] < 1.0:
+        raise ValueError(f"classifier.test_fraction: got {clf_cfg['test_fraction']}; allowed: 0 < value < 1")
+    for key in ("steps", "batch_size"):
+        if int(clf_cfg[key]) < 1:
+            raise ValueError(f"classifier.{key}: got {clf_cfg[key]}; allowed: an integer >= 1")
+
+
+def train_classifier(data_cfg: dict, clf_cfg: dict, out_ckpt: str | Path, out_json: str | Path) -> None:
+    """Train SmallClassifier on the full balanced dataset minus a stratified held-out test part.
+
+    Writes a checkpoint (readable with torch.load(weights_only=True)) holding the state dict, the
+    constructor arguments, image_size, class_names and test_accuracy, and a JSON summary.
+    """
+    _check_classifier_cfg(clf_cfg)
+    torch.manual_seed(clf_cfg["seed"])
+    data = load_balanced(data_cfg)
+    labels = data.labels.numpy()
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=clf_cfg["test_fraction"],
+                                           stratify=labels, random_state=clf_cfg["seed"])
+    train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    x_train = uint8_to_unit(data.images[train_idx])
+    y_train = data.labels[train_idx]
+
+    model = SmallClassifier(data.images.shape[1], data.num_classes, clf_cfg["width"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=clf_cfg["lr"])
+    model.train()
+    progress = tqdm(range(clf_cfg["steps"]), desc="classifier", file=sys.stderr, mininterval=5)
+    for _ in progress:
+        batch = torch.randint(0, len(x_train), (clf_cfg["batch_size"],))
+        loss = F.cross_entropy(model(_augment(x_train[batch], data_cfg["hflip"])), y_train[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model.eval()
+
+    def accuracy(idx: torch.Tensor) -> float:
+        predicted = predict_logits(model, data.images[idx]).argmax(dim=1)
+        return float((predicted == data.labels[idx]).float().mean())
+
+    train_accuracy, test_accuracy = accuracy(train_idx), accuracy(test_idx)
+    checkpoint = {"state_dict": model.state_dict(), "in_channels": int(data.images.shape[1]),
+                  "num_classes": data.num_classes, "width": int(clf_cfg["width"]),
+                  "image_size": int(data_cfg["image_size"]), "class_names": list(data.class_names),
+                  "test_accuracy": test_accuracy}
+    with atomic_path(out_ckpt) as tmp:
+        torch.save(checkpoint, tmp)
+    write_json(out_json, {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
+                          "num_train": len(train_idx), "num_test": len(test_idx),
+                          "steps": clf_cfg["steps"], "provenance": provenance()})
+
+
+def load_classifier_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict written by train_classifier (tensors on the CPU)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise ValueError(f"{path}: not a coral classifier checkpoint, missing keys {missing}")
+    return checkpoint
+
+
+def _classifier_from_checkpoint(checkpoint: dict) -> SmallClassifier:
+    model = SmallClassifier(checkpoint["in_channels"], checkpoint["num_classes"], checkpoint["width"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def load_classifier(path: str | Path) -> SmallClassifier:
+    """The trained SmallClassifier of a checkpoint, in eval mode on the CPU."""
+    return _classifier_from_checkpoint(load_classifier_checkpoint(path))
+
+
+class ClassifierFeatureExtractor(FeatureExtractorBase):
+    """torch-fidelity feature extractor around a trained SmallClassifier.
+
+    Takes uint8 images (B, C, H, W) with C and H as the classifier was trained on and provides
+    "penultimate" (B, feature_dim) for FID/KID/PRC and "logits" (B, num_classes) for IS
+    (torch-fidelity applies the softmax itself).
+    """
+
+    def __init__(self, name: str, features_list: list[str], feature_extractor_weights_path: str | None = None,
+                 **kwargs):
+        super().__init__(name, features_list)
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path "
+                             "= the classifier checkpoint written by train_classifier")
+        checkpoint = load_classifier_checkpoint(feature_extractor_weights_path)
+        self.image_size = checkpoint["image_size"]
+        self.model = _classifier_from_checkpoint(checkpoint)
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return "penultimate", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False  # channel count is only known from the checkpoint, so no static dummy input
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if x.dtype != torch.uint8 or x.dim() != 4:
+            raise ValueError(f"{self.name}: expected uint8 images (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
+        expected = (self.model.stem.in_channels, self.image_size, self.image_size)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{self.name}: expected images of shape (B, {', '.join(map(str, expected))}) "
+                             f"as the classifier was trained on, got {tuple(x.shape)}")
+        penultimate, logits = self.model.features(uint8_to_unit(x))
+        features = {"penultimate": penultimate, "logits": logits}
+        return tuple(features[name] for name in self.features_list)
+
+
+if FEATURE_EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+    torch_fidelity.register_feature_extractor(FEATURE_EXTRACTOR_NAME, ClassifierFeatureExtractor)

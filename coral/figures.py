@@ -1,0 +1,179 @@
+"""Figures for the report: per-class FID, t-SNE of the bottleneck, sample grids. Never imports torch.
+
+Figures are drawn on bare `matplotlib.figure.Figure` objects, which render PNGs with the Agg
+backend on a headless machine without touching pyplot or the caller's backend. Each method has one colour in every figure (`method_color`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from coral.images import save_grid_png
+from coral.io import atomic_path, read_json
+from coral.tables import METHOD_ORDER
+
+METHOD_COLORS = {
+    "ddpm": "#7f7f7f",           # gray: the baseline
+    "cbdm": "#1f77b4",           # blue
+    "t2h": "#2ca02c",            # green
+    "coral": "#d62728",          # red
+    "coral_ambient": "#ff7f0e",  # orange: the ablation of CORAL
+}
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+GROUP_SHADES = {"head": "#e8f0fa", "medium": "#f5f5f5", "tail": "#fbe9e7"}
+MAX_TICK_LABELS = 30
+MAX_LEGEND_CLASSES = 20
+
+
+def method_color(method: str) -> str:
+    """The fixed colour of a method; methods outside METHOD_COLORS get a stable colour from their name."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return EXTRA_COLORS[zlib.crc32(method.encode()) % len(EXTRA_COLORS)]
+
+
+def _ordered_methods(methods) -> list[str]:
+    known = [m for m in METHOD_ORDER if m in set(methods)]
+    return known + sorted(set(methods) - set(known))
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> None:
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def _shade_groups(ax, groups: Sequence[str]) -> None:
+    """Shade the head / medium / tail stretch of an x axis whose positions 0..C-1 are classes head->tail."""
+    groups = np.asarray(groups)
+    for group, shade in GROUP_SHADES.items():
+        positions = np.flatnonzero(groups == group)
+        if len(positions):
+            ax.axvspan(positions.min() - 0.5, positions.max() + 0.5, color=shade, zorder=0)
+            ax.text(positions.mean(), 0.98, group, transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=9, color="#555555")
+
+
+def per_class_fid_figure(per_class_csv: str | os.PathLike, out_png: str | os.PathLike) -> None:
+    """Per-class FID, one panel per (dataset, rho), one line per method (band: +-1 std over seeds).
+
+    per_class_csv: the table written by coral.tables.per_class_table (columns dataset, rho, method,
+    class, class_name, train_count, group, fid_mean, fid_std). Classes run head -> tail along x
+    (train_count descending); with many classes only about 30 tick labels are shown.
+    """
+    df = pd.read_csv(per_class_csv)
+    required = ["dataset", "rho", "method", "class", "class_name", "train_count", "group", "fid_mean", "fid_std"]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{per_class_csv}: missing columns {missing}; expected the output of "
+                         f"coral.tables.per_class_table with {required}")
+    settings = list(df[["dataset", "rho"]].drop_duplicates().itertuples(index=False, name=None))
+    num_classes = df.groupby(["dataset", "rho"])["class"].nunique().max()
+    width = min(max(6.0, 0.4 * num_classes), 16.0)
+    fig = Figure(figsize=(width, 3.6 * len(settings)))
+    axes = fig.subplots(len(settings), 1, squeeze=False)[:, 0]
+    for ax, (dataset, rho) in zip(axes, settings):
+        panel = df[(df["dataset"] == dataset) & (df["rho"] == rho)]
+        classes = (panel.drop_duplicates("class")
+                   .sort_values(["train_count", "class"], ascending=[False, True], kind="stable"))
+        x = np.arange(len(classes))
+        _shade_groups(ax, classes["group"].tolist())
+        for method in _ordered_methods(panel["method"]):
+            rows = panel[panel["method"] == method].set_index("class").reindex(classes["class"])
+            mean, std = rows["fid_mean"].to_numpy(float), rows["fid_std"].to_numpy(float)
+            ax.plot(x, mean, marker="o", markersize=3, color=method_color(method), label=method)
+            ax.fill_between(x, mean - std, mean + std, color=method_color(method), alpha=0.15, linewidth=0)
+        ticks = x if len(x) <= MAX_TICK_LABELS else np.unique(np.linspace(0, len(x) - 1, MAX_TICK_LABELS).astype(int))
+        ax.set_xticks(ticks, classes["class_name"].to_numpy()[ticks], rotation=60, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(x) - 0.5)
+        ax.set_title(f"{dataset}, rho={rho:g}")
+        ax.set_ylabel("per-class FID")
+        ax.set_xlabel("class (head -> tail, by training count)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    _save(fig, out_png)
+
+
+def _class_colors(class_counts: Sequence[int]) -> np.ndarray:
+    """RGBA (C, 4) colours by rank head -> tail: tab10 / tab20 for few classes, viridis for many."""
+    num_classes = len(class_counts)
+    rank = np.empty(num_classes, dtype=int)
+    rank[np.argsort(-np.asarray(class_counts), kind="stable")] = np.arange(num_classes)
+    if num_classes <= 20:
+        cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
+        return cmap(rank)
+    return matplotlib.colormaps["viridis"](rank / (num_classes - 1))
+
+
+def _score_title(method: str, scores: dict | None) -> str:
+    if scores is None:
+        return method
+
+    def fmt(key: str) -> str:
+        return "n/a" if scores.get(key) is None else f"{scores[key]:.3f}"
+    return (f"{method}\nsilhouette {fmt('silhouette')} (tail {fmt('silhouette_tail')})\n"
+            f"kNN purity {fmt('knn_purity')} (tail {fmt('knn_purity_tail')})")
+
+
+def tsne_figure(features_npzs: Sequence[str | os.PathLike], methods: Sequence[str], class_names: Sequence[str],
+                class_counts: Sequence[int], out_png: str | os.PathLike,
+                separation_jsons: Sequence[str | os.PathLike] | None = None) -> None:
+    """Side-by-side t-SNE panels, one per method, each class one colour in every panel.
+
+    features_npzs: files written by coral.latent.run_latent (tsne (N, 2), labels (N,), groups (C,),
+    class_names (C,)); methods: one panel title per file. Colours follow the class's rank by
+    class_counts (head -> tail); tail classes are drawn as larger triangles. With separation_jsons
+    (one per file) each title also shows silhouette and kNN purity, overall and tail.
+    """
+    if len(methods) != len(features_npzs):
+        raise ValueError(f"tsne_figure: {len(features_npzs)} feature files but {len(methods)} method names")
+    if separation_jsons is not None and len(separation_jsons) != len(features_npzs):
+        raise ValueError(f"tsne_figure: {len(features_npzs)} feature files but "
+                         f"{len(separation_jsons)} separation JSONs")
+    if len(class_counts) != len(class_names):
+        raise ValueError(f"tsne_figure: {len(class_names)} class names but {len(class_counts)} class counts")
+    colors = _class_colors(class_counts)
+    fig = Figure(figsize=(4.2 * len(features_npzs) + 1.8, 4.8))
+    axes = fig.subplots(1, len(features_npzs), squeeze=False)[0]
+    groups = None
+    for i, (ax, path, method) in enumerate(zip(axes, features_npzs, methods)):
+        with np.load(path, allow_pickle=False) as z:
+            tsne, labels, groups = z["tsne"], z["labels"], z["groups"]
+            if [str(s) for s in z["class_names"]] != list(class_names):
+                raise ValueError(f"{path}: class names {list(z['class_names'])} differ from {list(class_names)}")
+        tail = groups[labels] == "tail"
+        ax.scatter(*tsne[~tail].T, c=colors[labels[~tail]], s=6, marker="o", linewidths=0)
+        ax.scatter(*tsne[tail].T, c=colors[labels[tail]], s=22, marker="^", linewidths=0)
+        scores = read_json(separation_jsons[i]) if separation_jsons is not None else None
+        ax.set_title(_score_title(method, scores), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if len(class_names) <= MAX_LEGEND_CLASSES:
+        handles = [Line2D([], [], linestyle="", marker="^" if groups[c] == "tail" else "o", color=colors[c],
+                          markersize=6, label=f"{name} (tail)" if groups[c] == "tail" else name)
+                   for c, name in enumerate(class_names)]
+        fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    else:
+        fig.suptitle("colour: class rank head (dark) -> tail (yellow); triangles: tail classes", fontsize=9)
+        fig.tight_layout()
+    _save(fig, out_png)
+
+
+def samples_figure(samples_npz: str | os.PathLike, out_png: str | os.PathLike, per_row: int = 10) -> None:
+    """A class-by-row grid of the first `per_row` samples of each class (coral.images.save_grid_png).
+
+    samples_npz: images uint8 (N, C, H, W), labels int64 (N,), meta (JSON string); the number of
+    classes and their names come from meta's "num_classes" / "class_names" when present.
+    """
+    with np.load(samples_npz, allow_pickle=False) as z:
+        images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
+    num_classes = meta.get("num_classes", int(labels.max()) + 1)
+    save_grid_png(images, labels, num_classes, out_png, per_row=per_row, class_names=meta.get("class_names"))

@@ -1,0 +1,219 @@
+"""Result tables: one row per setting and method, mean and spread over seeds.
+
+Reads the metrics JSONs, per-class CSVs and separation JSONs of single runs; never imports torch.
+Conventions for every table:
+- rows are ordered by dataset (alphabetical), rho (descending: milder imbalance first), method
+  (ddpm, cbdm, t2h, coral, coral_ambient, then any other method alphabetically);
+- `<name>_mean` is the mean over seeds and `<name>_std` the sample standard deviation over seeds
+  (ddof=1); with a single seed the std is NaN, written as an empty CSV cell. A metric missing
+  (null) in any seed gives NaN for that row rather than a mean over fewer seeds.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from coral.io import atomic_path, read_json
+
+METHOD_ORDER = ("ddpm", "cbdm", "t2h", "coral", "coral_ambient")
+SETTING = ["dataset", "rho", "method"]
+
+# Main-table column name -> where it lives in a metrics JSON.
+MAIN_METRICS = {
+    "fid": ("overall", "fid"),
+    "isc": ("overall", "isc_mean"),
+    "kid": ("overall", "kid_mean"),
+    "precision": ("overall", "precision"),
+    "recall": ("overall", "recall"),
+    "prd_f8": ("overall", "prd_f8"),
+    "prd_f1_8": ("overall", "prd_f1_8"),
+    "tail_fid": ("groups", "tail", "fid"),
+    "tail_kid": ("groups", "tail", "kid_mean"),
+    "tail_accuracy": ("groups", "tail", "accuracy"),
+    "head_accuracy": ("groups", "head", "accuracy"),
+}
+# How the images were made and scored; must agree across the seeds of one row.
+SAMPLING = {
+    "sampler": ("sampling", "sampler"),
+    "steps": ("sampling", "steps"),
+    "eta": ("sampling", "eta"),
+    "omega": ("sampling", "omega"),
+    "num_samples": ("sampling", "num_samples"),
+    "feature_extractor": ("feature_extractor",),
+}
+PER_CLASS_COLUMNS = ["class", "class_name", "train_count", "group", "num_generated", "num_real",
+                     "fid", "kid_mean", "kid_std", "precision", "recall", "accuracy"]
+PER_CLASS_METRICS = ["fid", "kid", "precision", "recall", "accuracy"]
+CLASS_INFO = ["class_name", "train_count", "group"]
+LATENT_SCORES = [f"{score}{suffix}" for score in ("silhouette", "knn_purity")
+                 for suffix in ("", "_head", "_medium", "_tail")]
+LATENT_SETTINGS = ["t", "knn_k", "num_points"]
+
+
+def _lookup(obj: dict, keys: Sequence[str], path: str | os.PathLike):
+    """obj[k1][k2]...; a missing key is a ValueError naming the file and the dotted key."""
+    for key in keys:
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"{path}: missing key {'.'.join(keys)!r}")
+        obj = obj[key]
+    return obj
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _run_record(path: str | os.PathLike) -> dict:
+    """dataset, rho, method, seed of the run a JSON artifact belongs to, plus the file name."""
+    data = read_json(path)
+    record = {key: _lookup(data, ("run", key), path) for key in ["dataset", "rho", "method", "seed"]}
+    record["rho"] = float(record["rho"])
+    record["file"] = str(path)
+    return record
+
+
+def _method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def _sort(df: pd.DataFrame, extra: list[str] | None = None, extra_ascending: list[bool] | None = None) -> pd.DataFrame:
+    """Order rows by dataset, rho (descending), method (METHOD_ORDER first), then `extra` columns."""
+    df = df.assign(_rank=df["method"].map(_method_rank))
+    by = ["dataset", "rho", "_rank", "method"] + (extra or [])
+    ascending = [True, False, True, True] + (extra_ascending or [])
+    return df.sort_values(by, ascending=ascending, kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def _same_value(values: pd.Series) -> bool:
+    """True if all values are equal, treating missing values (None/NaN) as equal to each other."""
+    return values.isna().all() or (values.notna().all() and values.nunique() == 1)
+
+
+def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str], constants: list[str]) -> pd.DataFrame:
+    """One row per `keys`: num_seeds, `<metric>_mean` / `<metric>_std` over seeds, and `constants`,
+    which must be identical across the seeds of a row (ValueError naming the files otherwise)."""
+    rows = []
+    for key_values, group in records.groupby(keys, sort=False, dropna=False):
+        where = dict(zip(keys, key_values))
+        files = sorted(set(group["file"]))
+        if group["seed"].duplicated().any():
+            raise ValueError(f"{where}: seed listed more than once ({sorted(group['seed'])}) in {files}")
+        row = dict(where, num_seeds=len(group))
+        for metric in metrics:
+            values = group[metric].to_numpy(dtype=float)
+            row[f"{metric}_mean"] = values.mean()
+            row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        for column in constants:
+            if not _same_value(group[column]):
+                raise ValueError(f"{where}: {column!r} differs across seeds "
+                                 f"({group[column].tolist()}) in {files}; a row must use one setting")
+            row[column] = group[column].iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _write_csv(df: pd.DataFrame, out_csv: str | os.PathLike) -> None:
+    with atomic_path(out_csv) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _metrics_record(path: str | os.PathLike) -> dict:
+    data = read_json(path)
+    record = _run_record(path)
+    record.update({name: _number(_lookup(data, keys, path)) for name, keys in MAIN_METRICS.items()})
+    record.update({name: _lookup(data, keys, path) for name, keys in SAMPLING.items()})
+    return record
+
+
+def main_table(metrics_jsons: Sequence[str | os.PathLike], out_csv: str | os.PathLike) -> pd.DataFrame:
+    """The main results table from metrics JSONs (one per run and seed).
+
+    Columns: dataset, rho, method, num_seeds, then `<m>_mean`, `<m>_std` for m in fid, isc, kid,
+    precision, recall, prd_f8, prd_f1_8, tail_fid, tail_kid, tail_accuracy, head_accuracy (isc and
+    kid are the runs' isc_mean and kid_mean), then sampler, steps, eta, omega, num_samples,
+    feature_extractor, which must agree across the seeds of a row (ValueError otherwise).
+    Writes out_csv atomically and returns the table.
+    """
+    if not metrics_jsons:
+        raise ValueError("main_table: no metrics JSON files given")
+    records = pd.DataFrame([_metrics_record(path) for path in metrics_jsons])
+    table = _sort(_aggregate(records, SETTING, list(MAIN_METRICS), list(SAMPLING)))
+    _write_csv(table, out_csv)
+    return table
+
+
+def _per_class_records(json_path: str | os.PathLike, csv_path: str | os.PathLike) -> pd.DataFrame:
+    run = _metrics_record(json_path)
+    frame = pd.read_csv(csv_path)
+    missing = [c for c in PER_CLASS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{csv_path}: missing columns {missing}; expected {PER_CLASS_COLUMNS}")
+    if frame["class"].duplicated().any():
+        raise ValueError(f"{csv_path}: a class appears more than once")
+    frame = frame[PER_CLASS_COLUMNS].drop(columns="kid_std").rename(columns={"kid_mean": "kid"})
+    return frame.assign(**{k: run[k] for k in SETTING + ["seed"] + list(SAMPLING)}, file=str(csv_path))
+
+
+def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: Sequence[str | os.PathLike],
+                    out_csv: str | os.PathLike) -> pd.DataFrame:
+    """Per-class metrics over seeds. metrics_jsons[i] names the run of per_class_csvs[i].
+
+    Columns: dataset, rho, method, class, class_name, train_count, group, num_seeds, then
+    `<m>_mean`, `<m>_std` over seeds for m in fid, kid, precision, recall, accuracy (kid is each
+    run's per-class kid_mean). Rows: setting and method as in the main table, then classes head to
+    tail (train_count descending, ties by class id). Class info and sampling settings must agree
+    across seeds. Writes out_csv atomically and returns the table.
+    """
+    if len(metrics_jsons) != len(per_class_csvs):
+        raise ValueError(f"per_class_table: {len(metrics_jsons)} metrics JSONs but "
+                         f"{len(per_class_csvs)} per-class CSVs; they must pair one to one")
+    if not metrics_jsons:
+        raise ValueError("per_class_table: no files given")
+    records = pd.concat([_per_class_records(j, c) for j, c in zip(metrics_jsons, per_class_csvs)],
+                        ignore_index=True)
+    table = _aggregate(records, SETTING + ["class"], PER_CLASS_METRICS, CLASS_INFO + list(SAMPLING))
+    table = table.drop(columns=list(SAMPLING))
+    table = table[SETTING + ["class"] + CLASS_INFO + [c for c in table.columns
+                                                       if c not in SETTING + ["class"] + CLASS_INFO]]
+    table = _sort(table, ["train_count", "class"], [False, True])
+    _write_csv(table, out_csv)
+    return table
+
+
+def _latent_record(path: str | os.PathLike) -> dict:
+    data = read_json(path)
+    record = _run_record(path)
+    record.update({key: _number(_lookup(data, (key,), path)) for key in LATENT_SCORES})
+    record.update({key: _lookup(data, (key,), path) for key in LATENT_SETTINGS})
+    return record
+
+
+def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | os.PathLike) -> pd.DataFrame:
+    """Separation scores over seeds from the latent stage's separation JSONs.
+
+    Columns: dataset, rho, method, num_seeds, `<s>_mean`, `<s>_std` for s in silhouette,
+    silhouette_{head,medium,tail}, knn_purity, knn_purity_{head,medium,tail}, then t, knn_k,
+    num_points (identical across seeds). Writes out_csv atomically and returns the table.
+    """
+    if not separation_jsons:
+        raise ValueError("latent_table: no separation JSON files given")
+    records = pd.DataFrame([_latent_record(path) for path in separation_jsons])
+    table = _sort(_aggregate(records, SETTING, LATENT_SCORES, LATENT_SETTINGS))
+    _write_csv(table, out_csv)
+    return table
+
+
+def markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub markdown table; floats to `digits` significant digits, missing values empty."""
+    def cell(value) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,200 @@
+"""Tables, figures and image grids: hand-written run artifacts in, hand-computed numbers out."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from coral.figures import per_class_fid_figure, samples_figure, tsne_figure
+from coral.images import image_grid, save_grid_png
+from coral.tables import latent_table, main_table, markdown, per_class_table
+
+SAMPLING = {"sampler": "ddim", "steps": 50, "eta": 0.0, "omega": 1.0, "num_samples": 100, "labels": "stratified"}
+
+
+def metrics_json(tmp_path, dataset, rho, method, seed, fid, tail_fid=10.0, omega=1.0):
+    """A metrics file as the evaluate stage writes it; every metric derived from `fid` for easy checks."""
+    overall = {"fid": fid, "isc_mean": fid / 10, "isc_std": 0.1, "kid_mean": fid / 100, "kid_std": 0.0,
+               "precision": 0.5, "recall": fid / 100, "prd_f8": 0.6, "prd_f1_8": 0.7, "accuracy": 0.9}
+    group = {"fid": tail_fid, "kid_mean": tail_fid / 100, "precision": 0.5, "recall": 0.5, "accuracy": 0.25}
+    data = {"run": {"dataset": dataset, "rho": rho, "method": method, "seed": seed},
+            "sampling": dict(SAMPLING, omega=omega), "feature_extractor": "toy-classifier",
+            "classifier_test_accuracy": 0.95, "num_generated": 100, "num_real": 1000, "overall": overall,
+            "groups": {"head": dict(group, accuracy=0.75), "medium": group, "tail": group}, "provenance": {}}
+    path = tmp_path / f"{dataset}-{rho}-{method}-{seed}-w{omega}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ---------------------------------------------------------------- main table
+
+def test_main_table_means_stds_and_row_order(tmp_path):
+    files = [
+        metrics_json(tmp_path, "toy", 0.01, "zeta", 0, 9.0),
+        metrics_json(tmp_path, "toy", 0.001, "ddpm", 0, 30.0),
+        metrics_json(tmp_path, "toy", 0.01, "coral", 0, 4.0, tail_fid=8.0),
+        metrics_json(tmp_path, "toy", 0.01, "coral", 1, 6.0, tail_fid=12.0),
+        metrics_json(tmp_path, "toy", 0.01, "ddpm", 0, 7.0),
+        metrics_json(tmp_path, "toy", 0.01, "cbdm", 0, 5.0),
+    ]
+    table = main_table(files, tmp_path / "main.csv")
+    assert list(zip(table["rho"], table["method"])) == [
+        (0.01, "ddpm"), (0.01, "cbdm"), (0.01, "coral"), (0.01, "zeta"), (0.001, "ddpm")]
+    coral = table[table["method"] == "coral"].iloc[0]
+    assert coral["num_seeds"] == 2
+    assert coral["fid_mean"] == pytest.approx(5.0)
+    assert coral["fid_std"] == pytest.approx(math.sqrt(2))  # sample std of 4 and 6
+    assert coral["kid_mean"] == pytest.approx(0.05) and coral["isc_mean"] == pytest.approx(0.5)
+    assert coral["tail_fid_mean"] == pytest.approx(10.0) and coral["tail_fid_std"] == pytest.approx(math.sqrt(8))
+    assert coral["tail_accuracy_mean"] == pytest.approx(0.25) and coral["head_accuracy_mean"] == pytest.approx(0.75)
+    assert coral["prd_f8_std"] == pytest.approx(0.0)
+    assert (coral["sampler"], coral["steps"], coral["omega"], coral["feature_extractor"]) == (
+        "ddim", 50, 1.0, "toy-classifier")
+    assert list(table.columns[:6]) == ["dataset", "rho", "method", "num_seeds", "fid_mean", "fid_std"]
+
+    written = pd.read_csv(tmp_path / "main.csv", keep_default_na=False)
+    ddpm = written[(written["method"] == "ddpm") & (written["rho"] == 0.01)].iloc[0]
+    assert ddpm["fid_std"] == "" and float(ddpm["fid_mean"]) == 7.0  # one seed: empty std
+
+
+def test_main_table_rejects_mixed_settings_and_missing_keys(tmp_path):
+    files = [metrics_json(tmp_path, "toy", 0.01, "coral", 0, 4.0, omega=1.0),
+             metrics_json(tmp_path, "toy", 0.01, "coral", 1, 6.0, omega=2.0)]
+    with pytest.raises(ValueError, match="'omega' differs across seeds"):
+        main_table(files, tmp_path / "main.csv")
+    with pytest.raises(ValueError, match="seed listed more than once"):
+        main_table([files[0], files[0]], tmp_path / "main.csv")
+    broken = json.loads(files[0].read_text())
+    del broken["groups"]["tail"]["fid"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="broken.json: missing key 'groups.tail.fid'"):
+        main_table([tmp_path / "broken.json"], tmp_path / "main.csv")
+    assert not (tmp_path / "main.csv").exists()
+
+
+# ---------------------------------------------------------------- per-class table
+
+def per_class_csv(tmp_path, name, fids):
+    # Label order is not frequency order here: class 2 is the head.
+    frame = pd.DataFrame({"class": [0, 1, 2], "class_name": ["ant", "bee", "cat"], "train_count": [50, 5, 500],
+                          "group": ["medium", "tail", "head"], "num_generated": 10, "num_real": 10,
+                          "fid": fids, "kid_mean": [0.1, 0.2, 0.3], "kid_std": 0.01, "precision": 0.5,
+                          "recall": 0.5, "accuracy": [1.0, 0.0, 0.5]})
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_per_class_table_means_and_head_to_tail_order(tmp_path):
+    jsons = [metrics_json(tmp_path, "toy", 0.01, "coral", 0, 4.0), metrics_json(tmp_path, "toy", 0.01, "coral", 1, 6.0),
+             metrics_json(tmp_path, "toy", 0.01, "ddpm", 0, 7.0)]
+    csvs = [per_class_csv(tmp_path, "a.csv", [10.0, 20.0, 30.0]), per_class_csv(tmp_path, "b.csv", [12.0, 24.0, 36.0]),
+            per_class_csv(tmp_path, "c.csv", [1.0, 2.0, 3.0])]
+    table = per_class_table(jsons, csvs, tmp_path / "per_class.csv")
+    assert list(zip(table["method"], table["class_name"])) == [
+        ("ddpm", "cat"), ("ddpm", "ant"), ("ddpm", "bee"), ("coral", "cat"), ("coral", "ant"), ("coral", "bee")]
+    coral = table[table["method"] == "coral"].set_index("class_name")
+    assert coral.loc["bee", "fid_mean"] == pytest.approx(22.0)
+    assert coral.loc["bee", "fid_std"] == pytest.approx(math.sqrt(8))
+    assert coral.loc["cat", "kid_mean"] == pytest.approx(0.3) and coral.loc["cat", "num_seeds"] == 2
+    assert coral.loc["ant", "group"] == "medium" and coral.loc["ant", "train_count"] == 50
+    assert list(table.columns[:8]) == ["dataset", "rho", "method", "class", "class_name", "train_count",
+                                       "group", "num_seeds"]
+    with pytest.raises(ValueError, match="pair one to one"):
+        per_class_table(jsons, csvs[:2], tmp_path / "per_class.csv")
+
+
+# ---------------------------------------------------------------- latent table
+
+def test_latent_table_means(tmp_path):
+    paths = []
+    for seed, silhouette in [(0, 0.2), (1, 0.4)]:
+        scores = {f"{s}{g}": silhouette if s == "silhouette" else 0.9 for s in ("silhouette", "knn_purity")
+                  for g in ("", "_head", "_medium", "_tail")}
+        scores["knn_purity_medium"] = None  # an empty group is written as null
+        data = {"run": {"dataset": "toy", "rho": 0.01, "method": "coral", "seed": seed}, **scores,
+                "t": 100, "knn_k": 10, "num_points": 1000}
+        paths.append(tmp_path / f"sep{seed}.json")
+        paths[-1].write_text(json.dumps(data))
+    row = latent_table(paths, tmp_path / "latent.csv").iloc[0]
+    assert row["silhouette_tail_mean"] == pytest.approx(0.3)
+    assert row["silhouette_std"] == pytest.approx(math.sqrt(0.02))
+    assert row["knn_purity_mean"] == pytest.approx(0.9) and math.isnan(row["knn_purity_medium_mean"])
+    assert (row["t"], row["knn_k"], row["num_seeds"]) == (100, 10, 2)
+
+
+def test_markdown_formats_numbers_and_blanks():
+    text = markdown(pd.DataFrame({"method": ["coral"], "fid": [5.123456], "std": [float("nan")]}), digits=3)
+    assert text.splitlines() == ["| method | fid | std |", "|---|---|---|", "| coral | 5.12 |  |"]
+
+
+# ---------------------------------------------------------------- image grids
+
+def test_image_grid_rows_hold_classes():
+    # 2 classes x 2 images of 1x2x2; image value = 10 * label + order within the class.
+    labels = np.array([1, 0, 1, 0])
+    images = np.array([10, 0, 11, 1], dtype=np.uint8)[:, None, None, None].repeat(2, 2).repeat(2, 3)
+    grid = image_grid(images, labels, num_classes=2, per_row=2, scale=1)
+    assert grid.shape == (7, 7, 1)
+    cells = {(r, j): grid[1 + 3 * r:3 + 3 * r, 1 + 3 * j:3 + 3 * j, 0] for r in range(2) for j in range(2)}
+    for (r, j), cell in cells.items():
+        assert (cell == 10 * r + j).all()
+    assert (grid[0] == 128).all() and (grid[:, 3] == 128).all()  # 1-pixel gray padding
+
+
+def test_image_grid_upscales_caps_rows_and_fills_gaps():
+    images = np.zeros((3, 3, 4, 4), dtype=np.uint8)
+    images[:, 0] = 255
+    grid = image_grid(images, np.array([0, 0, 1]), num_classes=2, per_row=2, scale=2)
+    assert grid.shape == (2 * 9 + 1, 2 * 9 + 1, 3)
+    assert (grid[1:9, 1:9] == [255, 0, 0]).all()  # red 4x4 image shown as 8x8
+    assert (grid[10:18, 10:18] == 128).all()       # class 1 has only one image: gray cell
+    many = image_grid(np.zeros((100, 1, 2, 2), np.uint8), np.arange(100), num_classes=100, per_row=1, scale=1)
+    assert many.shape[0] == 20 * 3 + 1  # at most 20 classes shown
+    auto = image_grid(np.zeros((1, 1, 16, 16), np.uint8), np.array([0]), num_classes=1, per_row=1)
+    assert auto.shape[:2] == (34, 34)  # 16x16 upscaled twice to reach a 32-pixel cell
+
+
+def test_save_grid_png_writes_image(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    save_grid_png(images, np.arange(20) % 4, 4, tmp_path / "grid.png", per_row=5, class_names=list("abcd"))
+    with Image.open(tmp_path / "grid.png") as picture:
+        assert picture.height == 4 * 33 + 1 and picture.width > 5 * 33 + 1  # plus a name margin
+
+
+# ---------------------------------------------------------------- figures
+
+def test_per_class_fid_figure(tmp_path):
+    jsons = [metrics_json(tmp_path, "toy", 0.01, m, 0, 4.0) for m in ("coral", "ddpm")]
+    csvs = [per_class_csv(tmp_path, f"{m}.csv", [10.0, 20.0, 30.0]) for m in ("coral", "ddpm")]
+    per_class_table(jsons, csvs, tmp_path / "per_class.csv")
+    per_class_fid_figure(tmp_path / "per_class.csv", tmp_path / "fid.png")
+    with Image.open(tmp_path / "fid.png") as picture:
+        assert picture.format == "PNG" and picture.width > 200 and picture.height > 200
+
+
+def test_tsne_and_samples_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    names = ["ant", "bee", "cat"]
+    npzs, jsons = [], []
+    for method in ("ddpm", "coral"):
+        npzs.append(tmp_path / f"{method}.npz")
+        np.savez(npzs[-1], tsne=rng.normal(size=(30, 2)), labels=np.arange(30) % 3,
+                 groups=np.array(["head", "medium", "tail"]), class_names=np.array(names))
+        jsons.append(tmp_path / f"{method}.json")
+        jsons[-1].write_text(json.dumps({"silhouette": 0.1, "silhouette_tail": None,
+                                         "knn_purity": 0.5, "knn_purity_tail": 0.4}))
+    tsne_figure(npzs, ["ddpm", "coral"], names, [100, 10, 1], tmp_path / "tsne.png", separation_jsons=jsons)
+    with Image.open(tmp_path / "tsne.png") as picture:
+        assert picture.format == "PNG" and picture.width > picture.height > 100
+    with pytest.raises(ValueError, match="class names"):
+        tsne_figure(npzs, ["ddpm", "coral"], ["x", "y", "z"], [100, 10, 1], tmp_path / "bad.png")
+
+    images = rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "samples.npz", images=images, labels=np.arange(12) % 3,
+             meta=np.array(json.dumps({"run": {"method": "coral"}})))
+    samples_figure(tmp_path / "samples.npz", tmp_path / "samples.png")
+    with Image.open(tmp_path / "samples.png") as picture:
+        assert picture.size == (10 * 33 + 1, 3 * 33 + 1)  # 8x8 upscaled to 32, 10 per row, 3 classes
