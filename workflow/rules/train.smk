@@ -8,8 +8,6 @@ rule train:
         run=run_params,
         run_dir=lambda wildcards, output: os.path.dirname(output.final),
     threads: 1
-    resources:
-        gpu=1 if CFG["preset"] == "paper" else 0,
     log:
         f"results/logs/train/{RUN}.log",
     benchmark:
