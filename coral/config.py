@@ -97,6 +97,11 @@ def _check_consistency(cfg: dict) -> None:
                           f"{num_classes} classes of {data['dataset']} when sample.labels is stratified")
     if sample["sampler"] == "ddim" and sample["steps"] > cfg["diffusion"]["T"]:
         raise ConfigError(f"sample.steps: {sample['steps']} exceeds diffusion.T = {cfg['diffusion']['T']}")
+    evaluate = cfg["evaluate"]
+    if evaluate["feature_extractor"] == "inception-v3-compat" and not (
+            evaluate["inception_weights_path"] and Path(evaluate["inception_weights_path"]).is_file()):
+        raise ConfigError(f"evaluate.inception_weights_path: {evaluate['inception_weights_path']!r} is not a file; "
+                          "inception-v3-compat needs torch-fidelity's Inception weights on disk (nothing is downloaded)")
     pool = cfg["objectives"]["coral_ambient"]["pool_size"]
     if pool > data["image_size"]:
         raise ConfigError(f"objectives.coral_ambient.pool_size: {pool} exceeds data.image_size = {data['image_size']}")

@@ -30,6 +30,8 @@ def resolve_with(edit):
     (lambda c: c["model"].update(ch=48), "model.ch: 48 is not a multiple of 32"),
     (lambda c: c["objectives"]["cbdm"].update(prior="balanced"), "objectives.cbdm.prior: 'balanced' is not allowed"),
     (lambda c: c["train"].update(label_drop="row"), "train.label_drop: 'row' is not allowed; allowed: batch, sample"),
+    (lambda c: c["evaluate"].update(feature_extractor="inception-v3-compat"),
+     "evaluate.inception_weights_path: None is not a file"),
 ])
 def test_bad_config_one_line_naming_key(edit, expected):
     with pytest.raises(ConfigError) as info:
