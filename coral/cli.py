@@ -73,6 +73,15 @@ def _cmd_latent(args) -> None:
     run_latent(args.checkpoint, args.split, cfg["latent"], args.out_npz, args.out_json, args.out_png)
 
 
+def _cmd_bench(args) -> None:
+    from coral.bench import run_benchmark
+    cfg = _config(args)
+    result = run_benchmark(cfg, args.size, args.out, cpu_batch=args.cpu_batch, warmup=args.warmup,
+                           repeats=args.repeats, rounds=args.rounds)
+    for name, ratio in result["ratios"].items():
+        print(f"{name}: {ratio['value']:.3f} (target {ratio['target']}: {'met' if ratio['met'] else 'missed'})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coral", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-npz", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png", required=True)
+    p = stage("bench", _cmd_bench, "measure training, sampling and metric throughput side by side")
+    p.add_argument("--size", choices=["embedded", "paper"], default="embedded",
+                   help="embedded: the config's model and batch; paper: the SPEC's 35.7M UNet on 32x32x3")
+    p.add_argument("--out", default="benchmarks/results", help="folder of the JSON and CSV results")
+    p.add_argument("--cpu-batch", type=int, default=None, help="smaller batch when no GPU is present")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds; each figure is their median")
     return parser
 
 

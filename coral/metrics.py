@@ -125,7 +125,7 @@ class _ImageDataset(Dataset):
         return image.expand(3, -1, -1).contiguous() if self.to_rgb else image
 
 
-def _extract(images: torch.Tensor, fidelity_name: str, layers: list[str], weights_path: str,
+def extract_features(images: torch.Tensor, fidelity_name: str, layers: list[str], weights_path: str,
              batch_size: int, desc: str) -> dict[str, torch.Tensor]:
     """torch-fidelity features {layer: (N, D)} of uint8 images (N, C, H, W)."""
     cuda = torch.cuda.is_available()
@@ -209,14 +209,14 @@ def evaluate(samples_npz: str | Path, data_cfg: dict, split_npz: str | Path, cla
     fidelity_name, feature_layer, isc_layer = FEATURE_EXTRACTORS[eval_cfg["feature_extractor"]]
     weights = classifier_ckpt if fidelity_name == FEATURE_EXTRACTOR_NAME else eval_cfg["inception_weights_path"]
     batch_size = eval_cfg["batch_size"]
-    gen = _extract(gen_images, fidelity_name, [feature_layer, isc_layer], weights, batch_size, "generated")
-    real_features = _extract(real.images, fidelity_name, [feature_layer], weights, batch_size, "real")[feature_layer]
+    gen = extract_features(gen_images, fidelity_name, [feature_layer, isc_layer], weights, batch_size, "generated")
+    real_features = extract_features(real.images, fidelity_name, [feature_layer], weights, batch_size, "real")[feature_layer]
     gen_features = gen[feature_layer]
     # classifier accuracy always uses the coral classifier's logits
     if fidelity_name == FEATURE_EXTRACTOR_NAME:
         gen_logits = gen["logits"]
     else:
-        gen_logits = _extract(gen_images, FEATURE_EXTRACTOR_NAME, ["logits"], classifier_ckpt, batch_size,
+        gen_logits = extract_features(gen_images, FEATURE_EXTRACTOR_NAME, ["logits"], classifier_ckpt, batch_size,
                               "generated")["logits"]
     correct = (gen_logits.argmax(dim=1) == gen_labels).float()
 

@@ -76,12 +76,7 @@ class CBDM(Objective):
 
     def forward(self, model, x0, y, y_in, t, noise):
         x_t = self.diffusion.q_sample(x0, t, noise)
-        labelled = y_in >= 0
-        if not labelled.any():
-            eps = model(x_t, t, y_in)
-            loss = mse(eps, noise)
-            zero = loss.detach() * 0
-            return {"loss": loss, "mse": loss, "cb_reg": zero, "cb_commit": zero}
+        labelled = y_in >= 0  # a mask, not a branch: no host synchronisation per step
         y_prime = torch.multinomial(self.prior.to(y.device), len(y), replacement=True)
         eps, eps_prime = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y_in, y_prime])).float().chunk(2)
         base = mse(eps, noise)
@@ -182,19 +177,18 @@ class CORAL(Objective):
         x_t = self.diffusion.q_sample(x0, t, noise)
         eps, bottleneck = model(x_t, t, y_in, return_bottleneck=True)
         base = mse(eps, noise)
-        if not (y_in >= 0).any():  # a dropped batch carries no contrastive term
-            zero = base.detach() * 0
-            return {"loss": base, "mse": base, "supcon": zero, "coral_term": zero}
         z = self.head(self.embedding(x_t, t, eps, bottleneck).float())
         per_anchor, valid = supcon_per_anchor(z, y, self.tau_sc)
+        # Masks instead of branches keep the step free of host synchronisation.
+        labelled_batch = (y_in >= 0).any().float()  # a fully dropped batch carries no contrastive term
+        num_valid = valid.sum().clamp(min=1)
         lam = coral_time_weight(t, self.diffusion.T, self.weight, self.tau_r)
-        if not valid.any():
-            term = per_anchor.sum() * 0
-        elif self.reduction == "batch_mean":
-            term = lam.mean() * per_anchor[valid].mean()
+        if self.reduction == "batch_mean":
+            term = lam.mean() * (per_anchor * valid).sum() / num_valid
         else:  # per_anchor
-            term = (lam[valid] * per_anchor[valid]).mean()
-        supcon = per_anchor[valid].mean() if valid.any() else term.detach()
+            term = (lam * per_anchor * valid).sum() / num_valid
+        term = term * labelled_batch
+        supcon = (per_anchor * valid).sum() / num_valid
         return {"loss": base + term, "mse": base, "supcon": supcon.detach(), "coral_term": term.detach()}
 
 

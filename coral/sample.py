@@ -74,8 +74,11 @@ class _PerImageNoise:
 
 @torch.no_grad()
 def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
-             image_shape: tuple[int, int, int]) -> torch.Tensor:
-    """Generate one batch: labels (B,), image_ids (B,) -> uint8 images (B, C, H, W)."""
+             image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
+    """Generate one batch: labels (B,), image_ids (B,) -> uint8 images (B, C, H, W).
+
+    batched_guidance=False runs the two guidance passes separately (for benchmarks).
+    """
     device = next(model.parameters()).device
     noise = _PerImageNoise(image_ids, sample_cfg["seed"], image_shape, device)
     y = labels.to(device)
@@ -86,14 +89,14 @@ def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids:
         for step in reversed(range(diffusion.T)):
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
             with autocast:
-                eps = guided_eps(model, x, t, y, omega)
+                eps = guided_eps(model, x, t, y, omega, batched_guidance)
             x = diffusion.ancestral_step(x, t, eps, noise.draw() if step > 0 else torch.zeros_like(x))
     else:
         timesteps = ddim_timesteps(diffusion.T, sample_cfg["steps"])
         for step, step_prev in zip(timesteps, timesteps[1:] + [-1]):
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
             with autocast:
-                eps = guided_eps(model, x, t, y, omega)
+                eps = guided_eps(model, x, t, y, omega, batched_guidance)
             step_noise = noise.draw() if sample_cfg["eta"] > 0 else torch.zeros_like(x)
             x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg["eta"], step_noise)
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()

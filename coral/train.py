@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -94,6 +96,68 @@ def load_model(checkpoint: str | Path, device: torch.device | None = None) -> tu
     return model_from_state(load_checkpoint(checkpoint), device)
 
 
+@dataclass
+class TrainingSetup:
+    """Everything one optimisation step touches."""
+
+    model: UNet
+    ema: UNet
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    params: list[torch.nn.Parameter]
+    diffusion: Diffusion
+    forward: Callable  # the objective, compiled when train.compile is set
+
+
+def build_training(run_cfg: dict, class_counts: torch.Tensor, in_channels: int, num_classes: int,
+                   device: torch.device) -> TrainingSetup:
+    """Model, EMA copy, objective, Adam with linear warm-up, on `device`."""
+    tcfg = run_cfg["train"]
+    diffusion = Diffusion.from_config(run_cfg["diffusion"])
+    model = build_model(run_cfg, in_channels, num_classes).to(device)
+    if tcfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    objective = build_objective(run_cfg["objective"]["name"], run_cfg["objective"]["hparams"], diffusion,
+                                class_counts, model).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    params = list(model.parameters()) + list(objective.parameters())
+    # One fused kernel on GPUs; multi-tensor (foreach) updates on CPUs.
+    fused = device.type == "cuda"
+    optimizer = torch.optim.Adam(params, lr=tcfg["lr"], fused=fused, foreach=not fused)
+    warmup = tcfg["warmup"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0)
+    forward = torch.compile(objective) if tcfg["compile"] else objective
+    return TrainingSetup(model, ema, objective, optimizer, scheduler, params, diffusion, forward)
+
+
+def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Tensor,
+                  run_cfg: dict) -> dict[str, torch.Tensor]:
+    """One optimisation step on a uint8 batch (B, C, H, W); returns the loss terms and grad norm.
+
+    Nothing here waits for the device: the returned tensors stay where they were computed.
+    """
+    tcfg, device = run_cfg["train"], images_uint8.device
+    x0 = to_model_range(images_uint8)
+    if run_cfg["data"]["hflip"]:
+        x0 = random_hflip(x0)
+    if tcfg["channels_last"]:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    t = torch.randint(0, setup.diffusion.T, (len(y),), device=device)
+    noise = torch.randn_like(x0)
+    y_in = drop_labels(y, tcfg["label_drop"], tcfg["p_uncond"])
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16_autocast"]):
+        terms = setup.forward(setup.model, x0, y, y_in, t, noise)
+    setup.optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(setup.params, tcfg["grad_clip"])
+    setup.optimizer.step()
+    setup.scheduler.step()
+    ema_update(setup.ema, setup.model, tcfg["ema_decay"])
+    return {**terms, "grad_norm": grad_norm}
+
+
 def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
     """Train one run (resuming from its newest checkpoint) and write run_dir/final.pt."""
     run_dir = Path(run_dir)
@@ -109,16 +173,9 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
         raise ValueError(f"train.batch_size: {tcfg['batch_size']} exceeds the {len(images)} training images")
 
     torch.manual_seed(seed)
-    diffusion = Diffusion.from_config(run_cfg["diffusion"])
-    model = build_model(run_cfg, images.shape[1], data.num_classes).to(device)
-    objective = build_objective(run_cfg["objective"]["name"], run_cfg["objective"]["hparams"], diffusion,
-                                torch.from_numpy(split.class_counts), model).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    params = list(model.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.Adam(params, lr=tcfg["lr"], foreach=True)
-    warmup = tcfg["warmup"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0)
+    setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], data.num_classes, device)
+    model, ema, objective, optimizer, scheduler = (setup.model, setup.ema, setup.objective, setup.optimizer,
+                                                   setup.scheduler)
 
     start = 0
     checkpoints = _checkpoint_paths(run_dir)
@@ -148,7 +205,6 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
             state["rng_cuda"] = torch.cuda.get_rng_state()
         return state
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16_autocast"])
     model.train()
     sums: dict[str, torch.Tensor] = {}
     tick = time.perf_counter()
@@ -156,24 +212,9 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
                     mininterval=5, dynamic_ncols=True)
     for step in progress:
         idx = batch_indices(step, len(images), tcfg["batch_size"], seed).to(device)
-        x0 = to_model_range(images[idx])
-        if run_cfg["data"]["hflip"]:
-            x0 = random_hflip(x0)
-        y = labels[idx]
-        t = torch.randint(0, diffusion.T, (len(y),), device=device)
-        noise = torch.randn_like(x0)
-        y_in = drop_labels(y, tcfg["label_drop"], tcfg["p_uncond"])
-        with autocast:
-            terms = objective(model, x0, y, y_in, t, noise)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
-        optimizer.step()
-        scheduler.step()
-        ema_update(ema, model, tcfg["ema_decay"])
+        terms = training_step(setup, images[idx], labels[idx], run_cfg)
         for name, value in terms.items():  # accumulated on-device: no host sync between log steps
             sums[name] = sums.get(name, 0) + value.detach().float()
-        sums["grad_norm"] = sums.get("grad_norm", 0) + grad_norm.detach().float()
 
         done = step + 1
         if done % tcfg["log_every"] == 0 or done == tcfg["steps"]:

@@ -1,0 +1,311 @@
+"""`python -m coral bench`: throughput of every stage, measured side by side in one process.
+
+Every speed is reported with the baseline it is divided by, measured in the same run:
+the optimised training step vs a naive loop (fp32, a DataLoader over PIL images with
+per-sample transforms, a Python-loop EMA), each method's step vs the DDPM step, and
+guidance batched into one forward vs two passes. Images are random: throughput does not
+depend on their content, and the paper-scale datasets need not be on disk.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from coral.config import run_config
+from coral.diffusion import Diffusion
+from coral.io import atomic_path, provenance, write_json
+from coral.sample import generate
+from coral.train import build_model, build_training, default_device, training_step
+
+log = logging.getLogger(__name__)
+
+METHODS = ["ddpm", "cbdm", "t2h", "coral"]
+# Dense bf16 tensor-core peaks (FLOP/s) of cards MFU is reported against.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# The SPEC's network (section 2) on CIFAR-sized inputs: what the paper preset trains.
+PAPER_SIZE = {"model": {"ch": 128, "ch_mult": [1, 2, 2, 2], "attn": [1], "num_res_blocks": 2, "dropout": 0.1},
+              "image_size": 32, "in_channels": 3, "num_classes": 10, "batch_size": 128, "sample_batch_size": 500}
+TARGETS = {"coral_over_ddpm_step": ("<=", 1.05), "t2h_over_ddpm_step": ("<=", 1.15),
+           "cbdm_over_ddpm_step": ("<=", 2.1), "batched_guidance_speedup": (">=", 1.5),
+           "training_speedup_over_naive": (">=", 2.0)}
+
+
+def machine_description(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": torch.get_num_threads() and __import__("os").cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Mean wall time of fn() after `warmup` untimed calls, waiting for the device at both ends."""
+    return interleaved_seconds({"fn": fn}, device, warmup, repeats, rounds=1)["fn"]
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
+                        rounds: int) -> dict[str, float]:
+    """Seconds per call of each function, measured in alternating rounds of `repeats` calls.
+
+    Alternating keeps slow drifts of the machine (other load, clocks) out of the ratios between
+    them; each function's figure is the median over rounds.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            _synchronize(device)
+            times[name].append((time.perf_counter() - start) / repeats)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def bench_settings(cfg: dict, preset: str, device: torch.device, cpu_batch: int | None) -> dict:
+    """Model, shapes and batch sizes of the benchmark; `paper` uses the SPEC network on 32x32x3."""
+    if preset == "paper":
+        settings = {**PAPER_SIZE, "model": dict(PAPER_SIZE["model"])}
+        train = {**cfg["train"], "batch_size": PAPER_SIZE["batch_size"], "bf16_autocast": device.type == "cuda",
+                 "channels_last": device.type == "cuda"}
+    else:
+        settings = {"model": dict(cfg["model"]), "image_size": cfg["data"]["image_size"], "in_channels": 1,
+                    "num_classes": 10, "batch_size": cfg["train"]["batch_size"],
+                    "sample_batch_size": cfg["sample"]["batch_size"]}
+        train = dict(cfg["train"])
+    if device.type == "cpu" and cpu_batch:
+        settings["batch_size"] = train["batch_size"] = cpu_batch
+        settings["sample_batch_size"] = cpu_batch
+    settings["train"] = train
+    return settings
+
+
+def _run_cfg(cfg: dict, settings: dict, method: str) -> dict:
+    bench_cfg = {**cfg, "model": settings["model"], "train": settings["train"],
+                 "data": {**cfg["data"], "image_size": settings["image_size"]}}
+    return run_config(bench_cfg, "bench", 0.01, method, 0)
+
+
+def _random_batch(settings: dict, device: torch.device, generator: torch.Generator):
+    shape = (settings["batch_size"], settings["in_channels"], settings["image_size"], settings["image_size"])
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).to(device)
+    labels = torch.randint(0, settings["num_classes"], (shape[0],), generator=generator).to(device)
+    return images, labels
+
+
+def bench_training(cfg: dict, settings: dict, device: torch.device, warmup: int, repeats: int,
+                   rounds: int) -> dict:
+    """Seconds per optimisation step and img/s of each method's real training step."""
+    generator = torch.Generator().manual_seed(0)
+    images, labels = _random_batch(settings, device, generator)
+    counts = torch.tensor([int(1000 * 0.01 ** (i / 9)) for i in range(settings["num_classes"])])
+    steps = {}
+    for method in METHODS:
+        run = _run_cfg(cfg, settings, method)
+        setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
+        setup.model.train()
+        steps[method] = lambda setup=setup, run=run: training_step(setup, images, labels, run)
+    seconds = interleaved_seconds(steps, device, warmup, repeats, rounds)
+    for method, value in seconds.items():
+        log.info("train %s: %.4f s/step", method, value)
+    return {method: {"seconds_per_step": value, "img_per_s": settings["batch_size"] / value}
+            for method, value in seconds.items()}
+
+
+class _PILImages(Dataset):
+    """The naive input pipeline: PIL images, per-sample transforms in Python."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        mode = "L" if images.shape[1] == 1 else "RGB"
+        self.images = [Image.fromarray(im.squeeze(0) if mode == "L" else im.transpose(1, 2, 0), mode)
+                       for im in images]
+        self.labels = labels
+        self.transform = T.Compose([T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(0.5, 0.5)])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def bench_naive_training(cfg: dict, settings: dict, device: torch.device, warmup: int, repeats: int) -> dict:
+    """The baseline loop: fp32, DataLoader over PIL images, Python-loop EMA, plain Adam, DDPM loss."""
+    run = _run_cfg(cfg, settings, "ddpm")
+    diffusion = Diffusion.from_config(run["diffusion"])
+    model = build_model(run, settings["in_channels"], settings["num_classes"]).to(device).train()
+    ema = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=run["train"]["lr"], foreach=False)
+    rng = np.random.default_rng(0)
+    num_images = settings["batch_size"] * (warmup + repeats)
+    shape = (num_images, settings["in_channels"], settings["image_size"], settings["image_size"])
+    loader = iter(DataLoader(_PILImages(rng.integers(0, 256, shape, dtype=np.uint8),
+                                        rng.integers(0, settings["num_classes"], num_images)),
+                             batch_size=settings["batch_size"], shuffle=True, drop_last=True))
+    decay = run["train"]["ema_decay"]
+
+    def step():
+        x0, y = next(loader)
+        x0, y = x0.to(device), y.to(device)
+        t = torch.randint(0, diffusion.T, (len(y),), device=device)
+        noise = torch.randn_like(x0)
+        loss = (model(diffusion.q_sample(x0, t, noise), t, y) - noise).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run["train"]["grad_clip"])
+        optimizer.step()
+        model_state = model.state_dict()
+        with torch.no_grad():
+            for name, value in ema.state_dict().items():
+                value.copy_(decay * value + (1 - decay) * model_state[name])
+        loss.item()  # the usual per-step logging sync
+
+    seconds = seconds_per_call(step, device, warmup, repeats)
+    return {"seconds_per_step": seconds, "img_per_s": settings["batch_size"] / seconds}
+
+
+def training_flops(cfg: dict, settings: dict, device: torch.device) -> float:
+    """FLOPs of one DDPM optimisation step (forward + backward), counted by torch's FlopCounterMode."""
+    run = _run_cfg(cfg, settings, "ddpm")
+    counts = torch.ones(settings["num_classes"])
+    setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
+    images, labels = _random_batch(settings, device, torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        training_step(setup, images, labels, run)
+    return float(counter.get_total_flops())
+
+
+def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps: int, rounds: int) -> dict:
+    """img/s of DDPM-1000 and DDIM-100 with guidance batched vs two passes.
+
+    The real sampler runs `probe_steps` denoising steps; the full schedules are extrapolated
+    from the time per step (all steps of a schedule cost the same).
+    """
+    run = _run_cfg(cfg, settings, "ddpm")
+    model = build_model(run, settings["in_channels"], settings["num_classes"]).to(device).eval()
+    if settings["train"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    batch = settings["sample_batch_size"]
+    labels = torch.arange(batch) % settings["num_classes"]
+    shape = (settings["in_channels"], settings["image_size"], settings["image_size"])
+    results = {}
+    for sampler, full_steps in (("ddpm", 1000), ("ddim", 100)):
+        diffusion = Diffusion(T=probe_steps) if sampler == "ddpm" else Diffusion.from_config(run["diffusion"])
+        sample_cfg = {**cfg["sample"], "sampler": sampler, "steps": probe_steps, "eta": 0.0, "omega": 1.0,
+                      "bf16_autocast": settings["train"]["bf16_autocast"]}
+        passes = {batched: (lambda batched=batched: generate(model, diffusion, labels, torch.arange(batch),
+                                                              sample_cfg, shape, batched))
+                  for batched in (True, False)}
+        seconds = interleaved_seconds(passes, device, 1, 1, rounds)
+        for batched, value in seconds.items():
+            per_step = value / probe_steps
+            key = f"{sampler}{full_steps}_{'batched' if batched else 'two_pass'}"
+            results[key] = {"seconds_per_denoising_step": per_step, "img_per_s": batch / (per_step * full_steps)}
+            log.info("sample %s: %.4f s per step", key, per_step)
+    return results
+
+
+def bench_features(settings: dict, device: torch.device, num_images: int) -> dict:
+    """img/s of the classifier feature extraction through torch-fidelity, and the metric computation time."""
+    from coral.classifier import FEATURE_EXTRACTOR_NAME, SmallClassifier
+    from coral.metrics import compare_features, extract_features, prd_scores
+
+    classifier = SmallClassifier(settings["in_channels"], settings["num_classes"], width=32)
+    shape = (num_images, settings["in_channels"], settings["image_size"], settings["image_size"])
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "classifier.pt"
+        torch.save({"state_dict": classifier.state_dict(), "in_channels": settings["in_channels"],
+                    "num_classes": settings["num_classes"], "width": 32, "image_size": settings["image_size"],
+                    "class_names": [str(c) for c in range(settings["num_classes"])], "test_accuracy": 0.0}, path)
+        start = time.perf_counter()
+        features = extract_features(images, FEATURE_EXTRACTOR_NAME, ["penultimate"], str(path), 250,
+                                    "benchmark")["penultimate"]
+        extract_seconds = time.perf_counter() - start
+    half = num_images // 2
+    start = time.perf_counter()
+    compare_features(features[:half], features[half:], kid_subsets=100, kid_subset_size=min(1000, half),
+                     prc_neighborhood=5)
+    compare_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    prd_scores(features[:half].numpy(), features[half:].numpy(), num_clusters=20 * settings["num_classes"],
+               num_runs=1)
+    prd_seconds = time.perf_counter() - start
+    return {"feature_extraction_img_per_s": num_images / extract_seconds,
+            "fid_kid_prc_seconds": compare_seconds, "prd_seconds_per_run": prd_seconds,
+            "num_images": num_images}
+
+
+def ratios(training: dict, naive: dict, sampling: dict) -> dict:
+    ddpm = training["ddpm"]["seconds_per_step"]
+    values = {
+        "coral_over_ddpm_step": training["coral"]["seconds_per_step"] / ddpm,
+        "t2h_over_ddpm_step": training["t2h"]["seconds_per_step"] / ddpm,
+        "cbdm_over_ddpm_step": training["cbdm"]["seconds_per_step"] / ddpm,
+        "batched_guidance_speedup": sampling["ddim100_batched"]["img_per_s"] / sampling["ddim100_two_pass"]["img_per_s"],
+        "training_speedup_over_naive": naive["seconds_per_step"] / ddpm,
+    }
+    return {name: {"value": value, "target": f"{TARGETS[name][0]} {TARGETS[name][1]}",
+                   "met": value <= TARGETS[name][1] if TARGETS[name][0] == "<=" else value >= TARGETS[name][1]}
+            for name, value in values.items()}
+
+
+def run_benchmark(cfg: dict, preset: str, out_dir: str | Path, cpu_batch: int | None = None,
+                  warmup: int = 2, repeats: int = 5, rounds: int = 5, probe_steps: int = 3,
+                  feature_images: int = 4000) -> dict:
+    """Measure everything for one preset ('embedded' or 'paper') and write <out_dir>/<preset>-<device>.json/.csv."""
+    if probe_steps < 2:
+        raise ValueError(f"probe_steps: {probe_steps}; allowed: 2 or more denoising steps")
+    device = default_device()
+    settings = bench_settings(cfg, preset, device, cpu_batch)
+    training = bench_training(cfg, settings, device, warmup, repeats, rounds)
+    naive = bench_naive_training(cfg, settings, device, warmup, repeats * rounds)
+    flops = training_flops(cfg, settings, device)
+    sampling = bench_sampling(cfg, settings, device, probe_steps, rounds)
+    features = bench_features(settings, device, feature_images)
+    achieved = flops / training["ddpm"]["seconds_per_step"]
+    compute = {"flops_per_ddpm_step": flops, "achieved_flops_per_s": achieved}
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = next((value for name, value in PEAK_BF16_FLOPS.items() if name in gpu), None)
+    compute["mfu_vs_bf16_peak"] = achieved / peak if peak else None
+    result = {"preset": preset, "machine": machine_description(device),
+              "settings": {key: settings[key] for key in ("model", "image_size", "in_channels", "batch_size",
+                                                            "sample_batch_size")},
+              "train_settings": {key: settings["train"][key] for key in ("bf16_autocast", "channels_last", "compile")},
+              "training": training, "naive_training": naive, "sampling": sampling, "features": features,
+              "compute": compute, "ratios": ratios(training, naive, sampling), "provenance": provenance()}
+    name = f"{preset}-{(gpu or 'cpu').replace(' ', '_')}"
+    out_dir = Path(out_dir)
+    write_json(out_dir / f"{name}.json", result)
+    rows = [("ratio", key, value["value"], value["target"]) for key, value in result["ratios"].items()]
+    rows += [("train_img_per_s", key, value["img_per_s"], "") for key, value in training.items()]
+    rows += [("train_img_per_s", "naive", naive["img_per_s"], "")]
+    rows += [("sample_img_per_s", key, value["img_per_s"], "") for key, value in sampling.items()]
+    rows += [("features", key, value, "") for key, value in features.items()]
+    rows += [("compute", key, value, "") for key, value in compute.items()]
+    with atomic_path(out_dir / f"{name}.csv") as tmp:
+        tmp.write_text("kind,name,value,target\n" + "".join(f"{k},{n},{v},{t}\n" for k, n, v, t in rows))
+    return result

@@ -1,0 +1,48 @@
+"""The benchmark command runs end to end and its ratios are the quotients of its own measurements."""
+import json
+import math
+
+import pytest
+import torch
+
+from coral.bench import interleaved_seconds, run_benchmark
+from coral.config import load
+
+
+def test_benchmark_writes_every_ratio(tmp_path):
+    cfg = load("config.yaml", preset="smoke")
+    result = run_benchmark(cfg, "embedded", tmp_path, warmup=1, repeats=1, rounds=1, probe_steps=2,
+                           feature_images=200)
+    written = json.loads(next(tmp_path.glob("embedded-cpu.json")).read_text())
+    assert written["ratios"].keys() == {"coral_over_ddpm_step", "t2h_over_ddpm_step", "cbdm_over_ddpm_step",
+                                        "batched_guidance_speedup", "training_speedup_over_naive"}
+    training = result["training"]
+    assert written["ratios"]["cbdm_over_ddpm_step"]["value"] == pytest.approx(
+        training["cbdm"]["seconds_per_step"] / training["ddpm"]["seconds_per_step"])
+    assert written["ratios"]["training_speedup_over_naive"]["value"] == pytest.approx(
+        result["naive_training"]["seconds_per_step"] / training["ddpm"]["seconds_per_step"])
+    assert all(math.isfinite(r["value"]) and r["value"] > 0 for r in written["ratios"].values())
+    assert result["compute"]["flops_per_ddpm_step"] > 0 and result["compute"]["mfu_vs_bf16_peak"] is None
+    assert set(result["sampling"]) == {"ddpm1000_batched", "ddpm1000_two_pass", "ddim100_batched",
+                                       "ddim100_two_pass"}
+    assert (tmp_path / "embedded-cpu.csv").read_text().startswith("kind,name,value,target\n")
+
+
+def test_flop_counter_matches_hand_count_for_a_linear_layer():
+    # The benchmark's FLOP figures come from torch's counter: 2 * in * out per sample for a matmul.
+    from torch.utils.flop_counter import FlopCounterMode
+    layer = torch.nn.Linear(8, 4, bias=False)
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.ones(3, 8))
+    assert counter.get_total_flops() == 2 * 3 * 8 * 4
+
+
+def test_interleaved_seconds_calls_each_function_the_expected_number_of_times():
+    calls = {"a": 0, "b": 0}
+
+    def count(name):
+        calls[name] += 1
+
+    times = interleaved_seconds({"a": lambda: count("a"), "b": lambda: count("b")}, torch.device("cpu"),
+                                warmup=2, repeats=3, rounds=4)
+    assert calls == {"a": 14, "b": 14} and set(times) == {"a", "b"}
