@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from coral.data import load_balanced, load_split
 from coral.diffusion import Diffusion
-from coral.io import atomic_path, provenance, write_json
+from coral.io import atomic_path, provenance, sha256_file, write_json
 from coral.objectives import build_objective, drop_labels
 from coral.unet import UNet, build_unet
 
@@ -73,9 +73,35 @@ def _checkpoint_paths(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def _save(path: Path, state: dict) -> None:
+    """Write a checkpoint and then its SHA-256, each atomically: a checkpoint without a matching
+    checksum was interrupted or damaged."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        digest = sha256_file(tmp)
+    with atomic_path(_checksum_path(path)) as tmp:
+        tmp.write_text(digest + "\n")
+
+
+def _remove_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _checksum_path(path).unlink(missing_ok=True)
+
+
+def _newest_intact_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest step checkpoint whose checksum matches, skipping damaged ones with a warning."""
+    for path in reversed(_checkpoint_paths(run_dir)):
+        checksum = _checksum_path(path)
+        if not checksum.exists() or checksum.read_text().strip() != sha256_file(path):
+            log.warning("checkpoint %s does not match its checksum (interrupted or damaged); trying the previous one",
+                        path)
+            continue
+        return path, load_checkpoint(path)
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -178,11 +204,11 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
                                                    setup.scheduler)
 
     start = 0
-    checkpoints = _checkpoint_paths(run_dir)
-    if checkpoints:
-        state = load_checkpoint(checkpoints[-1])
+    resumed = _newest_intact_checkpoint(run_dir)
+    if resumed:
+        path, state = resumed
         if state["config"] != run_cfg:
-            raise ValueError(f"{checkpoints[-1]} was written with another config; delete {run_dir} to retrain")
+            raise ValueError(f"{path} was written with another config; delete {run_dir} to retrain")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         objective.load_state_dict(state["objective"])
@@ -192,7 +218,7 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"])
         start = state["step"]
-        log.info("resuming %s from step %d (%s)", run_dir, start, checkpoints[-1].name)
+        log.info("resuming %s from step %d (%s)", run_dir, start, path.name)
     write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
     _truncate_stats(run_dir / "stats.jsonl", start)
 
@@ -234,7 +260,7 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
         if done % tcfg["checkpoint_every"] == 0 or done == tcfg["steps"]:
             _save(run_dir / "checkpoints" / f"step-{done:08d}.pt", snapshot(done))
             for old in _checkpoint_paths(run_dir)[:-tcfg["keep_checkpoints"]]:
-                old.unlink()
+                _remove_checkpoint(old)
 
     final = snapshot(tcfg["steps"])
     for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
