@@ -20,7 +20,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
-from coral.data import load_balanced
+from coral import lineage
+from coral.data import load_balanced, source_files
 from coral.io import atomic_path, provenance, write_json
 
 FEATURE_EXTRACTOR_NAME = "coral-classifier"
@@ -160,6 +161,8 @@ def train_classifier(data_cfg: dict, clf_cfg: dict, out_ckpt: str | Path, out_js
     write_json(out_json, {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
                           "num_train": len(train_idx), "num_test": len(test_idx),
                           "steps": clf_cfg["steps"], "provenance": provenance()})
+    lineage.record([out_ckpt, out_json], "train_classifier", source_files(data_cfg),
+                   {"data": data_cfg, "classifier": clf_cfg})
 
 
 def load_classifier_checkpoint(path: str | Path) -> dict:

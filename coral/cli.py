@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from coral import config as config_module
+from coral.io import DatasetError
 
 
 def setup_job(log: str | Path | None, threads: int | None) -> None:
@@ -82,6 +83,14 @@ def _cmd_bench(args) -> None:
         print(f"{name}: {ratio['value']:.3f} (target {ratio['target']}: {'met' if ratio['met'] else 'missed'})")
 
 
+def _cmd_audit(args) -> int:
+    from coral.lineage import audit
+    lines, problems = audit(args.artifact)
+    print("\n".join(lines))
+    print(f"{problems} problem(s)" if problems else "every artifact matches the inputs it was made from")
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coral", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-npz", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png", required=True)
+    p = sub.add_parser("audit", help="the lineage of an artifact back to its data split and checkpoints")
+    p.add_argument("artifact", help="e.g. results/tables/main.csv")
+    p.add_argument("--log", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_audit)
     p = stage("bench", _cmd_bench, "measure training, sampling and metric throughput side by side")
     p.add_argument("--size", choices=["embedded", "paper"], default="embedded",
                    help="embedded: the config's model and batch; paper: the SPEC's 35.7M UNet on 32x32x3")
@@ -141,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_job(args.log, args.threads)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except config_module.ConfigError as err:
         print(f"config error: {err}", file=sys.__stderr__)
         return 2
-    return 0
+    except (DatasetError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.__stderr__)
+        return 2

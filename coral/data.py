@@ -11,6 +11,7 @@ import importlib.resources
 import io
 import json
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coral.io import atomic_path
+from coral import lineage
+from coral.io import DatasetError, atomic_path
 
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
@@ -32,10 +34,6 @@ class LabeledImages:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-
-class DatasetError(ValueError):
-    """A dataset is missing or malformed; the message names the file and what should be there."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -52,6 +50,11 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _load_numpy_pickle_gz(resource) -> np.ndarray:
     with resource.open("rb") as raw, gzip.open(raw) as f:
         return _NumpyOnlyUnpickler(io.BytesIO(f.read())).load()
+
+
+def _animals_files() -> list[Path]:
+    folder = importlib.resources.files("animal_shape_mnist") / "data" / "Animal Shape"
+    return [Path(str(folder / name)) for name in ("animal_data_version_3.gz", "animal_label_version_3.gz")]
 
 
 def _load_animals() -> LabeledImages:
@@ -71,6 +74,11 @@ def _load_animals() -> LabeledImages:
 
 
 DATASETS = {"animals": _load_animals}
+SOURCE_FILES = {"animals": _animals_files}  # the files a dataset is read from, for lineage records
+
+
+def source_files(data_cfg: dict) -> list[Path]:
+    return SOURCE_FILES[data_cfg["dataset"]]()
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -139,6 +147,7 @@ def write_split(data_cfg: dict, rho: float, out_split: str | Path, out_counts: s
             writer.writerow(["class", "class_name", "count", "group"])
             for c, (name, n) in enumerate(zip(data.class_names, counts)):
                 writer.writerow([c, name, int(n), groups[c]])
+    lineage.record([out_split, out_counts], "subsample", source_files(data_cfg), {"data": data_cfg, "rho": rho})
 
 
 @dataclass
@@ -150,5 +159,12 @@ class Split:
 
 
 def load_split(path: str | Path) -> Split:
-    with np.load(path, allow_pickle=False) as z:
-        return Split(z["indices"], z["labels"], z["class_counts"], [str(s) for s in z["class_names"]])
+    """A split written by `write_split`; a missing or damaged file raises DatasetError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return Split(z["indices"], z["labels"], z["class_counts"], [str(s) for s in z["class_names"]])
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such split file; write it with `python -m coral subsample`") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"{path}: not a split file written by `coral subsample` ({err}); "
+                           "delete it and write it again") from None

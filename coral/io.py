@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class DatasetError(ValueError):
+    """A dataset or data file is missing or malformed; the message names the file and what should be there."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.

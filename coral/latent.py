@@ -25,6 +25,7 @@ from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
+from coral import lineage
 from coral.data import class_groups, load_balanced, load_split
 from coral.diffusion import Diffusion
 from coral.figures import tsne_figure
@@ -207,3 +208,4 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, late
                           "latent_cfg": latent_cfg, "provenance": provenance()})
     title = f"{run['method']} ({run['dataset']}, rho={run['rho']}, seed {run['seed']}, t={t_value})"
     tsne_figure([out_npz], [title], split.class_names, split.class_counts, out_png, separation_jsons=[out_json])
+    lineage.record([out_npz, out_json, out_png], "latent", [checkpoint, split_npz], {"run": run, "latent": latent_cfg})

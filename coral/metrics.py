@@ -23,6 +23,7 @@ from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, p
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 from tqdm import tqdm
 
+from coral import lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
 from coral.data import LabeledImages, class_groups, load_balanced, load_split
 from coral.io import atomic_path, provenance, write_json
@@ -244,6 +245,8 @@ def evaluate(samples_npz: str | Path, data_cfg: dict, split_npz: str | Path, cla
             writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
+    lineage.record([out_json, out_per_class_csv], "evaluate", [samples_npz, split_npz, classifier_ckpt],
+                   {"run": meta["run"], "evaluate": eval_cfg})
     return result
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from coral import lineage
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, provenance
@@ -122,3 +123,4 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
         with open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
     save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png, class_names=class_names)
+    lineage.record([out_npz, out_png], "sample", [checkpoint], {"run": run_cfg["run"], "sample": sample_cfg})

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from coral import lineage
 from coral.io import atomic_path, read_json
 
 METHOD_ORDER = ("ddpm", "cbdm", "t2h", "coral", "coral_ambient")
@@ -116,6 +117,12 @@ def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str], const
     return pd.DataFrame(rows)
 
 
+def _write_table(df: pd.DataFrame, out_csv: str | os.PathLike, stage: str, inputs: Sequence) -> None:
+    """Write a table atomically with its lineage record."""
+    _write_csv(df, out_csv)
+    lineage.record([out_csv], stage, inputs, {})
+
+
 def _write_csv(df: pd.DataFrame, out_csv: str | os.PathLike) -> None:
     with atomic_path(out_csv) as tmp:
         df.to_csv(tmp, index=False)
@@ -142,7 +149,7 @@ def main_table(metrics_jsons: Sequence[str | os.PathLike], out_csv: str | os.Pat
         raise ValueError("main_table: no metrics JSON files given")
     records = pd.DataFrame([_metrics_record(path) for path in metrics_jsons])
     table = _sort(_aggregate(records, SETTING, list(MAIN_METRICS), list(SAMPLING)))
-    _write_csv(table, out_csv)
+    _write_table(table, out_csv, "main_table", metrics_jsons)
     return table
 
 
@@ -180,7 +187,7 @@ def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: 
     table = table[SETTING + ["class"] + CLASS_INFO + [c for c in table.columns
                                                        if c not in SETTING + ["class"] + CLASS_INFO]]
     table = _sort(table, ["train_count", "class"], [False, True])
-    _write_csv(table, out_csv)
+    _write_table(table, out_csv, "per_class_table", [*metrics_jsons, *per_class_csvs])
     return table
 
 
@@ -203,7 +210,7 @@ def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | o
         raise ValueError("latent_table: no separation JSON files given")
     records = pd.DataFrame([_latent_record(path) for path in separation_jsons])
     table = _sort(_aggregate(records, SETTING, LATENT_SCORES, LATENT_SETTINGS))
-    _write_csv(table, out_csv)
+    _write_table(table, out_csv, "latent_table", separation_jsons)
     return table
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from coral import lineage
 from coral.data import load_balanced, load_split
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, sha256_file, write_json
@@ -267,6 +268,7 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
         final.pop(key, None)
     final["provenance"] = provenance()
     _save(run_dir / "final.pt", final)
+    lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
     return run_dir / "final.pt"
 
 

@@ -127,3 +127,23 @@ def test_sigkill_mid_run_then_rerun_gives_identical_weights(tmp_path):
     for key in ("model", "ema"):
         for name, tensor in whole[key].items():
             assert torch.equal(tensor, resumed[key][name]), f"{key}.{name} differs"
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(setup, monkeypatch):
+    root, run = setup
+    original = train_module.training_step
+    calls = {"n": 0}
+
+    def nan_from_step_12(*args):
+        calls["n"] += 1
+        terms = original(*args)
+        if calls["n"] >= 12:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "training_step", nan_from_step_12)
+    with pytest.raises(train_module.TrainingDiverged, match=r"loss is nan at step 15; kept the last good "
+                                                           r"checkpoint .*step-00000010.pt"):
+        train(run, root / "split.npz", root / "diverged")
+    assert [p.name for p in (root / "diverged" / "checkpoints").glob("*.pt")] == ["step-00000010.pt"]
+    assert not (root / "diverged" / "final.pt").exists()

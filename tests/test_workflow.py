@@ -100,3 +100,29 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
     assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
                     "latent_table": 1, "per_class_fid_figure": 1, "tsne_figure": 1, "samples_figure": 1,
                     "all": 1}, dry_run.stdout + dry_run.stderr
+
+
+def test_audit_traces_main_table_to_splits_and_checkpoints(smoke_run):
+    def audit():
+        return subprocess.run([sys.executable, "-m", "coral", "audit", "results/tables/main.csv"],
+                              capture_output=True, text=True, cwd=smoke_run, timeout=300)
+
+    result = audit()
+    assert result.returncode == 0, result.stdout + result.stderr
+    for method in ["ddpm", "cbdm", "t2h", "coral"]:
+        assert f"results/runs/animals-rho0.1/{method}/seed0/final.pt  [train, seed 0" in result.stdout
+    assert "results/data/animals/rho0.1/split.npz  [subsample" in result.stdout
+    assert "results/classifier/animals/classifier.pt  [train_classifier" in result.stdout
+
+    checkpoint = smoke_run / "results/runs/animals-rho0.1/t2h/seed0/final.pt"
+    original = checkpoint.read_bytes()
+    try:
+        checkpoint.write_bytes(original + b"\0")
+        tampered = audit()
+    finally:
+        checkpoint.write_bytes(original)
+    assert tampered.returncode == 1
+    changed = [line for line in tampered.stdout.splitlines() if "CHANGED" in line]
+    assert changed and all("t2h/seed0" in line for line in changed)
+    assert any("final.pt" in line and "CHANGED since it was used; CHANGED since it was written" in line
+               for line in changed)

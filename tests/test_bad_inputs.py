@@ -1,0 +1,119 @@
+"""Bad input: each case stops with one line naming the key or file, the bad value and what is allowed,
+with no traceback, and leaves finished results alone."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coral.cli import main
+
+CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+BASE = yaml.safe_load(open(CONFIG))
+
+
+def edited(**changes):
+    """The config with `section.key=value` edits (a bare key edits the top level)."""
+    def apply(cfg):
+        for dotted, value in changes.items():
+            *sections, key = dotted.split("__")
+            target = cfg
+            for section in sections:
+                target = target[section]
+            target[key] = value
+        return cfg
+    return apply
+
+
+CONFIG_CASES = [
+    (edited(train__stepz=5), "unknown key train.stepz; allowed keys in train: batch_size"),
+    (edited(tarin={}), "unknown key tarin; allowed keys: classifier, data"),
+    (edited(train__steps="many"), "train.steps: 'many' is not of type 'integer'"),
+    (edited(train__steps=0), "train.steps: 0 is less than the minimum of 1"),
+    (edited(train__batch_size=1), "train.batch_size: 1 is less than the minimum of 2"),
+    (edited(train__lr=-1), "train.lr: -1 is less than or equal to the minimum of 0"),
+    (edited(train__ema_decay=1.0), "train.ema_decay: 1.0 is greater than or equal to the maximum of 1"),
+    (edited(train__p_uncond=1.5), "train.p_uncond: 1.5 is greater than the maximum of 1"),
+    (edited(train__label_drop="row"), "train.label_drop: 'row' is not allowed; allowed: batch, sample"),
+    (edited(methods=["ddpm", "coarl"]), "methods[1]: 'coarl' is not allowed; allowed: ddpm, cbdm, t2h"),
+    (edited(methods=[]), "methods: [] should be non-empty"),
+    (edited(seeds=[0, 0]), "seeds: [0, 0] has non-unique elements"),
+    (edited(seeds=[-1]), "seeds[0]: -1 is less than the minimum of 0"),
+    (edited(data__dataset="cifar"), "data.dataset: 'cifar' is not allowed; allowed: animals"),
+    (edited(data__rho=[0]), "data.rho[0]: 0 is less than or equal to the minimum of 0"),
+    (edited(data__rho=[2]), "data.rho[0]: 2 is greater than the maximum of 1"),
+    (edited(data__image_size=18), "data.image_size: 18 must be divisible by 2^(len(model.ch_mult) - 1) = 4"),
+    (edited(model__ch=48), "model.ch: 48 is not a multiple of 32"),
+    (edited(model__attn=[5]), "model.attn: level 5 does not exist; allowed: 0..2"),
+    (edited(diffusion__beta_1=0.05), "diffusion.beta_1: 0.05 must be below diffusion.beta_T = 0.02"),
+    (edited(sample__sampler="euler"), "sample.sampler: 'euler' is not allowed; allowed: ddpm, ddim"),
+    (edited(sample__omega=-1), "sample.omega: -1 is less than the minimum of 0"),
+    (edited(sample__num_samples=1001), "sample.num_samples: 1001 must be a multiple of the 10 classes"),
+    (edited(objectives__cbdm__prior="balanced"), "objectives.cbdm.prior: 'balanced' is not allowed"),
+    (edited(objectives__coral__tau_r=0), "objectives.coral.tau_r: 0 is less than or equal to the minimum of 0"),
+    (edited(evaluate__feature_extractor="inception-v3-compat"),
+     "evaluate.inception_weights_path: None is not a file; inception-v3-compat needs"),
+    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, smoke"),
+]
+
+
+@pytest.fixture
+def finished_result(tmp_path, monkeypatch):
+    """A finished artifact in the working directory that no bad input may touch."""
+    monkeypatch.chdir(tmp_path)
+    result = tmp_path / "results" / "tables" / "main.csv"
+    result.parent.mkdir(parents=True)
+    result.write_text("method,fid_mean\nddpm,7.1\n")
+    yield result
+    assert result.read_text() == "method,fid_mean\nddpm,7.1\n"
+
+
+def run_cli(args, capfd):
+    code = main(args)
+    captured = capfd.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    return code, lines
+
+
+@pytest.mark.parametrize("edit,expected", CONFIG_CASES)
+def test_bad_config_value(edit, expected, finished_result, capfd):
+    path = finished_result.parents[2] / "config.yaml"
+    path.write_text(yaml.safe_dump(edit(copy.deepcopy(BASE))))
+    code, lines = run_cli(["check-config", "--config", str(path)], capfd)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("config error: ")
+    assert expected in lines[0], lines[0]
+
+
+FILE_CASES = [
+    ("missing.yaml", None, "config file missing.yaml does not exist"),
+    ("broken.yaml", "train: {steps: 10\n", "config file broken.yaml is not valid YAML"),
+    ("list.yaml", "- 1\n- 2\n", "config file list.yaml must hold a mapping of keys, found list"),
+    ("code.yaml", "preset: !!python/object/apply:os.system ['true']\n", "config file code.yaml is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("name,text,expected", FILE_CASES)
+def test_bad_config_file(name, text, expected, finished_result, capfd):
+    if text is not None:
+        (finished_result.parents[2] / name).write_text(text)
+    code, lines = run_cli(["check-config", "--config", name], capfd)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("config error: ") and expected in lines[0]
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "split.npz: no such split file; write it with `python -m coral subsample`"),
+    (b"not a zip archive", "split.npz: not a split file written by `coral subsample`"),
+])
+def test_missing_or_damaged_split(content, expected, finished_result, capfd):
+    split = finished_result.parents[2] / "split.npz"
+    if content is not None:
+        split.write_bytes(content)
+    code, lines = run_cli(["train", "--config", CONFIG, "--preset", "smoke", "--rho", "0.1", "--method", "ddpm",
+                           "--split", "split.npz", "--run-dir", "run"], capfd)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+def test_missing_checkpoint_for_sampling(finished_result, capfd):
+    code, lines = run_cli(["sample", "--config", CONFIG, "--preset", "smoke", "--checkpoint", "nope/final.pt",
+                           "--out-npz", "s.npz", "--out-png", "s.png"], capfd)
+    assert code == 2 and len(lines) == 1 and "nope/final.pt" in lines[0]
