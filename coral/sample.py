@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from coral import lineage
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
-from coral.io import atomic_path, provenance
+from coral.io import atomic_path, provenance, sha256_file
 from coral.train import default_device, load_checkpoint, model_from_state
 from coral.unet import UNet
 
@@ -104,18 +105,26 @@ def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids:
 
 
 def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path) -> None:
-    """Generate sample.num_samples images from a run's EMA model; write them (uint8 + labels) and a preview grid."""
+    """Generate sample.num_samples images from a run's EMA model; write them (uint8 + labels) and a preview grid.
+
+    Each batch is kept in `<out_npz>.partial/` as it is finished, so an interrupted job resumes where
+    it stopped; per-image seeds make the result identical to an uninterrupted run.
+    """
     state = load_checkpoint(checkpoint)
     model, diffusion, run_cfg = model_from_state(state, default_device())
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]
     image_shape = (model.head.in_channels, image_size, image_size)
     labels = sample_labels(sample_cfg["num_samples"], num_classes, sample_cfg["labels"], sample_cfg["seed"])
-    images = torch.empty((len(labels), *image_shape), dtype=torch.uint8)
     ids = torch.arange(len(labels))
-    for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
-        batch = slice(start, start + sample_cfg["batch_size"])
-        images[batch] = generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape)
+    partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg,
+                                                                "checkpoint_sha256": sha256_file(checkpoint)})
+    starts = range(0, len(labels), sample_cfg["batch_size"])
+    for start in tqdm(starts, desc=f"sample {checkpoint}", mininterval=5):
+        if not partial.has(start):
+            batch = slice(start, start + sample_cfg["batch_size"])
+            partial.save(start, generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
+    images = torch.cat([partial.load(start) for start in starts])
     class_names = state["class_names"]
     meta = {"run": run_cfg["run"], **sample_cfg, "num_classes": num_classes, "class_names": class_names,
             "checkpoint": str(checkpoint), "provenance": provenance()}
@@ -124,3 +133,37 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
             np.savez(f, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
     save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png, class_names=class_names)
     lineage.record([out_npz, out_png], "sample", [checkpoint], {"run": run_cfg["run"], "sample": sample_cfg})
+    partial.remove()
+
+
+class _PartialSamples:
+    """Finished batches of an interrupted sampling job, valid only for the same config and checkpoint."""
+
+    def __init__(self, folder: Path, key: dict):
+        self.folder = folder
+        key_file = folder / "key.json"
+        if folder.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+            log.info("discarding %s: written for another config or checkpoint", folder)
+            self.remove()
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            with atomic_path(key_file) as tmp:
+                tmp.write_text(json.dumps(key))
+        elif any(folder.glob("batch-*.pt")):
+            log.info("resuming from %d finished batches in %s", len(list(folder.glob("batch-*.pt"))), folder)
+
+    def _path(self, start: int) -> Path:
+        return self.folder / f"batch-{start:08d}.pt"
+
+    def has(self, start: int) -> bool:
+        return self._path(start).exists()
+
+    def save(self, start: int, images: torch.Tensor) -> None:
+        with atomic_path(self._path(start)) as tmp:
+            torch.save(images, tmp)
+
+    def load(self, start: int) -> torch.Tensor:
+        return torch.load(self._path(start), weights_only=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -92,3 +92,36 @@ def test_batched_guidance_equals_two_passes(model):
         conditional = guided_eps(model, x, t, y, 0.0)
     assert torch.allclose(batched, two_pass, atol=1e-5) and torch.allclose(batched, by_hand, atol=1e-5)
     assert torch.allclose(conditional, model(x, t, y), atol=0)
+
+
+def test_interrupted_sampling_resumes_to_identical_images(tmp_path, monkeypatch):
+    import coral.sample as sample_module
+    from coral.config import load, run_config
+    from coral.data import write_split
+    from coral.train import train
+
+    cfg = load("config.yaml", preset="smoke")
+    write_split(cfg["data"], 0.1, tmp_path / "split.npz", tmp_path / "counts.csv")
+    checkpoint = train(run_config(cfg, "animals", 0.1, "ddpm", 0), tmp_path / "split.npz", tmp_path / "run")
+    sample_cfg = {**cfg["sample"], "num_samples": 40, "batch_size": 10}
+    sample_module.sample(checkpoint, sample_cfg, tmp_path / "whole.npz", tmp_path / "whole.png")
+
+    original, calls = sample_module.generate, {"n": 0}
+
+    def crash_on_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sample_module, "generate", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        sample_module.sample(checkpoint, sample_cfg, tmp_path / "resumed.npz", tmp_path / "resumed.png")
+    assert len(list((tmp_path / "resumed.npz.partial").glob("batch-*.pt"))) == 2
+    calls["n"] = -100  # no more crashes
+    sample_module.sample(checkpoint, sample_cfg, tmp_path / "resumed.npz", tmp_path / "resumed.png")
+    assert calls["n"] == -100 + 2  # only the two missing batches were generated
+    with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "resumed.npz") as resumed:
+        assert np.array_equal(whole["images"], resumed["images"])
+        assert np.array_equal(whole["labels"], resumed["labels"])
+    assert not (tmp_path / "resumed.npz.partial").exists()
