@@ -9,7 +9,7 @@ depend on their content, and the paper-scale datasets need not be on disk.
 from __future__ import annotations
 
 import copy
-import json
+import os
 import logging
 import platform
 import tempfile
@@ -45,7 +45,7 @@ TARGETS = {"coral_over_ddpm_step": ("<=", 1.05), "t2h_over_ddpm_step": ("<=", 1.
 
 def machine_description(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": torch.get_num_threads() and __import__("os").cpu_count(),
+            "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

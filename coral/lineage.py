@@ -55,7 +55,8 @@ def _audit(path: Path, used_sha: str | None, depth: int, lines: list[str], seen:
         notes.append("CHANGED since it was written")
         problems += 1
     origin = entry["provenance"]
-    seed = entry["config"].get("run", {}).get("seed") if isinstance(entry["config"].get("run"), dict) else None
+    run = entry["config"].get("run")
+    seed = run.get("seed") if isinstance(run, dict) else None
     label = f"{entry['stage']}" + (f", seed {seed}" if seed is not None else "")
     commit = origin["git_commit"] or "no git"
     commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from coral.diffusion import Diffusion
-from coral.objectives import (CBDM, DDPM, CORAL, build_objective, coral_time_weight, drop_labels,
+from coral.objectives import (CBDM, DDPM, build_objective, coral_time_weight, drop_labels,
                               supcon_per_anchor, t2h_targets)
 from coral.unet import build_unet
 
