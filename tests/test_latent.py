@@ -192,7 +192,9 @@ def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
     cfg = {"t_fraction": 0.1, "per_class": 4, "seed": 0, "perplexity": 30, "knn_k": 3, "batch_size": 16}
     out = {"out_npz": tmp_path / "features.npz", "out_json": tmp_path / "separation.json",
            "out_png": tmp_path / "tsne.png"}
-    run_latent("final.pt", tmp_path / "split.npz", cfg, **out)
+    checkpoint = tmp_path / "final.pt"  # load_model is replaced; the file only feeds the lineage record
+    checkpoint.write_bytes(b"stand-in checkpoint")
+    run_latent(checkpoint, tmp_path / "split.npz", cfg, **out)
 
     with np.load(out["out_npz"]) as z:
         assert z["features"].shape == (40, 64) and z["tsne"].shape == (40, 2)
@@ -204,6 +206,8 @@ def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
     assert 0 <= scores["knn_purity_tail"] <= 1 and -1 <= scores["silhouette"] <= 1
     with Image.open(out["out_png"]) as picture:
         assert picture.width > 100 and picture.height > 100
+    lineage = json.loads((tmp_path / "separation.json.lineage.json").read_text())
+    assert lineage["stage"] == "latent" and str(checkpoint) in lineage["inputs"]
 
     with pytest.raises(ValueError, match="missing keys \\['knn_k'\\]"):
-        run_latent("final.pt", tmp_path / "split.npz", {k: v for k, v in cfg.items() if k != "knn_k"}, **out)
+        run_latent(checkpoint, tmp_path / "split.npz", {k: v for k, v in cfg.items() if k != "knn_k"}, **out)
