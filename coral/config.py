@@ -13,7 +13,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-NUM_CLASSES = {"animals": 10}  # known datasets -> class count, for checks before any job
+from coral.sources import NUM_CLASSES, missing_dataset_message
+
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,9 @@ def _check_consistency(cfg: dict) -> None:
     if cfg["diffusion"]["beta_1"] >= cfg["diffusion"]["beta_T"]:
         raise ConfigError(f"diffusion.beta_1: {cfg['diffusion']['beta_1']} must be below "
                           f"diffusion.beta_T = {cfg['diffusion']['beta_T']}")
+    missing = missing_dataset_message(data)
+    if missing:
+        raise ConfigError(missing)
     num_classes = NUM_CLASSES[data["dataset"]]
     sample = cfg["sample"]
     if sample["labels"] == "stratified" and sample["num_samples"] % num_classes:

@@ -5,6 +5,7 @@ resolution plus int64 labels; the long-tailed training set is a list of indices 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import importlib.resources
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from coral import lineage
 from coral.io import DatasetError, atomic_path
+from coral.sources import CIFAR_ARCHIVES, dataset_files, missing_dataset_message
 
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
@@ -44,6 +46,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             return getattr(np, name)
         if name == "_reconstruct" and module in {"numpy.core.multiarray", "numpy._core.multiarray"}:
             return np.ndarray.__reduce__(np.empty(0))[0]  # numpy's own array reconstructor
+        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles spell bytes
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
 
 
@@ -57,7 +61,7 @@ def _animals_files() -> list[Path]:
     return [Path(str(folder / name)) for name in ("animal_data_version_3.gz", "animal_label_version_3.gz")]
 
 
-def _load_animals() -> LabeledImages:
+def _load_animals(data_cfg: dict) -> LabeledImages:
     """The Animal-Shape set shipped inside `animal-shape-mnist==0.39` (10 x 1000, 28x28 gray)."""
     try:
         folder = importlib.resources.files("animal_shape_mnist") / "data" / "Animal Shape"
@@ -73,12 +77,40 @@ def _load_animals() -> LabeledImages:
                          torch.from_numpy(labels.astype(np.int64)), list(ANIMAL_CLASSES))
 
 
-DATASETS = {"animals": _load_animals}
-SOURCE_FILES = {"animals": _animals_files}  # the files a dataset is read from, for lineage records
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError) as err:
+        raise DatasetError(f"{path}: not a CIFAR batch file in torchvision's format ({err})") from None
+
+
+def _load_cifar(data_cfg: dict) -> LabeledImages:
+    """CIFAR-10/100 training sets from torchvision's on-disk layout under data.data_root."""
+    name = data_cfg["dataset"]
+    if data_cfg["download"] and missing_dataset_message({**data_cfg, "download": False}):
+        from torchvision.datasets.utils import download_and_extract_archive
+        url, md5 = CIFAR_ARCHIVES[name]
+        download_and_extract_archive(url, data_cfg["data_root"], md5=md5)
+    *batches, meta_file = dataset_files(data_cfg)
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    images, labels = [], []
+    for path in batches:
+        batch = _read_cifar_pickle(path)
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    meta = _read_cifar_pickle(meta_file)
+    class_names = list(meta["label_names" if name == "cifar10" else "fine_label_names"])
+    return LabeledImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+                         class_names)
+
+
+DATASETS = {"animals": _load_animals, "cifar10": _load_cifar, "cifar100": _load_cifar}
 
 
 def source_files(data_cfg: dict) -> list[Path]:
-    return SOURCE_FILES[data_cfg["dataset"]]()
+    """The files a dataset is read from, for lineage records."""
+    return _animals_files() if data_cfg["dataset"] == "animals" else dataset_files(data_cfg)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -94,7 +126,7 @@ def load_balanced(data_cfg: dict) -> LabeledImages:
     name = data_cfg["dataset"]
     if name not in DATASETS:
         raise DatasetError(f"data.dataset: unknown dataset {name!r}; allowed: {sorted(DATASETS)}")
-    data = DATASETS[name]()
+    data = DATASETS[name](data_cfg)
     return LabeledImages(resize_uint8(data.images, data_cfg["image_size"]), data.labels, data.class_names)
 
 

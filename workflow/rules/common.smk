@@ -7,7 +7,7 @@ import sys
 # a link to it (Snakemake puts the scripts' folder on sys.path), also in conda environments.
 sys.path.insert(0, workflow.basedir)
 
-from coral.config import ConfigError, resolve, run_config, NUM_CLASSES
+from coral.config import ConfigError, resolve, run_config
 
 try:
     CFG = resolve(config)

@@ -1,0 +1,68 @@
+"""Disk-backed datasets read from small synthetic files in their real on-disk formats."""
+import pickle
+
+import numpy as np
+import pytest
+import yaml
+
+from coral.config import ConfigError, resolve
+from coral.data import load_balanced
+
+
+def write_cifar(root, name, per_class, num_classes):
+    """torchvision's layout: protocol-2 pickles of dicts with a (N, 3072) uint8 'data' array, rows R|G|B."""
+    rng = np.random.default_rng(0)
+    labels = np.tile(np.arange(num_classes), per_class)
+    data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+    if name == "cifar10":
+        folder, label_key = root / "cifar-10-batches-py", "labels"
+        chunks = np.array_split(np.arange(len(labels)), 5)
+        files = {f"data_batch_{i + 1}": chunk for i, chunk in enumerate(chunks)}
+        meta = ("batches.meta", {"label_names": [f"class{c}" for c in range(num_classes)]})
+    else:
+        folder, label_key = root / "cifar-100-python", "fine_labels"
+        files = {"train": np.arange(len(labels))}
+        meta = ("meta", {"fine_label_names": [f"fine{c}" for c in range(num_classes)]})
+    folder.mkdir(parents=True)
+    for file_name, rows in files.items():
+        batch = {"batch_label": file_name, label_key: labels[rows].tolist(), "data": data[rows],
+                 "filenames": [f"img{i}.png" for i in rows]}
+        (folder / file_name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / meta[0]).write_bytes(pickle.dumps(meta[1], protocol=2))
+    return data, labels
+
+
+@pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_real_format(tmp_path, name, num_classes):
+    data, labels = write_cifar(tmp_path, name, per_class=2, num_classes=num_classes)
+    loaded = load_balanced({"dataset": name, "data_root": str(tmp_path), "download": False, "image_size": 32})
+    assert loaded.images.shape == (2 * num_classes, 3, 32, 32) and loaded.num_classes == num_classes
+    assert loaded.labels.tolist() == labels.tolist()
+    first = data[0]  # 1024 red, then green, then blue values, row-major
+    assert loaded.images[0, 1, 0, 5].item() == first[1024 + 5]
+    assert loaded.images[0, 2, 31, 31].item() == first[3071]
+    assert loaded.class_names[-1] == (f"class{num_classes - 1}" if name == "cifar10" else f"fine{num_classes - 1}")
+
+
+def test_cifar_pickle_with_code_is_refused(tmp_path):
+    write_cifar(tmp_path, "cifar10", per_class=1, num_classes=10)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran code",))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps({"data": Evil()}, protocol=2))
+    with pytest.raises(ValueError, match="data_batch_3: not a CIFAR batch file"):
+        load_balanced({"dataset": "cifar10", "data_root": str(tmp_path), "download": False, "image_size": 32})
+
+
+def test_missing_dataset_stops_before_any_job(tmp_path):
+    raw = yaml.safe_load(open("config.yaml"))
+    raw["data"].update(dataset="cifar10", data_root=str(tmp_path / "nowhere"))
+    raw["data"]["image_size"] = 32
+    with pytest.raises(ConfigError) as info:
+        resolve(raw)
+    message = str(info.value)
+    assert message.startswith("data.data_root: dataset 'cifar10' is not under")
+    assert "cifar-10-batches-py/data_batch_1" in message and "data.download: true" in message
+    assert "\n" not in message
