@@ -119,12 +119,15 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
     ids = torch.arange(len(labels))
     partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg,
                                                                 "checkpoint_sha256": sha256_file(checkpoint)})
-    starts = range(0, len(labels), sample_cfg["batch_size"])
-    for start in tqdm(starts, desc=f"sample {checkpoint}", mininterval=5):
-        if not partial.has(start):
-            batch = slice(start, start + sample_cfg["batch_size"])
-            partial.save(start, generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
-    images = torch.cat([partial.load(start) for start in starts])
+    batches = []
+    for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
+        if partial.has(start):
+            batches.append(partial.load(start))
+            continue
+        batch = slice(start, start + sample_cfg["batch_size"])
+        batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
+        partial.save(start, batches[-1])
+    images = torch.cat(batches)
     class_names = state["class_names"]
     meta = {"run": run_cfg["run"], **sample_cfg, "num_classes": num_classes, "class_names": class_names,
             "checkpoint": str(checkpoint), "provenance": provenance()}
