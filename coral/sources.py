@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NUM_CLASSES = {"animals": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"animals": 10, "cifar10": 10, "cifar100": 100, "celeba5": 5, "imagenet_lt": 1000}
+
+# Balanced sources are made long-tailed by rho (SPEC 1); these two are long-tailed as published
+# and take no rho.
+NATURALLY_LONG_TAILED = {"celeba5", "imagenet_lt"}
 
 # torchvision's on-disk layout under data.data_root
 CIFAR_FILES = {
@@ -14,23 +18,48 @@ CIFAR_ARCHIVES = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
     "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
 }
+# torchvision's CelebA layout: <data_root>/celeba/{list_attr_celeba.txt, list_eval_partition.txt,
+# img_align_celeba/000001.jpg ...}
+CELEBA_FILES = ("celeba", ["list_attr_celeba.txt", "list_eval_partition.txt", "img_align_celeba"])
+# ImageNet-LT (Liu et al. 2019): the list files under <data_root>/imagenet_lt/, whose paths
+# ("train/n01440764/n01440764_10026.JPEG 0") are relative to the ImageNet-2012 folder <data_root>/imagenet/.
+IMAGENET_LT_FILES = ("imagenet_lt", ["ImageNet_LT_train.txt", "ImageNet_LT_test.txt"])
+IMAGENET_FOLDER = "imagenet"
+
+DOWNLOADABLE = set(CIFAR_FILES)
+HOW_TO_GET = {
+    "cifar10": "torchvision's cifar-10-batches-py/ folder",
+    "cifar100": "torchvision's cifar-100-python/ folder",
+    "celeba5": "CelebA's celeba/ folder (list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/)",
+    "imagenet_lt": "imagenet_lt/ImageNet_LT_{train,test}.txt and the ImageNet-2012 folder imagenet/ (train/, val/)",
+}
 
 
 def dataset_files(data_cfg: dict) -> list[Path]:
-    """The files a disk-backed dataset is read from (empty for the bundled one)."""
+    """The files and folders a disk-backed dataset is read from (empty for the bundled one)."""
     name = data_cfg["dataset"]
+    if name not in NUM_CLASSES or name == "animals":
+        return []
+    root = Path(data_cfg["data_root"])
     if name in CIFAR_FILES:
         folder, files = CIFAR_FILES[name]
-        return [Path(data_cfg["data_root"]) / folder / f for f in files]
+        return [root / folder / f for f in files]
+    if name == "celeba5":
+        folder, files = CELEBA_FILES
+        return [root / folder / f for f in files]
+    if name == "imagenet_lt":
+        folder, files = IMAGENET_LT_FILES
+        return [root / folder / f for f in files] + [root / IMAGENET_FOLDER]
     return []
 
 
 def missing_dataset_message(data_cfg: dict) -> str | None:
     """One line saying which files are missing, where, and which key to set; None when all are there."""
-    missing = [path for path in dataset_files(data_cfg) if not path.is_file()]
-    if not missing or data_cfg["download"]:
-        return None
+    missing = [path for path in dataset_files(data_cfg) if not path.exists()]
     name = data_cfg["dataset"]
+    if not missing or (data_cfg["download"] and name in DOWNLOADABLE):
+        return None
+    download = ", or set data.download: true" if name in DOWNLOADABLE else " (it cannot be downloaded)"
     return (f"data.data_root: dataset {name!r} is not under {data_cfg['data_root']!r} (missing "
-            f"{', '.join(str(p) for p in missing[:3])}{' ...' if len(missing) > 3 else ''}); put torchvision's "
-            f"{CIFAR_FILES[name][0]}/ folder there, point data.data_root at it, or set data.download: true")
+            f"{', '.join(str(p) for p in missing[:3])}{' ...' if len(missing) > 3 else ''}); put "
+            f"{HOW_TO_GET[name]} there, point data.data_root at it{download}")
