@@ -1,18 +1,23 @@
 # coral: long-tailed diffusion reproduction workflow.
 #
-#   snakemake --cores all results/tables/main.csv            # embedded default preset
-#   snakemake --cores all --config preset=smoke              # tiny sizes, same DAG
+#   snakemake --cores all results/tables/main.csv            # the main table, embedded default preset
+#   snakemake --cores all                                    # every table and figure, ablations included
+#   snakemake --cores all results/figures/ablation_tau_sc.png   # one figure and only what it needs
+#   snakemake --config preset=paper ...                      # the paper's matrix (GPUs, datasets on disk)
 #
-# Artifacts ({run} = {dataset}-rho{rho}/{method}/seed{seed}, {tag} = {sampler}-w{omega}):
-#   results/data/{dataset}/rho{rho}/split.npz, class_counts.csv   long-tailed split
-#   results/classifier/{dataset}/classifier.pt, .json             evaluation feature extractor
+# Artifacts ({setting} = <dataset>-rho<rho> or <dataset>; {run} = {setting}/{method}/seed{seed}, where
+# {method} is a method or an ablation run such as coral~tau_sc=0.5; {tag} = {sampler}-w{omega}):
+#   results/data/{setting}/split.npz, class_counts.csv          long-tailed training images + labels
+#   results/data/{dataset}/reference.npz                        balanced reference images + labels
+#   results/classifier/{dataset}/classifier.pt, .json           evaluation classifier
 #   results/runs/{run}/config.json, stats.jsonl, checkpoints/, final.pt
-#   results/samples/{run}/{tag}.npz, {tag}.png                    uint8 images + labels, preview grid
+#   results/samples/{run}/{tag}.npz, {tag}.png                  uint8 images + labels, preview grid
 #   results/metrics/{run}/{tag}.json, {tag}_per_class.csv
 #   results/latent/{run}/features.npz, separation.json, tsne.png
-#   results/tables/main.csv, per_class.csv, latent.csv
-#   results/figures/per_class_fid.png, tsne_bottleneck.png, samples_{dataset}-rho{rho}_{method}.png
-#   results/logs/<rule>/..., results/benchmarks/<rule>/...
+#   results/tables/main.csv, per_class.csv, latent.csv, paper_vs_ours.csv/.md, ablation_{study}.csv
+#   results/figures/per_class_fid_{setting}.png, tsne_{setting}.png, samples_{setting}_{method}.png,
+#                   ablation_{study}.png
+#   results/logs/<rule>/..., results/benchmarks/<rule>/...; every artifact has a .lineage.json sidecar
 from snakemake.utils import min_version
 
 min_version("9.0")

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from coral.config import run_config
+from coral.config import run_config, settings as config_settings
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.sample import generate
@@ -103,9 +103,9 @@ def bench_settings(cfg: dict, preset: str, device: torch.device, cpu_batch: int 
 
 
 def _run_cfg(cfg: dict, settings: dict, method: str) -> dict:
-    bench_cfg = {**cfg, "model": settings["model"], "train": settings["train"],
+    bench_cfg = {**cfg, "model": settings["model"], "train": settings["train"], "methods": [method],
                  "data": {**cfg["data"], "image_size": settings["image_size"]}}
-    return run_config(bench_cfg, "bench", 0.01, method, 0)
+    return run_config(bench_cfg, next(iter(config_settings(bench_cfg))), method, 0)
 
 
 def _random_batch(settings: dict, device: torch.device, generator: torch.Generator):

@@ -21,7 +21,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
 from coral import lineage
-from coral.data import load_balanced, source_files
+from coral.data import load_reference
 from coral.io import atomic_path, provenance, write_json
 
 FEATURE_EXTRACTOR_NAME = "coral-classifier"
@@ -118,15 +118,17 @@ def _check_classifier_cfg(clf_cfg: dict) -> None:
             raise ValueError(f"classifier.{key}: got {clf_cfg[key]}; allowed: an integer >= 1")
 
 
-def train_classifier(data_cfg: dict, clf_cfg: dict, out_ckpt: str | Path, out_json: str | Path) -> None:
-    """Train SmallClassifier on the full balanced dataset minus a stratified held-out test part.
+def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_ckpt: str | Path,
+                     out_json: str | Path) -> None:
+    """Train SmallClassifier on the balanced reference set minus a stratified held-out test part
+    (random horizontal flips when `hflip`).
 
     Writes a checkpoint (readable with torch.load(weights_only=True)) holding the state dict, the
     constructor arguments, image_size, class_names and test_accuracy, and a JSON summary.
     """
     _check_classifier_cfg(clf_cfg)
     torch.manual_seed(clf_cfg["seed"])
-    data = load_balanced(data_cfg)
+    data = load_reference(reference_npz)
     labels = data.labels.numpy()
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=clf_cfg["test_fraction"],
                                            stratify=labels, random_state=clf_cfg["seed"])
@@ -140,7 +142,7 @@ def train_classifier(data_cfg: dict, clf_cfg: dict, out_ckpt: str | Path, out_js
     progress = tqdm(range(clf_cfg["steps"]), desc="classifier", file=sys.stderr, mininterval=5)
     for _ in progress:
         batch = torch.randint(0, len(x_train), (clf_cfg["batch_size"],))
-        loss = F.cross_entropy(model(_augment(x_train[batch], data_cfg["hflip"])), y_train[batch])
+        loss = F.cross_entropy(model(_augment(x_train[batch], hflip)), y_train[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -154,15 +156,15 @@ def train_classifier(data_cfg: dict, clf_cfg: dict, out_ckpt: str | Path, out_js
     train_accuracy, test_accuracy = accuracy(train_idx), accuracy(test_idx)
     checkpoint = {"state_dict": model.state_dict(), "in_channels": int(data.images.shape[1]),
                   "num_classes": data.num_classes, "width": int(clf_cfg["width"]),
-                  "image_size": int(data_cfg["image_size"]), "class_names": list(data.class_names),
+                  "image_size": int(data.images.shape[-1]), "class_names": list(data.class_names),
                   "test_accuracy": test_accuracy}
     with atomic_path(out_ckpt) as tmp:
         torch.save(checkpoint, tmp)
     write_json(out_json, {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
                           "num_train": len(train_idx), "num_test": len(test_idx),
                           "steps": clf_cfg["steps"], "provenance": provenance()})
-    lineage.record([out_ckpt, out_json], "train_classifier", source_files(data_cfg),
-                   {"data": data_cfg, "classifier": clf_cfg})
+    lineage.record([out_ckpt, out_json], "train_classifier", [reference_npz],
+                   {"hflip": hflip, "classifier": clf_cfg})
 
 
 def load_classifier_checkpoint(path: str | Path) -> dict:

@@ -36,22 +36,45 @@ def _cmd_check_config(args) -> None:
     print(f"{args.config}: valid (preset {cfg['preset']!r}, methods {', '.join(cfg['methods'])})")
 
 
+def _setting(cfg: dict, name: str | None) -> str:
+    """The named setting (default: the first of data.settings); ConfigError when it is not configured."""
+    names = list(config_module.settings(cfg))
+    if name is None:
+        return names[0]
+    if name not in names:
+        raise config_module.ConfigError(f"--setting: {name!r} is not one of data.settings; allowed: {', '.join(names)}")
+    return name
+
+
 def _cmd_subsample(args) -> None:
     from coral.data import write_split
     cfg = _config(args)
-    write_split(cfg["data"], args.rho, args.out_split, args.out_counts)
+    data = config_module.setting_config(cfg, _setting(cfg, args.setting))["data"]
+    write_split(data, data["rho"], args.out_split, args.out_counts)
+
+
+def _cmd_reference(args) -> None:
+    from coral.data import write_reference
+    cfg = _config(args)
+    dataset = config_module.settings(cfg)[_setting(cfg, args.setting)]["dataset"]
+    write_reference(config_module.dataset_config(cfg, dataset), args.out)
 
 
 def _cmd_train_classifier(args) -> None:
     from coral.classifier import train_classifier
     cfg = _config(args)
-    train_classifier(cfg["data"], cfg["classifier"], args.out_checkpoint, args.out_json)
+    data = config_module.setting_config(cfg, _setting(cfg, args.setting))["data"]
+    train_classifier(args.reference, cfg["classifier"], data["hflip"], args.out_checkpoint, args.out_json)
 
 
 def _cmd_train(args) -> None:
     from coral.train import train
     cfg = _config(args)
-    run_cfg = config_module.run_config(cfg, cfg["data"]["dataset"], args.rho, args.method, args.seed)
+    variants = config_module.variants(cfg)
+    if args.method not in variants:
+        raise config_module.ConfigError(f"--method: {args.method!r} is not a configured method or ablation run; "
+                                        f"allowed: {', '.join(variants)}")
+    run_cfg = config_module.run_config(cfg, _setting(cfg, args.setting), args.method, args.seed)
     train(run_cfg, args.split, args.run_dir)
 
 
@@ -64,14 +87,14 @@ def _cmd_sample(args) -> None:
 def _cmd_evaluate(args) -> None:
     from coral.metrics import evaluate
     cfg = _config(args)
-    evaluate(args.samples, cfg["data"], args.split, args.classifier, cfg["evaluate"], args.out_json,
+    evaluate(args.samples, args.reference, args.split, args.classifier, cfg["evaluate"], args.out_json,
              args.out_per_class)
 
 
 def _cmd_latent(args) -> None:
     from coral.latent import run_latent
     cfg = _config(args)
-    run_latent(args.checkpoint, args.split, cfg["latent"], args.out_npz, args.out_json, args.out_png)
+    run_latent(args.checkpoint, args.split, args.reference, cfg["latent"], args.out_npz, args.out_json, args.out_png)
 
 
 def _cmd_bench(args) -> None:
@@ -106,16 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     stage("check-config", _cmd_check_config, "validate a config and exit")
-    p = stage("subsample", _cmd_subsample, "write the long-tailed split")
-    p.add_argument("--rho", type=float, required=True)
+    setting_help = "a setting of data.settings, e.g. animals-rho0.01 (default: the first)"
+    p = stage("subsample", _cmd_subsample, "write the long-tailed training set of a setting")
+    p.add_argument("--setting", default=None, help=setting_help)
     p.add_argument("--out-split", required=True)
     p.add_argument("--out-counts", required=True)
-    p = stage("train-classifier", _cmd_train_classifier, "train the evaluation classifier")
+    p = stage("reference", _cmd_reference, "write the balanced reference set of a setting's dataset")
+    p.add_argument("--setting", default=None, help=setting_help)
+    p.add_argument("--out", required=True)
+    p = stage("train-classifier", _cmd_train_classifier, "train the evaluation classifier on a reference set")
+    p.add_argument("--setting", default=None, help=setting_help)
+    p.add_argument("--reference", required=True)
     p.add_argument("--out-checkpoint", required=True)
     p.add_argument("--out-json", required=True)
     p = stage("train", _cmd_train, "train (or resume) one diffusion run")
-    p.add_argument("--rho", type=float, required=True)
-    p.add_argument("--method", required=True)
+    p.add_argument("--setting", default=None, help=setting_help)
+    p.add_argument("--method", required=True, help="a method, or an ablation run such as coral~tau_sc=0.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", required=True)
     p.add_argument("--run-dir", required=True)
@@ -125,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-png", required=True)
     p = stage("evaluate", _cmd_evaluate, "metrics of a sample set")
     p.add_argument("--samples", required=True)
+    p.add_argument("--reference", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--classifier", required=True)
     p.add_argument("--out-json", required=True)
@@ -132,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("latent", _cmd_latent, "bottleneck features, t-SNE and separation scores of a run")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", required=True)
+    p.add_argument("--reference", required=True)
     p.add_argument("--out-npz", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png", required=True)

@@ -13,9 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from coral.sources import NUM_CLASSES, missing_dataset_message
-
-
+from coral.sources import NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message
 
 class ConfigError(ValueError):
     """A config value is invalid; the message is one line naming the key."""
@@ -70,16 +68,39 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{key}: {error.message}"
 
 
-def validate(cfg: dict) -> None:
+def validate(cfg: dict, check_files: bool = True) -> None:
+    """Schema, then every setting's merged config (and, with check_files, that its dataset is on disk)."""
     validator = jsonschema.Draft202012Validator(schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
     if error is not None:
         raise ConfigError(_describe(error))
-    _check_consistency(cfg)
+    names = [setting_name(s["dataset"], s.get("rho")) for s in cfg["data"]["settings"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.settings: {names} lists a setting twice")
+    for i, setting in enumerate(cfg["data"]["settings"]):
+        _check_setting(i, setting)
+    for dataset, override in cfg["dataset_overrides"].items():
+        merged = deep_merge(cfg, override)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(merged))
+        if error is not None:
+            raise ConfigError(f"{_describe(error)} (in dataset_overrides.{dataset})")
+    for name in names:
+        _check_consistency(setting_config(cfg, name), check_files)
+    _check_ablations(cfg, validator)
 
 
-def _check_consistency(cfg: dict) -> None:
-    """Checks that span several keys (the schema checks each key alone)."""
+def _check_setting(i: int, setting: dict) -> None:
+    dataset, rho = setting["dataset"], setting.get("rho")
+    if dataset in NATURALLY_LONG_TAILED and rho is not None:
+        raise ConfigError(f"data.settings[{i}].rho: {rho} is not allowed for {dataset}, which is long-tailed "
+                          "as published; leave rho out")
+    if dataset not in NATURALLY_LONG_TAILED and rho is None:
+        raise ConfigError(f"data.settings[{i}].rho: missing; {dataset} is balanced and needs an imbalance "
+                          "factor 0 < rho <= 1")
+
+
+def _check_consistency(cfg: dict, check_files: bool) -> None:
+    """Checks of one setting's config that span several keys (the schema checks each key alone)."""
     data, model = cfg["data"], cfg["model"]
     num_levels = len(model["ch_mult"])
     if data["image_size"] % 2 ** (num_levels - 1):
@@ -91,9 +112,10 @@ def _check_consistency(cfg: dict) -> None:
     if cfg["diffusion"]["beta_1"] >= cfg["diffusion"]["beta_T"]:
         raise ConfigError(f"diffusion.beta_1: {cfg['diffusion']['beta_1']} must be below "
                           f"diffusion.beta_T = {cfg['diffusion']['beta_T']}")
-    missing = missing_dataset_message(data)
-    if missing:
-        raise ConfigError(missing)
+    if check_files:
+        missing = missing_dataset_message(data)
+        if missing:
+            raise ConfigError(missing)
     num_classes = NUM_CLASSES[data["dataset"]]
     sample = cfg["sample"]
     if sample["labels"] == "stratified" and sample["num_samples"] % num_classes:
@@ -102,7 +124,7 @@ def _check_consistency(cfg: dict) -> None:
     if sample["sampler"] == "ddim" and sample["steps"] > cfg["diffusion"]["T"]:
         raise ConfigError(f"sample.steps: {sample['steps']} exceeds diffusion.T = {cfg['diffusion']['T']}")
     evaluate = cfg["evaluate"]
-    if evaluate["feature_extractor"] == "inception-v3-compat" and not (
+    if check_files and evaluate["feature_extractor"] == "inception-v3-compat" and not (
             evaluate["inception_weights_path"] and Path(evaluate["inception_weights_path"]).is_file()):
         raise ConfigError(f"evaluate.inception_weights_path: {evaluate['inception_weights_path']!r} is not a file; "
                           "inception-v3-compat needs torch-fidelity's Inception weights on disk (nothing is downloaded)")
@@ -111,8 +133,58 @@ def _check_consistency(cfg: dict) -> None:
         raise ConfigError(f"objectives.coral_ambient.pool_size: {pool} exceeds data.image_size = {data['image_size']}")
 
 
+# Ablation keys: sample.omega re-samples the trained checkpoints; keys under these sections retrain.
+TRAINING_SECTIONS = ("train", "objectives", "model", "diffusion")
+SAMPLING_KEY = "sample.omega"
+
+
+def _get(cfg: dict, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _with_value(cfg: dict, dotted: str, value) -> dict:
+    cfg = copy.deepcopy(cfg)
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return cfg
+
+
+def _check_ablations(cfg: dict, validator) -> None:
+    ablation_setting = cfg["ablations"]["setting"]
+    names = [setting_name(s["dataset"], s.get("rho")) for s in cfg["data"]["settings"]]
+    if ablation_setting is not None and ablation_setting not in names:
+        raise ConfigError(f"ablations.setting: {ablation_setting!r} is not one of data.settings; allowed: "
+                          f"{', '.join(names)}")
+    for name, study in cfg["ablations"]["studies"].items():
+        where = f"ablations.studies.{name}"
+        key = study.get("key")
+        if key is None:
+            if "values" in study:
+                raise ConfigError(f"{where}.values: given without a key; a study without key compares its methods")
+            continue
+        try:
+            _get(cfg, key)
+        except (KeyError, TypeError):
+            raise ConfigError(f"{where}.key: {key!r} is not a config key") from None
+        if key != SAMPLING_KEY and key.split(".")[0] not in TRAINING_SECTIONS:
+            raise ConfigError(f"{where}.key: {key!r} cannot be ablated; allowed: {SAMPLING_KEY} or a key under "
+                              f"{', '.join(TRAINING_SECTIONS)}")
+        if not study.get("values"):
+            raise ConfigError(f"{where}.values: missing or empty; list the values of {key} to compare")
+        for value in study["values"]:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(_with_value(cfg, key, value)))
+            if error is not None:
+                raise ConfigError(f"{where}.values: {value!r} is not a valid {key} ({_describe(error)})")
+
+
 def resolve(raw: dict) -> dict:
-    """Merge the chosen preset over the base keys and validate; every preset is checked too."""
+    """Merge the chosen preset over the base keys and validate; every preset is checked too
+    (the datasets and weights files only for the chosen one)."""
     raw = copy.deepcopy(raw)
     presets = raw.get("presets", {})
     preset = raw.get("preset", "embedded")
@@ -126,7 +198,7 @@ def resolve(raw: dict) -> dict:
     validate(cfg)
     for name, override in presets.items():  # catch typos in presets not chosen now, too
         try:
-            validate(deep_merge(raw, override))
+            validate(deep_merge(raw, override), check_files=False)
         except ConfigError as err:
             raise ConfigError(f"{err} (in preset {name!r})") from None
     return cfg
@@ -140,6 +212,71 @@ def load(path: str | Path, preset: str | None = None) -> dict:
     return resolve(raw)
 
 
+# ---------------------------------------------------------------- the experiment grid
+
+def setting_name(dataset: str, rho: float | None) -> str:
+    """A training set's name: `<dataset>-rho<rho>`, or the dataset alone when it is long-tailed as published."""
+    return dataset if rho is None else f"{dataset}-rho{float(rho)}"
+
+
+def settings(cfg: dict) -> dict[str, dict]:
+    """Setting name -> {"dataset", "rho"}, in config order."""
+    return {setting_name(s["dataset"], s.get("rho")): {"dataset": s["dataset"], "rho": s.get("rho")}
+            for s in cfg["data"]["settings"]}
+
+
+def setting_config(cfg: dict, name: str) -> dict:
+    """The config of one setting: its dataset's overrides merged in; data.dataset and data.rho set."""
+    setting = settings(cfg)[name]
+    merged = deep_merge(cfg, cfg["dataset_overrides"].get(setting["dataset"], {}))
+    data = {k: v for k, v in merged["data"].items() if k != "settings"}
+    merged["data"] = {**data, "dataset": setting["dataset"], "rho": setting["rho"]}
+    return merged
+
+
+def dataset_config(cfg: dict, dataset: str) -> dict:
+    """The data config of a dataset (for its reference set and classifier), from its first setting."""
+    name = next(n for n, s in settings(cfg).items() if s["dataset"] == dataset)
+    return {k: v for k, v in setting_config(cfg, name)["data"].items() if k != "rho"}
+
+
+def ablation_setting(cfg: dict) -> str:
+    return cfg["ablations"]["setting"] or next(iter(settings(cfg)))
+
+
+def variant_name(method: str, key: str, value) -> str:
+    return f"{method}~{key.rsplit('.', 1)[-1]}={value}"
+
+
+def study_rows(cfg: dict, study: str) -> list[dict]:
+    """The (method, value) points of an ablation study, each with the run variant and the guidance
+    omega that produce it. A point equal to the base config reuses the main run."""
+    spec = cfg["ablations"]["studies"][study]
+    base = setting_config(cfg, ablation_setting(cfg))
+    key, omega = spec.get("key"), cfg["sample"]["omega"]
+    rows = []
+    for method in spec["methods"]:
+        for value in spec.get("values", [None]) if key else [None]:
+            if key is None:
+                rows.append({"method": method, "value": method, "variant": method, "omega": omega})
+            elif key == SAMPLING_KEY:
+                rows.append({"method": method, "value": value, "variant": method, "omega": value})
+            else:
+                variant = method if _get(base, key) == value else variant_name(method, key, value)
+                rows.append({"method": method, "value": value, "variant": variant, "omega": omega})
+    return rows
+
+
+def variants(cfg: dict) -> dict[str, tuple[str, dict]]:
+    """Run variant name -> (objective, {dotted key: value}) for every method and ablation run."""
+    found = {method: (method, {}) for method in cfg["methods"]}
+    for study, spec in cfg["ablations"]["studies"].items():
+        for row in study_rows(cfg, study):
+            found.setdefault(row["variant"], (row["method"], {} if row["variant"] == row["method"]
+                                                 else {spec["key"]: row["value"]}))
+    return found
+
+
 def objective_hparams(cfg: dict, method: str) -> dict[str, Any]:
     """The keyword arguments of a method's objective class."""
     objectives = cfg["objectives"]
@@ -148,13 +285,19 @@ def objective_hparams(cfg: dict, method: str) -> dict[str, Any]:
     return dict(objectives.get(method, {}))
 
 
-def run_config(cfg: dict, dataset: str, rho: float, method: str, seed: int) -> dict:
+def run_config(cfg: dict, setting: str, variant: str, seed: int) -> dict:
     """Everything a training run depends on, and nothing else (so unrelated edits don't retrain)."""
+    method, overrides = variants(cfg)[variant]
+    run_cfg = setting_config(cfg, setting)
+    for key, value in overrides.items():
+        run_cfg = _with_value(run_cfg, key, value)
+    data = {k: v for k, v in run_cfg["data"].items() if k not in ("data_root", "download")}  # where, not what
     return {
-        "run": {"dataset": dataset, "rho": rho, "method": method, "seed": seed},
-        "data": {**cfg["data"], "dataset": dataset, "rho": rho},
-        "model": cfg["model"],
-        "diffusion": cfg["diffusion"],
-        "train": cfg["train"],
-        "objective": {"name": method, "hparams": objective_hparams(cfg, method)},
+        "run": {"setting": setting, "dataset": data["dataset"], "rho": data["rho"], "method": variant,
+                "seed": seed},
+        "data": data,
+        "model": run_cfg["model"],
+        "diffusion": run_cfg["diffusion"],
+        "train": run_cfg["train"],
+        "objective": {"name": method, "hparams": objective_hparams(run_cfg, method)},
     }

@@ -1,7 +1,7 @@
-"""Datasets, the long-tail split of SPEC section 1, and class groups.
+"""Datasets, the long-tail split of SPEC section 1, the balanced reference set, and class groups.
 
-Every dataset is returned balanced, as one uint8 tensor (N, C, H, W) at the preset's
-resolution plus int64 labels; the long-tailed training set is a list of indices into it.
+Only `write_split` and `write_reference` read a raw dataset; they store uint8 images (N, C, H, W)
+at the preset's resolution with int64 labels, and every later stage reads those two files.
 """
 from __future__ import annotations
 
@@ -105,12 +105,31 @@ def _load_cifar(data_cfg: dict) -> LabeledImages:
                          class_names)
 
 
-DATASETS = {"animals": _load_animals, "cifar10": _load_cifar, "cifar100": _load_cifar}
+def _load_photos(data_cfg: dict, part: str) -> LabeledImages:
+    from coral import photos
+    loader = photos.load_celeba5 if data_cfg["dataset"] == "celeba5" else photos.load_imagenet_lt
+    return LabeledImages(*loader(data_cfg, part))
+
+
+def _balanced(loader):
+    """A balanced source: the same images serve as training pool and evaluation reference."""
+    def load(data_cfg: dict, part: str) -> LabeledImages:
+        data = loader(data_cfg)
+        return LabeledImages(resize_uint8(data.images, data_cfg["image_size"]), data.labels, data.class_names)
+    return load
+
+
+# name -> load(data_cfg, part): part "train" is the training pool (balanced sources are then made
+# long-tailed by rho), part "reference" the balanced set every evaluation compares against.
+DATASETS = {"animals": _balanced(_load_animals), "cifar10": _balanced(_load_cifar),
+            "cifar100": _balanced(_load_cifar), "celeba5": _load_photos, "imagenet_lt": _load_photos}
 
 
 def source_files(data_cfg: dict) -> list[Path]:
-    """The files a dataset is read from, for lineage records."""
-    return _animals_files() if data_cfg["dataset"] == "animals" else dataset_files(data_cfg)
+    """The files a dataset is read from, for lineage records (image folders are named by their list files)."""
+    if data_cfg["dataset"] == "animals":
+        return _animals_files()
+    return [path for path in dataset_files(data_cfg) if not path.is_dir()]
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -121,13 +140,15 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def load_balanced(data_cfg: dict) -> LabeledImages:
-    """The full balanced dataset named by data_cfg['dataset'], resized to data_cfg['image_size']."""
+def load_dataset(data_cfg: dict, part: str) -> LabeledImages:
+    """Part "train" or "reference" of the dataset named by data_cfg['dataset'], at data_cfg['image_size']."""
     name = data_cfg["dataset"]
     if name not in DATASETS:
         raise DatasetError(f"data.dataset: unknown dataset {name!r}; allowed: {sorted(DATASETS)}")
-    data = DATASETS[name](data_cfg)
-    return LabeledImages(resize_uint8(data.images, data_cfg["image_size"]), data.labels, data.class_names)
+    missing = missing_dataset_message(data_cfg)
+    if missing:
+        raise DatasetError(missing)
+    return DATASETS[name](data_cfg, part)
 
 
 def long_tail_counts(n_max: int, rho: float, num_classes: int) -> list[int]:
@@ -160,18 +181,26 @@ def class_groups(class_counts) -> list[str]:
     return groups
 
 
-def write_split(data_cfg: dict, rho: float, out_split: str | Path, out_counts: str | Path) -> None:
-    """Write the long-tailed split (indices into the balanced set) and its class counts."""
-    data = load_balanced(data_cfg)
-    labels = data.labels.numpy()
-    indices = long_tail_indices(labels, rho, data_cfg["subsample_seed"])
-    counts = np.bincount(labels[indices], minlength=data.num_classes)
-    with atomic_path(out_split) as tmp:
+def _save_npz(path: str | Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, indices=indices, labels=labels[indices], class_counts=counts,
-                     class_names=np.array(data.class_names),
-                     meta=np.array(json.dumps({"dataset": data_cfg["dataset"], "rho": rho,
-                                               "subsample_seed": data_cfg["subsample_seed"]})))
+            np.savez(f, **arrays)
+
+
+def write_split(data_cfg: dict, rho: float | None, out_split: str | Path, out_counts: str | Path) -> None:
+    """Write the long-tailed training set (its uint8 images, labels, indices into the training pool)
+    and its class counts. rho None keeps a naturally long-tailed pool as it is."""
+    data = load_dataset(data_cfg, "train")
+    labels = data.labels.numpy()
+    if rho is None:
+        indices = np.arange(len(labels), dtype=np.int64)
+    else:
+        indices = long_tail_indices(labels, rho, data_cfg["subsample_seed"])
+    counts = np.bincount(labels[indices], minlength=data.num_classes)
+    _save_npz(out_split, images=data.images.numpy()[indices], indices=indices, labels=labels[indices],
+              class_counts=counts, class_names=np.array(data.class_names),
+              meta=np.array(json.dumps({"dataset": data_cfg["dataset"], "rho": rho,
+                                        "subsample_seed": data_cfg["subsample_seed"]})))
     groups = class_groups(counts)
     with atomic_path(out_counts) as tmp:
         with open(tmp, "w", newline="") as f:
@@ -182,21 +211,45 @@ def write_split(data_cfg: dict, rho: float, out_split: str | Path, out_counts: s
     lineage.record([out_split, out_counts], "subsample", source_files(data_cfg), {"data": data_cfg, "rho": rho})
 
 
+def write_reference(data_cfg: dict, out_npz: str | Path) -> None:
+    """Write the balanced reference set of a dataset: what every evaluation compares against."""
+    data = load_dataset(data_cfg, "reference")
+    _save_npz(out_npz, images=data.images.numpy(), labels=data.labels.numpy(),
+              class_names=np.array(data.class_names))
+    lineage.record([out_npz], "reference", source_files(data_cfg), {"data": data_cfg})
+
+
 @dataclass
 class Split:
+    images: torch.Tensor | None  # uint8 (N, C, H, W), the long-tailed training set (None if not read)
     indices: np.ndarray
     labels: np.ndarray
     class_counts: np.ndarray
     class_names: list[str]
 
 
-def load_split(path: str | Path) -> Split:
-    """A split written by `write_split`; a missing or damaged file raises DatasetError naming it."""
+def _open_npz(path: str | Path, keys: list[str], writer: str) -> dict[str, np.ndarray]:
+    """The arrays `keys` of an npz file; a missing or damaged file raises DatasetError naming it."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return Split(z["indices"], z["labels"], z["class_counts"], [str(s) for s in z["class_names"]])
+            return {key: z[key] for key in keys}
     except FileNotFoundError:
-        raise DatasetError(f"{path}: no such split file; write it with `python -m coral subsample`") from None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        raise DatasetError(f"{path}: not a split file written by `coral subsample` ({err}); "
+        raise DatasetError(f"{path}: no such file; write it with `python -m coral {writer}`") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise DatasetError(f"{path}: not a file written by `coral {writer}` ({err}); "
                            "delete it and write it again") from None
+
+
+def load_split(path: str | Path, with_images: bool = True) -> Split:
+    """A split written by `write_split`; with_images=False skips reading the images."""
+    keys = ["indices", "labels", "class_counts", "class_names"] + (["images"] if with_images else [])
+    z = _open_npz(path, keys, "subsample")
+    images = torch.from_numpy(z["images"]) if with_images else None
+    return Split(images, z["indices"], z["labels"], z["class_counts"], [str(s) for s in z["class_names"]])
+
+
+def load_reference(path: str | Path) -> LabeledImages:
+    """A reference set written by `write_reference`."""
+    z = _open_npz(path, ["images", "labels", "class_names"], "reference")
+    return LabeledImages(torch.from_numpy(z["images"]), torch.from_numpy(z["labels"]),
+                         [str(s) for s in z["class_names"]])

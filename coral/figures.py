@@ -61,19 +61,21 @@ def _shade_groups(ax, groups: Sequence[str]) -> None:
                     ha="center", va="top", fontsize=9, color="#555555")
 
 
-def per_class_fid_figure(per_class_csv: str | os.PathLike, out_png: str | os.PathLike) -> None:
+def per_class_fid_figure(per_class: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
     """Per-class FID, one panel per (dataset, rho), one line per method (band: +-1 std over seeds).
 
-    per_class_csv: the table written by coral.tables.per_class_table (columns dataset, rho, method,
+    per_class: the table of coral.tables.per_class_table, or its CSV (columns dataset, rho, method,
     class, class_name, train_count, group, fid_mean, fid_std). Classes run head -> tail along x
     (train_count descending); with many classes only about 30 tick labels are shown.
     """
-    df = pd.read_csv(per_class_csv)
+    df = per_class if isinstance(per_class, pd.DataFrame) else pd.read_csv(per_class)
+    per_class_csv = "per-class table" if isinstance(per_class, pd.DataFrame) else per_class
     required = ["dataset", "rho", "method", "class", "class_name", "train_count", "group", "fid_mean", "fid_std"]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{per_class_csv}: missing columns {missing}; expected the output of "
                          f"coral.tables.per_class_table with {required}")
+    df = df.assign(rho=df["rho"].fillna(-1.0))  # -1: a dataset long-tailed as published (no rho)
     settings = list(df[["dataset", "rho"]].drop_duplicates().itertuples(index=False, name=None))
     num_classes = df.groupby(["dataset", "rho"])["class"].nunique().max()
     width = min(max(6.0, 0.4 * num_classes), 16.0)
@@ -93,7 +95,7 @@ def per_class_fid_figure(per_class_csv: str | os.PathLike, out_png: str | os.Pat
         ticks = x if len(x) <= MAX_TICK_LABELS else np.unique(np.linspace(0, len(x) - 1, MAX_TICK_LABELS).astype(int))
         ax.set_xticks(ticks, classes["class_name"].to_numpy()[ticks], rotation=60, ha="right", fontsize=8)
         ax.set_xlim(-0.5, len(x) - 0.5)
-        ax.set_title(f"{dataset}, rho={rho:g}")
+        ax.set_title(dataset if rho < 0 else f"{dataset}, rho={rho:g}")
         ax.set_ylabel("per-class FID")
         ax.set_xlabel("class (head -> tail, by training count)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -177,3 +179,46 @@ def samples_figure(samples_npz: str | os.PathLike, out_png: str | os.PathLike, p
         images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
     num_classes = meta.get("num_classes", int(labels.max()) + 1)
     save_grid_png(images, labels, num_classes, out_png, per_row=per_row, class_names=meta.get("class_names"))
+
+
+ABLATION_PANELS = {"fid": "FID", "tail_fid": "tail FID", "tail_accuracy": "tail accuracy"}
+
+
+def ablation_figure(ablation_csv: str | os.PathLike, out_png: str | os.PathLike) -> None:
+    """One panel per metric (FID, tail FID, tail accuracy) against the ablated value, a line (or,
+    for a study without numeric values, bars) per method; error bars +-1 std over seeds.
+
+    ablation_csv: the table of coral.tables.ablation_table (study, key, method, value, <m>_mean, <m>_std).
+    """
+    df = pd.read_csv(ablation_csv, dtype={"value": str})
+    required = ["study", "key", "method", "value"] + [f"{m}_{s}" for m in ABLATION_PANELS for s in ("mean", "std")]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{ablation_csv}: missing columns {missing}; expected the output of coral.tables.ablation_table")
+    values = list(dict.fromkeys(df["value"]))
+    numeric = pd.to_numeric(pd.Series(values), errors="coerce").notna().all()
+    methods = _ordered_methods(df["method"])
+    fig = Figure(figsize=(4.0 * len(ABLATION_PANELS), 3.4))
+    axes = fig.subplots(1, len(ABLATION_PANELS))
+    compares_methods = df["key"].iloc[0] == "method"  # each method is its own value: one bar each
+    width = 0.6 if compares_methods else 0.8 / len(methods)
+    for ax, (metric, label) in zip(axes, ABLATION_PANELS.items()):
+        for i, method in enumerate(methods):
+            rows = df[df["method"] == method].set_index("value").reindex(values)
+            mean, std = rows[f"{metric}_mean"].to_numpy(float), rows[f"{metric}_std"].to_numpy(float)
+            x = np.arange(len(values))
+            if numeric:
+                ax.errorbar(x, mean, yerr=np.nan_to_num(std), marker="o", capsize=3, color=method_color(method),
+                            label=method)
+            else:
+                offset = 0.0 if compares_methods else (i - (len(methods) - 1) / 2) * width
+                ax.bar(x + offset, mean, width, yerr=np.nan_to_num(std), capsize=3,
+                       color=method_color(method), label=method)
+        ax.set_xticks(np.arange(len(values)), values)
+        ax.set_xlabel(df["key"].iloc[0])
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle(f"ablation: {df['study'].iloc[0]} ({df['dataset'].iloc[0]}, mean over {int(df['num_seeds'].max())} "
+                 "seed(s))", fontsize=10)
+    fig.tight_layout()
+    _save(fig, out_png)

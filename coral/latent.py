@@ -26,7 +26,7 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from coral import lineage
-from coral.data import class_groups, load_balanced, load_split
+from coral.data import class_groups, load_reference, load_split
 from coral.diffusion import Diffusion
 from coral.figures import tsne_figure
 from coral.io import atomic_path, provenance, write_json
@@ -160,7 +160,8 @@ def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, latent_cfg: dict,
+def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, reference_npz: str | os.PathLike,
+               latent_cfg: dict,
                out_npz: str | os.PathLike, out_json: str | os.PathLike, out_png: str | os.PathLike) -> None:
     """The latent stage for one run.
 
@@ -178,11 +179,11 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, late
     if missing:
         raise ValueError(f"latent config: missing keys {missing}; required: {list(LATENT_KEYS)}")
     model, diffusion, run_cfg = load_model(checkpoint)
-    data = load_balanced(run_cfg["data"])
-    split = load_split(split_npz)
+    data = load_reference(reference_npz)
+    split = load_split(split_npz, with_images=False)
     if list(split.class_names) != list(data.class_names):
         raise ValueError(f"{split_npz}: class names {split.class_names} do not match the dataset "
-                         f"{run_cfg['data']['dataset']!r} of {checkpoint}: {data.class_names}")
+                         f"reference set {reference_npz}: {data.class_names}")
     groups = class_groups(split.class_counts)
 
     balanced_labels = data.labels.numpy()
@@ -208,4 +209,4 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, late
                           "latent_cfg": latent_cfg, "provenance": provenance()})
     title = f"{run['method']} ({run['dataset']}, rho={run['rho']}, seed {run['seed']}, t={t_value})"
     tsne_figure([out_npz], [title], split.class_names, split.class_counts, out_png, separation_jsons=[out_json])
-    lineage.record([out_npz, out_json, out_png], "latent", [checkpoint, split_npz], {"run": run, "latent": latent_cfg})
+    lineage.record([out_npz, out_json, out_png], "latent", [checkpoint, split_npz, reference_npz], {"run": run, "latent": latent_cfg})

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from coral import lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
-from coral.data import LabeledImages, class_groups, load_balanced, load_split
+from coral.data import LabeledImages, class_groups, load_reference, load_split
 from coral.io import atomic_path, provenance, write_json
 
 log = logging.getLogger(__name__)
@@ -184,27 +184,28 @@ def _check_per_class_counts(samples_npz, labels: torch.Tensor, num_classes: int,
 
 # ---------------------------------------------------------------- evaluate
 
-def evaluate(samples_npz: str | Path, data_cfg: dict, split_npz: str | Path, classifier_ckpt: str | Path,
+def evaluate(samples_npz: str | Path, reference_npz: str | Path, split_npz: str | Path, classifier_ckpt: str | Path,
              eval_cfg: dict, out_json: str | Path, out_per_class_csv: str | Path) -> dict:
-    """Metrics of generated samples against the full balanced dataset: overall, per class, per group.
+    """Metrics of generated samples against the balanced reference set: overall, per class, per group.
 
     Writes `out_json` (overall + group means + provenance) and `out_per_class_csv` (one row per
     class) and returns the JSON dict.
     """
     _check_eval_cfg(eval_cfg)
-    real = load_balanced(data_cfg)
+    real = load_reference(reference_npz)
     num_classes = real.num_classes
     gen_images, gen_labels, meta = _load_samples(samples_npz, num_classes, tuple(real.images.shape[1:]))
     _check_per_class_counts(samples_npz, gen_labels, num_classes, eval_cfg)
-    split = load_split(split_npz)
+    split = load_split(split_npz, with_images=False)
     if len(split.class_counts) != num_classes:
         raise ValueError(f"{split_npz}: {len(split.class_counts)} class counts, dataset "
-                         f"{data_cfg['dataset']!r} has {num_classes} classes")
+                         f"{reference_npz} has {num_classes} classes")
     checkpoint = load_classifier_checkpoint(classifier_ckpt)
-    if (checkpoint["image_size"], checkpoint["num_classes"]) != (data_cfg["image_size"], num_classes):
+    image_size = real.images.shape[-1]
+    if (checkpoint["image_size"], checkpoint["num_classes"]) != (image_size, num_classes):
         raise ValueError(f"{classifier_ckpt}: classifier trained at image_size {checkpoint['image_size']} with "
-                         f"{checkpoint['num_classes']} classes; data.image_size is {data_cfg['image_size']} and "
-                         f"dataset {data_cfg['dataset']!r} has {num_classes} classes")
+                         f"{checkpoint['num_classes']} classes; the reference set {reference_npz} has "
+                         f"{image_size}x{image_size} images of {num_classes} classes")
 
     # features of both sets, extracted once
     fidelity_name, feature_layer, isc_layer = FEATURE_EXTRACTORS[eval_cfg["feature_extractor"]]
@@ -245,7 +246,7 @@ def evaluate(samples_npz: str | Path, data_cfg: dict, split_npz: str | Path, cla
             writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-    lineage.record([out_json, out_per_class_csv], "evaluate", [samples_npz, split_npz, classifier_ckpt],
+    lineage.record([out_json, out_per_class_csv], "evaluate", [samples_npz, reference_npz, split_npz, classifier_ckpt],
                    {"run": meta["run"], "evaluate": eval_cfg})
     return result
 

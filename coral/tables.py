@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from coral import lineage
+from coral.config import setting_name
 from coral.io import atomic_path, read_json
 
 METHOD_ORDER = ("ddpm", "cbdm", "t2h", "coral", "coral_ambient")
@@ -72,7 +73,7 @@ def _run_record(path: str | os.PathLike) -> dict:
     """dataset, rho, method, seed of the run a JSON artifact belongs to, plus the file name."""
     data = read_json(path)
     record = {key: _lookup(data, ("run", key), path) for key in ["dataset", "rho", "method", "seed"]}
-    record["rho"] = float(record["rho"])
+    record["rho"] = _number(record["rho"])  # NaN for a dataset long-tailed as published
     record["file"] = str(path)
     return record
 
@@ -166,14 +167,14 @@ def _per_class_records(json_path: str | os.PathLike, csv_path: str | os.PathLike
 
 
 def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: Sequence[str | os.PathLike],
-                    out_csv: str | os.PathLike) -> pd.DataFrame:
+                    out_csv: str | os.PathLike | None) -> pd.DataFrame:
     """Per-class metrics over seeds. metrics_jsons[i] names the run of per_class_csvs[i].
 
     Columns: dataset, rho, method, class, class_name, train_count, group, num_seeds, then
     `<m>_mean`, `<m>_std` over seeds for m in fid, kid, precision, recall, accuracy (kid is each
     run's per-class kid_mean). Rows: setting and method as in the main table, then classes head to
     tail (train_count descending, ties by class id). Class info and sampling settings must agree
-    across seeds. Writes out_csv atomically and returns the table.
+    across seeds. Writes out_csv atomically (unless None) and returns the table.
     """
     if len(metrics_jsons) != len(per_class_csvs):
         raise ValueError(f"per_class_table: {len(metrics_jsons)} metrics JSONs but "
@@ -187,7 +188,8 @@ def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: 
     table = table[SETTING + ["class"] + CLASS_INFO + [c for c in table.columns
                                                        if c not in SETTING + ["class"] + CLASS_INFO]]
     table = _sort(table, ["train_count", "class"], [False, True])
-    _write_table(table, out_csv, "per_class_table", [*metrics_jsons, *per_class_csvs])
+    if out_csv is not None:
+        _write_table(table, out_csv, "per_class_table", [*metrics_jsons, *per_class_csvs])
     return table
 
 
@@ -211,6 +213,85 @@ def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | o
     records = pd.DataFrame([_latent_record(path) for path in separation_jsons])
     table = _sort(_aggregate(records, SETTING, LATENT_SCORES, LATENT_SETTINGS))
     _write_table(table, out_csv, "latent_table", separation_jsons)
+    return table
+
+
+def ablation_table(study: str, key: str | None, metrics_jsons: Sequence[str | os.PathLike],
+                   points: Sequence[dict], out_csv: str | os.PathLike) -> pd.DataFrame:
+    """One ablation study over seeds. points[i] = {"method", "value"} of metrics_jsons[i]: the
+    objective and the value of `key` (for a study without key, the value is the method).
+
+    Columns: study, key, dataset, rho, method, value, run (the run folder's name), num_seeds, then
+    `<m>_mean`, `<m>_std` for the main-table metrics, then the sampling columns. Rows keep the
+    order of `points` (methods, then values as configured). Writes out_csv atomically.
+    """
+    if len(metrics_jsons) != len(points):
+        raise ValueError(f"ablation_table: {len(metrics_jsons)} metrics JSONs but {len(points)} points")
+    if not metrics_jsons:
+        raise ValueError(f"ablation_table {study}: no metrics JSON files given")
+    records = []
+    for path, point in zip(metrics_jsons, points):
+        record = _metrics_record(path)
+        records.append({**record, "run": record["method"], "method": point["method"], "value": str(point["value"])})
+    records = pd.DataFrame(records)
+    table = _aggregate(records, ["method", "value"], list(MAIN_METRICS), ["dataset", "rho", "run", *SAMPLING])
+    table.insert(0, "study", study)
+    table.insert(1, "key", key or "method")
+    front = ["study", "key", "dataset", "rho", "method", "value", "run", "num_seeds"]
+    table = table[front + [c for c in table.columns if c not in front]]
+    _write_table(table, out_csv, "ablation_table", metrics_jsons)
+    return table
+
+
+# Published metric name -> main-table column.
+PUBLISHED_METRICS = {"FID": "fid", "IS": "isc", "Recall": "recall"}
+
+
+def paper_vs_ours(main_csv: str | os.PathLike, published_csv: str | os.PathLike, out_csv: str | os.PathLike,
+                  out_md: str | os.PathLike) -> pd.DataFrame:
+    """The published numbers beside ours for every (setting, metric, method) cell both have.
+
+    published_csv: columns setting, metric (FID, IS, Recall), method, value, source. Ours is the
+    mean (and std) over seeds from the main table; difference = ours - published. `comparable` is
+    true only for Inception features (a classifier-feature FID is on another scale). Writes the
+    CSV and a markdown rendering atomically; with no shared cell both say so and hold no rows.
+    """
+    published = pd.read_csv(published_csv)
+    missing = [c for c in ["setting", "metric", "method", "value", "source"] if c not in published.columns]
+    if missing:
+        raise ValueError(f"{published_csv}: missing columns {missing}")
+    unknown = sorted(set(published["metric"]) - set(PUBLISHED_METRICS))
+    if unknown:
+        raise ValueError(f"{published_csv}: metrics {unknown} unknown; allowed: {sorted(PUBLISHED_METRICS)}")
+    main = pd.read_csv(main_csv)
+    rows = []
+    for _, ours in main.iterrows():
+        setting = setting_name(ours["dataset"], None if pd.isna(ours["rho"]) else ours["rho"])
+        cells = published[(published["setting"] == setting) & (published["method"] == ours["method"])]
+        for _, cell in cells.iterrows():
+            column = PUBLISHED_METRICS[cell["metric"]]
+            mean = float(ours[f"{column}_mean"])
+            rows.append({"setting": setting, "metric": cell["metric"], "method": ours["method"],
+                         "published": float(cell["value"]), "ours": mean, "ours_std": float(ours[f"{column}_std"]),
+                         "num_seeds": int(ours["num_seeds"]), "difference": mean - float(cell["value"]),
+                         "comparable": ours["feature_extractor"] == "inception-v3-compat",
+                         "feature_extractor": ours["feature_extractor"], "num_samples": int(ours["num_samples"]),
+                         "source": cell["source"]})
+    columns = ["setting", "metric", "method", "published", "ours", "ours_std", "num_seeds", "difference",
+               "comparable", "feature_extractor", "num_samples", "source"]
+    table = pd.DataFrame(rows, columns=columns)
+    _write_table(table, out_csv, "paper_vs_ours", [main_csv, published_csv])
+    if table.empty:
+        text = ("# Published vs ours\n\nNo setting of this run has published numbers "
+                f"(published settings: {', '.join(sorted(set(published['setting'])))}).\n")
+    else:
+        text = ("# Published vs ours\n\nOurs: mean over seeds; difference = ours - published. Rows with "
+                "comparable = False use another feature extractor than the paper's Inception.\n\n"
+                + markdown(table.drop(columns=["source"])) + f"\nSource: {table['source'].iloc[0]}\n")
+    with atomic_path(out_md) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+    lineage.record([out_md], "paper_vs_ours", [main_csv, published_csv], {})
     return table
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from coral import lineage
-from coral.data import load_balanced, load_split
+from coral.data import load_split
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, sha256_file, write_json
 from coral.objectives import build_objective, drop_labels
@@ -192,15 +192,14 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
     tcfg, seed = run_cfg["train"], run_cfg["run"]["seed"]
     device = default_device()
 
-    data = load_balanced(run_cfg["data"])
     split = load_split(split_path)
-    images = data.images[torch.from_numpy(split.indices)].to(device)  # uint8, resident
+    images = split.images.to(device)  # uint8, resident
     labels = torch.from_numpy(split.labels).to(device)
     if len(images) < tcfg["batch_size"]:
         raise ValueError(f"train.batch_size: {tcfg['batch_size']} exceeds the {len(images)} training images")
 
     torch.manual_seed(seed)
-    setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], data.num_classes, device)
+    setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], len(split.class_names), device)
     model, ema, objective, optimizer, scheduler = (setup.model, setup.ema, setup.objective, setup.optimizer,
                                                    setup.scheduler)
 
@@ -224,7 +223,7 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
     _truncate_stats(run_dir / "stats.jsonl", start)
 
     def snapshot(step: int) -> dict:
-        state = {"step": step, "config": run_cfg, "in_channels": images.shape[1], "class_names": data.class_names,
+        state = {"step": step, "config": run_cfg, "in_channels": images.shape[1], "class_names": split.class_names,
                  "model": model.state_dict(), "ema": ema.state_dict(), "objective": objective.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng_cpu": torch.get_rng_state()}

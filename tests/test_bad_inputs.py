@@ -27,7 +27,7 @@ def edited(**changes):
 
 CONFIG_CASES = [
     (edited(train__stepz=5), "unknown key train.stepz; allowed keys in train: batch_size"),
-    (edited(tarin={}), "unknown key tarin; allowed keys: classifier, data"),
+    (edited(tarin={}), "unknown key tarin; allowed keys: ablations, classifier, data"),
     (edited(train__steps="many"), "train.steps: 'many' is not of type 'integer'"),
     (edited(train__steps=0), "train.steps: 0 is less than the minimum of 1"),
     (edited(train__batch_size=1), "train.batch_size: 1 is less than the minimum of 2"),
@@ -39,9 +39,10 @@ CONFIG_CASES = [
     (edited(methods=[]), "methods: [] should be non-empty"),
     (edited(seeds=[0, 0]), "seeds: [0, 0] has non-unique elements"),
     (edited(seeds=[-1]), "seeds[0]: -1 is less than the minimum of 0"),
-    (edited(data__dataset="cifar"), "data.dataset: 'cifar' is not allowed; allowed: animals"),
-    (edited(data__rho=[0]), "data.rho[0]: 0 is less than or equal to the minimum of 0"),
-    (edited(data__rho=[2]), "data.rho[0]: 2 is greater than the maximum of 1"),
+    (edited(data__settings=[{"dataset": "cifar"}]), "data.settings[0].dataset: 'cifar' is not allowed; allowed: animals"),
+    (edited(data__settings=[{"dataset": "animals", "rho": 0}]),
+     "data.settings[0].rho: 0 is less than or equal to the minimum of 0"),
+    (edited(data__settings=[{"dataset": "animals", "rho": 2}]), "data.settings[0].rho: 2 is greater than the maximum of 1"),
     (edited(data__image_size=18), "data.image_size: 18 must be divisible by 2^(len(model.ch_mult) - 1) = 4"),
     (edited(model__ch=48), "model.ch: 48 is not a multiple of 32"),
     (edited(model__attn=[5]), "model.attn: level 5 does not exist; allowed: 0..2"),
@@ -53,7 +54,7 @@ CONFIG_CASES = [
     (edited(objectives__coral__tau_r=0), "objectives.coral.tau_r: 0 is less than or equal to the minimum of 0"),
     (edited(evaluate__feature_extractor="inception-v3-compat"),
      "evaluate.inception_weights_path: None is not a file; inception-v3-compat needs"),
-    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, smoke"),
+    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, paper, smoke"),
 ]
 
 
@@ -101,14 +102,14 @@ def test_bad_config_file(name, text, expected, finished_result, capfd):
 
 
 @pytest.mark.parametrize("content,expected", [
-    (None, "split.npz: no such split file; write it with `python -m coral subsample`"),
-    (b"not a zip archive", "split.npz: not a split file written by `coral subsample`"),
+    (None, "split.npz: no such file; write it with `python -m coral subsample`"),
+    (b"not a zip archive", "split.npz: not a file written by `coral subsample`"),
 ])
 def test_missing_or_damaged_split(content, expected, finished_result, capfd):
     split = finished_result.parents[2] / "split.npz"
     if content is not None:
         split.write_bytes(content)
-    code, lines = run_cli(["train", "--config", CONFIG, "--preset", "smoke", "--rho", "0.1", "--method", "ddpm",
+    code, lines = run_cli(["train", "--config", CONFIG, "--preset", "smoke", "--method", "ddpm",
                            "--split", "split.npz", "--run-dir", "run"], capfd)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 

@@ -16,16 +16,16 @@ def test_check_config_and_bad_preset():
     assert "valid (preset 'smoke'" in coral("check-config", "--preset", "smoke").stdout
     bad = coral("check-config", "--preset", "huge")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke"
+    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, paper"
 
 
 def test_subsample_then_train_one_run(tmp_path):
     split, counts = tmp_path / "split.npz", tmp_path / "counts.csv"
-    assert coral("subsample", "--preset", "smoke", "--rho", "0.1", "--out-split", str(split),
+    assert coral("subsample", "--preset", "smoke", "--setting", "animals-rho0.1", "--out-split", str(split),
                  "--out-counts", str(counts)).returncode == 0
     rows = list(csv.DictReader(open(counts)))
     assert [int(r["count"]) for r in rows][:2] == [1000, 774]  # int(1000 * 0.1 ** (1/9))
-    result = coral("train", "--preset", "smoke", "--rho", "0.1", "--method", "t2h", "--split", str(split),
+    result = coral("train", "--preset", "smoke", "--method", "t2h", "--split", str(split),
                    "--run-dir", str(tmp_path / "run"), "--log", str(tmp_path / "train.log"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "final.pt").exists() and "train" in (tmp_path / "train.log").read_text()

@@ -4,7 +4,8 @@ import copy
 import pytest
 import yaml
 
-from coral.config import ConfigError, load, resolve, run_config
+from coral.config import (ConfigError, deep_merge, load, resolve, run_config, setting_config, settings,
+                          study_rows, variants)
 
 BASE = yaml.safe_load(open("config.yaml"))
 
@@ -21,8 +22,25 @@ def resolve_with(edit):
     (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
     (lambda c: c["train"].update(lr=-1), "train.lr: -1"),
     (lambda c: c.update(methods=["ddpm", "coarl"]), "methods[1]: 'coarl' is not allowed; allowed: ddpm, cbdm"),
-    (lambda c: c["data"].update(dataset="cifar"), "data.dataset: 'cifar' is not allowed"),
-    (lambda c: c.update(preset="big"), "preset: 'big' is not defined under presets; allowed: embedded, smoke"),
+    (lambda c: c["data"].update(settings=[{"dataset": "cifar"}]), "data.settings[0].dataset: 'cifar' is not allowed"),
+    (lambda c: c["data"].update(settings=[{"dataset": "cifar10"}]), "data.settings[0].rho: missing; cifar10 is balanced"),
+    (lambda c: c["data"].update(settings=[{"dataset": "celeba5", "rho": 0.1}]),
+     "data.settings[0].rho: 0.1 is not allowed for celeba5"),
+    (lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 0.1}, {"dataset": "animals", "rho": 0.1}]),
+     "lists a setting twice"),
+    (lambda c: c.update(dataset_overrides={"cifar": {}}), "dataset_overrides: 'cifar' is not allowed"),
+    (lambda c: c.update(dataset_overrides={"animals": {"model": {"ch": 40}}}),
+     "model.ch: 40 is not a multiple of 32 (in dataset_overrides.animals)"),
+    (lambda c: c["ablations"].update(setting="cifar10-rho0.01"), "ablations.setting: 'cifar10-rho0.01' is not one of"),
+    (lambda c: c["ablations"]["studies"]["tau_sc"].update(key="objectives.coral.tau_sd"),
+     "ablations.studies.tau_sc.key: 'objectives.coral.tau_sd' is not a config key"),
+    (lambda c: c["ablations"]["studies"]["tau_sc"].update(values=[0.1, -1]),
+     "ablations.studies.tau_sc.values: -1 is not a valid objectives.coral.tau_sc"),
+    (lambda c: c["ablations"]["studies"]["omega"].update(key="latent.seed"),
+     "ablations.studies.omega.key: 'latent.seed' cannot be ablated"),
+    (lambda c: c["ablations"]["studies"]["tau_sc"].update(methods=["coral", "dpm"]),
+     "ablations.studies.tau_sc.methods[1]: 'dpm' is not allowed"),
+    (lambda c: c.update(preset="big"), "preset: 'big' is not defined under presets; allowed: embedded, smoke, paper"),
     (lambda c: c["presets"]["smoke"]["train"].update(stpes=1), "unknown key train.stpes"),
     (lambda c: c["sample"].update(num_samples=1001), "sample.num_samples: 1001 must be a multiple"),
     (lambda c: c["data"].update(image_size=18), "data.image_size: 18 must be divisible"),
@@ -53,10 +71,43 @@ def test_presets_merge_over_base():
 
 def test_run_config_holds_only_what_training_needs():
     cfg = load("config.yaml")
-    run = run_config(cfg, "animals", 0.01, "coral_ambient", 0)
+    run = run_config(cfg, "animals-rho0.01", "coral_ambient", 0)
     assert set(run) == {"run", "data", "model", "diffusion", "train", "objective"}
     assert run["objective"]["hparams"] == {**cfg["objectives"]["coral"], "pool_size": 8}
-    assert run["data"]["rho"] == 0.01
+    assert run["data"]["rho"] == 0.01 and run["data"]["dataset"] == "animals"
+    assert "data_root" not in run["data"]  # where the data lives does not retrain
+
+
+def test_ablation_runs_change_one_key_and_reuse_the_base_value():
+    cfg = load("config.yaml")
+    rows = study_rows(cfg, "tau_sc")
+    assert [r["value"] for r in rows] == [0.05, 0.1, 0.2, 0.5, 1.0]
+    assert [r["variant"] for r in rows][:2] == ["coral~tau_sc=0.05", "coral"]  # 0.1 is the base config's value
+    base, varied = run_config(cfg, "animals-rho0.01", "coral", 0), run_config(cfg, "animals-rho0.01", "coral~tau_sc=0.5", 0)
+    assert varied["objective"] == {"name": "coral", "hparams": {**base["objective"]["hparams"], "tau_sc": 0.5}}
+    assert {k: v for k, v in varied.items() if k not in ("objective", "run")} == \
+        {k: v for k, v in base.items() if k not in ("objective", "run")}
+    dropped = run_config(cfg, "animals-rho0.01", "coral~label_drop=sample", 0)
+    assert dropped["train"] == {**base["train"], "label_drop": "sample"}
+    omega = study_rows(cfg, "omega")  # guidance re-samples the main checkpoints
+    assert {r["variant"] for r in omega} == {"ddpm", "coral"} and [r["omega"] for r in omega][:3] == [0.0, 0.5, 1.0]
+    assert len(variants(cfg)) == 4 + 1 + 4 + 4 + 1 + 1  # methods, ambient, tau_sc, tau_r, label_drop, reduction
+
+
+def test_paper_preset_matrix_and_dataset_overrides(tmp_path):
+    raw = copy.deepcopy(BASE)
+    raw["preset"] = "paper"
+    with pytest.raises(ConfigError, match="data.data_root: dataset 'cifar10' is not under"):
+        resolve(raw)  # the chosen preset's datasets must be on disk
+    cfg = deep_merge(raw, raw["presets"]["paper"])
+    assert list(settings(cfg)) == ["cifar10-rho0.01", "cifar10-rho0.001", "cifar100-rho0.01", "celeba5", "imagenet_lt"]
+    celeba = setting_config(cfg, "celeba5")
+    assert celeba["data"]["image_size"] == 64 and celeba["model"]["ch_mult"] == [1, 2, 2, 2, 2]
+    assert celeba["data"]["rho"] is None and celeba["model"]["num_res_blocks"] == 2
+    cifar = setting_config(cfg, "cifar100-rho0.01")
+    assert cifar["data"]["image_size"] == 32 and cifar["model"]["ch_mult"] == [1, 2, 2, 2]
+    assert cfg["sample"]["sampler"] == "ddpm" and cfg["sample"]["num_samples"] == 50000
+    assert cfg["evaluate"]["feature_extractor"] == "inception-v3-compat" and cfg["seeds"] == [0, 1, 2]
 
 
 def test_config_never_executes_code(tmp_path):

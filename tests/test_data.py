@@ -3,8 +3,10 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 
-from coral.data import class_groups, load_balanced, load_split, long_tail_indices, resize_uint8, write_split
+from coral.data import (class_groups, load_dataset, load_reference, load_split, long_tail_indices, resize_uint8,
+                        write_reference, write_split)
 
 CIFAR10_RHO_001 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CIFAR10_RHO_0001 = [5000, 2320, 1077, 500, 232, 107, 50, 23, 10, 5]
@@ -44,7 +46,7 @@ def test_class_groups_thirds():
 
 
 def test_animals_bundled_dataset():
-    data = load_balanced({"dataset": "animals", "image_size": 28})
+    data = load_dataset({"dataset": "animals", "image_size": 28}, "train")
     assert data.images.shape == (10000, 1, 28, 28) and str(data.images.dtype) == "torch.uint8"
     assert np.bincount(data.labels.numpy()).tolist() == [1000] * 10
     assert data.class_names[0] == "bear" and data.class_names[-1] == "zebra"
@@ -66,8 +68,25 @@ def test_write_split_files(tmp_path):
     assert np.bincount(split.labels).tolist() == expected
     rows = list(csv.DictReader(open(tmp_path / "counts.csv")))
     assert [int(r["count"]) for r in rows] == expected and rows[-1]["group"] == "tail"
+    balanced = load_dataset(cfg, "train")  # the split stores the selected images themselves
+    assert split.images.shape == (sum(expected), 1, 8, 8)
+    assert torch.equal(split.images, balanced.images[torch.from_numpy(split.indices)])
+
+
+def test_write_reference_is_the_balanced_set(tmp_path):
+    cfg = {"dataset": "animals", "image_size": 8, "subsample_seed": 0}
+    write_reference(cfg, tmp_path / "reference.npz")
+    reference = load_reference(tmp_path / "reference.npz")
+    assert np.bincount(reference.labels.numpy()).tolist() == [1000] * 10
+    assert torch.equal(reference.images, load_dataset(cfg, "reference").images)
+
+
+def test_damaged_split_file_named(tmp_path):
+    (tmp_path / "split.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="split.npz: not a file written by `coral subsample`"):
+        load_split(tmp_path / "split.npz")
 
 
 def test_unknown_dataset_named():
     with pytest.raises(ValueError, match="'cifar1O'"):
-        load_balanced({"dataset": "cifar1O", "image_size": 8})
+        load_dataset({"dataset": "cifar1O", "image_size": 8}, "train")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from coral.config import ConfigError, resolve
-from coral.data import load_balanced
+from coral.data import load_dataset
 
 
 def write_cifar(root, name, per_class, num_classes):
@@ -35,7 +35,7 @@ def write_cifar(root, name, per_class, num_classes):
 @pytest.mark.parametrize("name,num_classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_real_format(tmp_path, name, num_classes):
     data, labels = write_cifar(tmp_path, name, per_class=2, num_classes=num_classes)
-    loaded = load_balanced({"dataset": name, "data_root": str(tmp_path), "download": False, "image_size": 32})
+    loaded = load_dataset({"dataset": name, "data_root": str(tmp_path), "download": False, "image_size": 32}, "train")
     assert loaded.images.shape == (2 * num_classes, 3, 32, 32) and loaded.num_classes == num_classes
     assert loaded.labels.tolist() == labels.tolist()
     first = data[0]  # 1024 red, then green, then blue values, row-major
@@ -53,12 +53,12 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
 
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(pickle.dumps({"data": Evil()}, protocol=2))
     with pytest.raises(ValueError, match="data_batch_3: not a CIFAR batch file"):
-        load_balanced({"dataset": "cifar10", "data_root": str(tmp_path), "download": False, "image_size": 32})
+        load_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": False, "image_size": 32}, "train")
 
 
 def test_missing_dataset_stops_before_any_job(tmp_path):
     raw = yaml.safe_load(open("config.yaml"))
-    raw["data"].update(dataset="cifar10", data_root=str(tmp_path / "nowhere"))
+    raw["data"].update(settings=[{"dataset": "cifar10", "rho": 0.01}], data_root=str(tmp_path / "nowhere"))
     raw["data"]["image_size"] = 32
     with pytest.raises(ConfigError) as info:
         resolve(raw)
@@ -66,3 +66,32 @@ def test_missing_dataset_stops_before_any_job(tmp_path):
     assert message.startswith("data.data_root: dataset 'cifar10' is not under")
     assert "cifar-10-batches-py/data_batch_1" in message and "data.download: true" in message
     assert "\n" not in message
+
+
+def test_naturally_long_tailed_sets_through_the_pipeline_interface(tmp_path):
+    """CelebA-5 and ImageNet-LT files in their real formats -> a setting without rho -> split and reference."""
+    from test_photos import write_celeba, write_imagenet_lt
+
+    from coral.config import setting_config
+    from coral.data import load_reference, load_split, write_reference, write_split
+
+    write_celeba(tmp_path)
+    rows = write_imagenet_lt(tmp_path, train_counts=(4, 2, 1), test_per_class=2)
+    raw = yaml.safe_load(open("config.yaml"))
+    raw["data"].update(settings=[{"dataset": "celeba5"}, {"dataset": "imagenet_lt"}], data_root=str(tmp_path),
+                       image_size=8)
+    raw["sample"]["num_samples"] = 1000  # a multiple of 5 and of ImageNet-LT's 1000 classes
+    cfg = resolve(raw)  # both datasets are found on disk
+    for setting in ["celeba5", "imagenet_lt"]:
+        data = setting_config(cfg, setting)["data"]
+        assert data["rho"] is None
+        write_split(data, data["rho"], tmp_path / f"{setting}.npz", tmp_path / f"{setting}.csv")
+        write_reference(data, tmp_path / f"{setting}-reference.npz")
+    celeba = load_split(tmp_path / "celeba5.npz")  # the whole naturally long-tailed training set, kept
+    assert celeba.images.shape[1:] == (3, 8, 8) and len(celeba.indices) == celeba.class_counts.sum()
+    assert celeba.class_names == ["blond", "black", "bald", "brown", "gray"]
+    reference = load_reference(tmp_path / "celeba5-reference.npz")
+    assert np.bincount(reference.labels.numpy()).tolist() == [celeba.class_counts.min()] * 5
+    imagenet = load_split(tmp_path / "imagenet_lt.npz")
+    assert imagenet.class_counts.tolist() == [4, 2, 1] and len(rows["train"]) == 7
+    assert np.bincount(load_reference(tmp_path / "imagenet_lt-reference.npz").labels.numpy()).tolist() == [2, 2, 2]

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 import coral.latent as latent
-from coral.data import LabeledImages
 from coral.diffusion import Diffusion
 from coral.latent import (bottleneck_features, knn_purity_per_point, run_latent, select_per_class,
                           separation_scores, tsne_embedding)
@@ -185,16 +184,16 @@ def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
     data_cfg = {"dataset": "toy", "image_size": 8, "subsample_seed": 0, "hflip": False}
     monkeypatch.setattr(latent, "load_model",
                         lambda checkpoint: (small_model(), Diffusion(T=100), {"run": run, "data": data_cfg}))
-    monkeypatch.setattr(latent, "load_balanced", lambda cfg: LabeledImages(images, labels, class_names))
+    np.savez(tmp_path / "reference.npz", images=images.numpy(), labels=labels.numpy(), class_names=np.array(class_names))
     counts = np.array([6, 6, 5, 5, 4, 3, 3, 2, 2, 1])
-    np.savez(tmp_path / "split.npz", indices=np.arange(37), labels=np.repeat(np.arange(10), counts),
-             class_counts=counts, class_names=np.array(class_names))
+    np.savez(tmp_path / "split.npz", images=images.numpy()[:37], indices=np.arange(37),
+             labels=np.repeat(np.arange(10), counts), class_counts=counts, class_names=np.array(class_names))
     cfg = {"t_fraction": 0.1, "per_class": 4, "seed": 0, "perplexity": 30, "knn_k": 3, "batch_size": 16}
     out = {"out_npz": tmp_path / "features.npz", "out_json": tmp_path / "separation.json",
            "out_png": tmp_path / "tsne.png"}
     checkpoint = tmp_path / "final.pt"  # load_model is replaced; the file only feeds the lineage record
     checkpoint.write_bytes(b"stand-in checkpoint")
-    run_latent(checkpoint, tmp_path / "split.npz", cfg, **out)
+    run_latent(checkpoint, tmp_path / "split.npz", tmp_path / "reference.npz", cfg, **out)
 
     with np.load(out["out_npz"]) as z:
         assert z["features"].shape == (40, 64) and z["tsne"].shape == (40, 2)
@@ -210,4 +209,5 @@ def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
     assert lineage["stage"] == "latent" and str(checkpoint) in lineage["inputs"]
 
     with pytest.raises(ValueError, match="missing keys \\['knn_k'\\]"):
-        run_latent(checkpoint, tmp_path / "split.npz", {k: v for k, v in cfg.items() if k != "knn_k"}, **out)
+        run_latent(checkpoint, tmp_path / "split.npz", tmp_path / "reference.npz",
+                   {k: v for k, v in cfg.items() if k != "knn_k"}, **out)

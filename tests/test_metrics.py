@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier, predict_logits, train_classifier
-from coral.data import load_balanced, write_split
+from coral.data import load_reference, write_reference, write_split
 from coral.metrics import compare_features, evaluate, max_f_beta, prd_curve, prd_scores
 
 DATA_CFG = {"dataset": "animals", "image_size": 8, "subsample_seed": 0, "hflip": False}
@@ -76,9 +76,16 @@ def test_prd_half_coverage_is_precise_but_not_recalled():
 
 
 @pytest.fixture(scope="module")
-def classifier_ckpt(tmp_path_factory):
+def reference_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reference") / "reference.npz"
+    write_reference(DATA_CFG, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier_ckpt(tmp_path_factory, reference_npz):
     out = tmp_path_factory.mktemp("classifier")
-    train_classifier(DATA_CFG, CLF_CFG, out / "classifier.pt", out / "classifier.json")
+    train_classifier(reference_npz, CLF_CFG, False, out / "classifier.pt", out / "classifier.json")
     return out / "classifier.pt"
 
 
@@ -93,15 +100,15 @@ def test_registered_extractor_gives_feature_shapes(classifier_ckpt):
     assert checkpoint["image_size"] == 8 and 0.0 <= checkpoint["test_accuracy"] <= 1.0
 
 
-def test_evaluate_end_to_end(classifier_ckpt, tmp_path):
+def test_evaluate_end_to_end(classifier_ckpt, reference_npz, tmp_path):
     write_split(DATA_CFG, 0.1, tmp_path / "split.npz", tmp_path / "counts.csv")
-    data = load_balanced(DATA_CFG)
+    data = load_reference(reference_npz)
     picks = torch.cat([torch.nonzero(data.labels == c).flatten()[:20] for c in range(10)])
     images, labels = data.images[picks], data.labels[picks]
     meta = {"sampler": "ddim", "steps": 10, "run": {"dataset": "animals", "rho": 0.1, "method": "real", "seed": 0}}
     np.savez(tmp_path / "samples.npz", images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
 
-    result = evaluate(tmp_path / "samples.npz", DATA_CFG, tmp_path / "split.npz", classifier_ckpt, EVAL_CFG,
+    result = evaluate(tmp_path / "samples.npz", reference_npz, tmp_path / "split.npz", classifier_ckpt, EVAL_CFG,
                       tmp_path / "metrics.json", tmp_path / "per_class.csv")
 
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -125,5 +132,5 @@ def test_evaluate_end_to_end(classifier_ckpt, tmp_path):
 
 def test_evaluate_rejects_unknown_feature_extractor(tmp_path):
     with pytest.raises(ValueError, match="eval.feature_extractor"):
-        evaluate(tmp_path / "s.npz", DATA_CFG, tmp_path / "split.npz", tmp_path / "c.pt",
+        evaluate(tmp_path / "s.npz", tmp_path / "r.npz", tmp_path / "split.npz", tmp_path / "c.pt",
                  {**EVAL_CFG, "feature_extractor": "vgg16"}, tmp_path / "m.json", tmp_path / "p.csv")

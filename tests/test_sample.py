@@ -96,13 +96,13 @@ def test_batched_guidance_equals_two_passes(model):
 
 def test_interrupted_sampling_resumes_to_identical_images(tmp_path, monkeypatch):
     import coral.sample as sample_module
-    from coral.config import load, run_config
+    from coral.config import load, run_config, setting_config
     from coral.data import write_split
     from coral.train import train
 
     cfg = load("config.yaml", preset="smoke")
-    write_split(cfg["data"], 0.1, tmp_path / "split.npz", tmp_path / "counts.csv")
-    checkpoint = train(run_config(cfg, "animals", 0.1, "ddpm", 0), tmp_path / "split.npz", tmp_path / "run")
+    write_split(setting_config(cfg, "animals-rho0.1")["data"], 0.1, tmp_path / "split.npz", tmp_path / "counts.csv")
+    checkpoint = train(run_config(cfg, "animals-rho0.1", "ddpm", 0), tmp_path / "split.npz", tmp_path / "run")
     sample_cfg = {**cfg["sample"], "num_samples": 40, "batch_size": 10}
     sample_module.sample(checkpoint, sample_cfg, tmp_path / "whole.npz", tmp_path / "whole.png")
 

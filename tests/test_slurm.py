@@ -43,7 +43,7 @@ def test_smoke_preset_completes_on_slurm(tmp_path, cluster_requirements):
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
     workdir = tmp_path / "work"
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(REPO / "config.yaml"), "--config", "preset=smoke",
+               "--configfile", str(REPO / "config.yaml"), "results/tables/main.csv", "--config", "preset=smoke",
                "--workflow-profile", str(tmp_path / "profile"), "--slurm-status-command", "squeue",
                "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--verbose"]
     with local_slurm_cluster(tmp_path / "cluster"):
@@ -55,5 +55,5 @@ def test_smoke_preset_completes_on_slurm(tmp_path, cluster_requirements):
     assert any("rule_train" in str(path) for path in slurm_logs)
     calls = [line for line in (result.stdout + result.stderr).splitlines() if "sbatch call:" in line]
     gpu_calls = [line for line in calls if "--gpus=1" in line]
-    assert len(gpu_calls) == 4 + 4 + 4 + 4 + 1  # train, sample, evaluate, latent, train_classifier
-    assert len(calls) > len(gpu_calls)  # subsample, tables and figures ask for no GPU
+    assert len(gpu_calls) == 4 + 4 + 4 + 1  # train, sample, evaluate, train_classifier
+    assert len(calls) > len(gpu_calls)  # subsample, reference and the table ask for no GPU

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from coral.figures import per_class_fid_figure, samples_figure, tsne_figure
+from coral.figures import ablation_figure, per_class_fid_figure, samples_figure, tsne_figure
 from coral.images import image_grid, save_grid_png
-from coral.tables import latent_table, main_table, markdown, per_class_table
+from coral.tables import ablation_table, latent_table, main_table, markdown, paper_vs_ours, per_class_table
 
 SAMPLING = {"sampler": "ddim", "steps": 50, "eta": 0.0, "omega": 1.0, "num_samples": 100, "labels": "stratified"}
 
@@ -198,3 +198,70 @@ def test_tsne_and_samples_figures(tmp_path):
     samples_figure(tmp_path / "samples.npz", tmp_path / "samples.png")
     with Image.open(tmp_path / "samples.png") as picture:
         assert picture.size == (10 * 33 + 1, 3 * 33 + 1)  # 8x8 upscaled to 32, 10 per row, 3 classes
+
+
+# ---------------------------------------------------------------- ablations and published numbers
+
+def test_ablation_table_rows_follow_points_and_average_seeds(tmp_path):
+    files, points = [], []
+    for value, variant, fids in [(0.05, "coral~tau_sc=0.05", [4.0, 6.0]), (0.1, "coral", [3.0, 5.0])]:
+        for seed, fid in enumerate(fids):
+            files.append(metrics_json(tmp_path, "toy", 0.01, variant, seed, fid))
+            points.append({"method": "coral", "value": value})
+    table = ablation_table("tau_sc", "objectives.coral.tau_sc", files, points, tmp_path / "ablation.csv")
+    assert table["value"].tolist() == ["0.05", "0.1"] and table["run"].tolist() == ["coral~tau_sc=0.05", "coral"]
+    assert table["fid_mean"].tolist() == [5.0, 4.0]
+    assert table["fid_std"].tolist() == pytest.approx([math.sqrt(2), math.sqrt(2)])
+    assert set(table["study"]) == {"tau_sc"} and set(table["key"]) == {"objectives.coral.tau_sc"}
+    written = pd.read_csv(tmp_path / "ablation.csv")
+    assert written["fid_mean"].tolist() == [5.0, 4.0]
+    ablation_figure(tmp_path / "ablation.csv", tmp_path / "ablation.png")
+    with Image.open(tmp_path / "ablation.png") as picture:
+        assert picture.width > 600
+
+
+def test_ablation_figure_of_a_method_comparison(tmp_path):
+    files = [metrics_json(tmp_path, "toy", 0.01, m, 0, fid) for m, fid in [("coral", 3.0), ("coral_ambient", 4.0)]]
+    points = [{"method": "coral", "value": "coral"}, {"method": "coral_ambient", "value": "coral_ambient"}]
+    table = ablation_table("latent_vs_ambient", None, files, points, tmp_path / "a.csv")
+    assert table["key"].tolist() == ["method", "method"] and table["fid_mean"].tolist() == [3.0, 4.0]
+    ablation_figure(tmp_path / "a.csv", tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_paper_vs_ours_pairs_cells_and_differences(tmp_path):
+    files = [metrics_json(tmp_path, "cifar10", 0.01, "coral", seed, fid) for seed, fid in [(0, 5.0), (1, 6.0)]]
+    files.append(metrics_json(tmp_path, "animals", 0.01, "coral", 0, 2.0))  # no published counterpart
+    main_table(files, tmp_path / "main.csv")
+    published = tmp_path / "published.csv"
+    published.write_text("setting,metric,method,value,source\n"
+                         "cifar10-rho0.01,FID,coral,5.32,paper\ncifar10-rho0.01,IS,coral,9.69,paper\n"
+                         "cifar10-rho0.01,FID,ddpm,6.17,paper\n")
+    table = paper_vs_ours(tmp_path / "main.csv", published, tmp_path / "pvo.csv", tmp_path / "pvo.md")
+    assert table[["setting", "metric", "method"]].values.tolist() == [["cifar10-rho0.01", "FID", "coral"],
+                                                                      ["cifar10-rho0.01", "IS", "coral"]]
+    assert table["ours"].tolist() == pytest.approx([5.5, 0.55])  # isc = fid / 10 in metrics_json
+    assert table["difference"].tolist() == pytest.approx([5.5 - 5.32, 0.55 - 9.69])
+    assert table["num_seeds"].tolist() == [2, 2] and not table["comparable"].any()  # toy, not Inception
+    assert "| cifar10-rho0.01 | FID | coral | 5.32 | 5.5 |" in (tmp_path / "pvo.md").read_text()
+
+
+def test_paper_vs_ours_without_shared_cells_says_so(tmp_path):
+    main_table([metrics_json(tmp_path, "animals", 0.01, "coral", 0, 2.0)], tmp_path / "main.csv")
+    published = tmp_path / "published.csv"
+    published.write_text("setting,metric,method,value,source\ncifar10-rho0.01,FID,coral,5.32,paper\n")
+    table = paper_vs_ours(tmp_path / "main.csv", published, tmp_path / "pvo.csv", tmp_path / "pvo.md")
+    assert table.empty and "No setting of this run has published numbers" in (tmp_path / "pvo.md").read_text()
+    assert list(pd.read_csv(tmp_path / "pvo.csv").columns)[:4] == ["setting", "metric", "method", "published"]
+
+
+def test_published_numbers_match_spec_section_7():
+    from importlib.resources import files
+    published = pd.read_csv(files("coral") / "published" / "coral_neurips2025.csv")
+    spec = {("cifar10-rho0.01", "FID"): [5.32, 6.17, 5.62, 7.01], ("cifar10-rho0.001", "FID"): [11.03, 13.05, 12.74, 12.80],
+            ("cifar100-rho0.01", "IS"): [13.53, 13.20, 12.92, 12.97], ("celeba5", "FID"): [8.12, 10.28, 8.74, 9.50],
+            ("imagenet_lt", "Recall"): [0.48, 0.39, 0.42, 0.44]}
+    for (setting, metric), values in spec.items():
+        cells = published[(published["setting"] == setting) & (published["metric"] == metric)].set_index("method")
+        assert cells.loc[["coral", "ddpm", "cbdm", "t2h"], "value"].tolist() == values
+    assert len(published) == 40 and not published.duplicated(["setting", "metric", "method"]).any()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import coral.train as train_module
-from coral.config import load, run_config
+from coral.config import load, run_config, setting_config
 from coral.data import write_split
 from coral.train import batch_indices, ema_update, load_checkpoint, load_model, train
 
@@ -14,8 +14,8 @@ from coral.train import batch_indices, ema_update, load_checkpoint, load_model, 
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     cfg = load("config.yaml", preset="smoke")
-    write_split(cfg["data"], 0.1, root / "split.npz", root / "counts.csv")
-    return root, run_config(cfg, "animals", 0.1, "coral", 0)
+    write_split(setting_config(cfg, "animals-rho0.1")["data"], 0.1, root / "split.npz", root / "counts.csv")
+    return root, run_config(cfg, "animals-rho0.1", "coral", 0)
 
 
 def test_ema_update_formula():
@@ -102,14 +102,14 @@ def test_sigkill_mid_run_then_rerun_gives_identical_weights(tmp_path):
 
     split = tmp_path / "split.npz"
     coral = [sys.executable, "-m", "coral"]
-    subprocess.run(coral + ["subsample", "--preset", "smoke", "--rho", "0.1", "--out-split", str(split),
+    subprocess.run(coral + ["subsample", "--preset", "smoke", "--out-split", str(split),
                             "--out-counts", str(tmp_path / "counts.csv")], check=True)
     config = tmp_path / "config.yaml"  # the smoke preset with a longer run
     config.write_text(open("config.yaml").read() + "\n".join([
-        "", "  smoke_long:", "    data: {image_size: 8, rho: [0.1]}",
+        "", "  smoke_long:", "    data: {image_size: 8, settings: [{dataset: animals, rho: 0.1}]}",
         "    model: {ch: 32, ch_mult: [1, 2], attn: [], num_res_blocks: 1}",
         "    train: {steps: 200, batch_size: 16, warmup: 5, checkpoint_every: 20, log_every: 20}", ""]))
-    cfg_args = ["--config", str(config), "--preset", "smoke_long", "--rho", "0.1", "--method", "cbdm",
+    cfg_args = ["--config", str(config), "--preset", "smoke_long", "--method", "cbdm",
                 "--split", str(split), "--threads", "1"]
     subprocess.run(coral + ["train", *cfg_args, "--run-dir", str(tmp_path / "whole")], check=True)
 

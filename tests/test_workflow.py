@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+# rows of each ablation table in config.yaml: methods x values (a method comparison: one row per method)
+STUDY_ROWS = {"latent_vs_ambient": 2, "tau_sc": 5, "tau_r": 5, "omega": 2 * 6, "label_drop": 2, "coral_reduction": 2}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
@@ -75,8 +78,17 @@ def test_smoke_produces_tables_and_figures(smoke_run):
     assert set(main["sampler"]) == {"ddim"} and set(main["num_samples"]) == {100}
     per_class = pd.read_csv(results / "tables" / "per_class.csv")
     assert len(per_class) == 4 * 10
-    for name in ["per_class_fid", "tsne_bottleneck", "samples_animals-rho0.1_coral"]:
+    for name in ["per_class_fid_animals-rho0.1", "tsne_animals-rho0.1", "samples_animals-rho0.1_coral"]:
         assert (results / "figures" / f"{name}.png").stat().st_size > 1000
+    for study, rows in STUDY_ROWS.items():
+        table = pd.read_csv(results / "tables" / f"ablation_{study}.csv")
+        assert len(table) == rows and table["fid_mean"].notna().all(), study
+        assert (results / "figures" / f"ablation_{study}.png").stat().st_size > 1000
+    omega = pd.read_csv(results / "tables" / "ablation_omega.csv")
+    assert omega["omega"].tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0] * 2 and set(omega["run"]) == {"ddpm", "coral"}
+    tau_sc = pd.read_csv(results / "tables" / "ablation_tau_sc.csv")
+    assert tau_sc.loc[tau_sc["value"] == 0.1, "run"].item() == "coral"  # the base value is the main run
+    assert "No setting of this run has published numbers" in (results / "tables" / "paper_vs_ours.md").read_text()
     for log in ["train/animals-rho0.1/coral/seed0.log", "evaluate/animals-rho0.1/ddpm/seed0/ddim5-w1.0.log"]:
         assert (results / "logs" / log).exists()
     assert (results / "benchmarks" / "train" / "animals-rho0.1" / "t2h" / "seed0.tsv").exists()
@@ -98,8 +110,8 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
     finally:
         shutil.move(backup, final)
     assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
-                    "latent_table": 1, "per_class_fid_figure": 1, "tsne_figure": 1, "samples_figure": 1,
-                    "all": 1}, dry_run.stdout + dry_run.stderr
+                    "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
+                    "samples_figure": 1, "all": 1}, dry_run.stdout + dry_run.stderr
 
 
 def test_audit_traces_main_table_to_splits_and_checkpoints(smoke_run):
@@ -111,7 +123,8 @@ def test_audit_traces_main_table_to_splits_and_checkpoints(smoke_run):
     assert result.returncode == 0, result.stdout + result.stderr
     for method in ["ddpm", "cbdm", "t2h", "coral"]:
         assert f"results/runs/animals-rho0.1/{method}/seed0/final.pt  [train, seed 0" in result.stdout
-    assert "results/data/animals/rho0.1/split.npz  [subsample" in result.stdout
+    assert "results/data/animals-rho0.1/split.npz  [subsample" in result.stdout
+    assert "results/data/animals/reference.npz  [reference" in result.stdout
     assert "results/classifier/animals/classifier.pt  [train_classifier" in result.stdout
 
     checkpoint = smoke_run / "results/runs/animals-rho0.1/t2h/seed0/final.pt"
@@ -126,3 +139,64 @@ def test_audit_traces_main_table_to_splits_and_checkpoints(smoke_run):
     assert changed and all("t2h/seed0" in line for line in changed)
     assert any("final.pt" in line and "CHANGED since it was used; CHANGED since it was written" in line
                for line in changed)
+
+
+def test_report_contains_every_figure(smoke_run):
+    result = snakemake(smoke_run, "--config", "preset=smoke", "--report", "report.zip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(smoke_run / "report.zip") as report:
+        names = report.namelist()
+    figures = sorted(p.name for p in (smoke_run / "results" / "figures").glob("*.png"))
+    assert len(figures) == 3 + 4 + len(STUDY_ROWS)  # per-class FID, t-SNE, 4 sample grids, ablations
+    for figure in figures:
+        assert any(name.endswith(f"results/figures/{figure}") for name in names), figure
+    for table in ["main.csv", "paper_vs_ours.csv", "ablation_tau_r.csv"]:
+        assert any(name.endswith(f"results/tables/{table}") for name in names), table
+
+
+def test_one_figure_builds_only_what_it_needs(tmp_path):
+    result = snakemake(tmp_path, "-n", "results/figures/ablation_tau_r.png", "--config", "preset=smoke")
+    jobs = planned_jobs(result)
+    assert jobs == {"subsample": 1, "reference": 1, "train_classifier": 1, "train": 5, "sample": 5, "evaluate": 5,
+                    "ablation_table": 1, "ablation_figure": 1}, result.stdout + result.stderr
+    result = snakemake(tmp_path, "-n", "results/figures/samples_animals-rho0.1_t2h.png", "--config", "preset=smoke")
+    assert planned_jobs(result) == {"subsample": 1, "train": 1, "sample": 1, "samples_figure": 1}
+
+
+def paper_data_root(root: Path) -> None:
+    """Stand-ins at every path the paper preset checks before planning (a dry run reads no image)."""
+    for folder, files in [("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]),
+                          ("cifar-100-python", ["train", "meta"]),
+                          ("celeba", ["list_attr_celeba.txt", "list_eval_partition.txt"]),
+                          ("imagenet_lt", ["ImageNet_LT_train.txt", "ImageNet_LT_test.txt"])]:
+        (root / folder).mkdir(parents=True)
+        for name in files:
+            (root / folder / name).touch()
+    (root / "celeba" / "img_align_celeba").mkdir()
+    (root / "imagenet").mkdir()
+    (root / "weights-inception-2015-12-05-6726825d.pth").touch()
+
+
+def test_paper_preset_plans_the_training_grid(tmp_path):
+    paper_data_root(tmp_path / "data")
+    result = snakemake(tmp_path, "-n", "results/tables/main.csv", "--config", "preset=paper")
+    settings, methods, seeds, datasets = 5, 4, 3, 4  # CIFAR10-LT x2, CIFAR100-LT, CelebA-5, ImageNet-LT
+    assert planned_jobs(result) == {
+        "subsample": settings, "reference": datasets, "train_classifier": datasets,
+        "train": settings * methods * seeds, "sample": settings * methods * seeds,
+        "evaluate": settings * methods * seeds, "main_table": 1}, result.stdout + result.stderr
+    assert "results/runs/imagenet_lt/coral/seed2/final.pt" in result.stdout
+    assert "results/runs/cifar10-rho0.001/t2h/seed1/final.pt" in result.stdout
+
+
+@pytest.mark.parametrize("study,trained,sampled", [
+    ("latent_vs_ambient", 2, 2), ("tau_sc", 5, 5), ("tau_r", 5, 5), ("omega", 2, 2 * 6),
+    ("label_drop", 2, 2), ("coral_reduction", 2, 2)])
+def test_paper_ablation_targets_plan_their_runs(tmp_path, study, trained, sampled):
+    paper_data_root(tmp_path / "data")
+    result = snakemake(tmp_path, "-n", f"results/tables/ablation_{study}.csv", "--config", "preset=paper")
+    seeds = 3  # every point of a study is trained and sampled with each seed, on CIFAR10-LT rho 0.01
+    assert planned_jobs(result) == {
+        "subsample": 1, "reference": 1, "train_classifier": 1, "train": trained * seeds,
+        "sample": sampled * seeds, "evaluate": sampled * seeds, "ablation_table": 1}, result.stdout + result.stderr
+    assert "results/data/cifar10-rho0.01/split.npz" in result.stdout

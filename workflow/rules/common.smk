@@ -7,22 +7,32 @@ import sys
 # a link to it (Snakemake puts the scripts' folder on sys.path), also in conda environments.
 sys.path.insert(0, workflow.basedir)
 
-from coral.config import ConfigError, resolve, run_config
+from coral import config as coral_config
+from coral.config import ConfigError
 
 try:
-    CFG = resolve(config)
+    CFG = coral_config.resolve(config)
 except ConfigError as err:
     sys.exit(f"config error: {err}")
 
-DATASET = CFG["data"]["dataset"]
-RHOS = [str(rho) for rho in CFG["data"]["rho"]]
+SETTINGS = coral_config.settings(CFG)  # name -> {"dataset", "rho"}
+DATASETS = list(dict.fromkeys(s["dataset"] for s in SETTINGS.values()))
 METHODS = CFG["methods"]
+VARIANTS = coral_config.variants(CFG)  # methods and ablation runs, e.g. coral~tau_sc=0.5
 SEEDS = [str(seed) for seed in CFG["seeds"]]
 SAMPLER = f"ddim{CFG['sample']['steps']}" if CFG["sample"]["sampler"] == "ddim" else "ddpm"
-OMEGA = str(CFG["sample"]["omega"])
-TAG = f"{SAMPLER}-w{OMEGA}"
-RUN = "{dataset}-rho{rho}/{method}/seed{seed}"
+ABLATION_SETTING = coral_config.ablation_setting(CFG)
+STUDIES = list(CFG["ablations"]["studies"])
+RUN = "{setting}/{method}/seed{seed}"
 ENV = "../../envs/coral.yaml"
+
+
+def tag(omega) -> str:
+    """File stem of one sample set: sampler and guidance, e.g. ddim50-w1.0."""
+    return f"{SAMPLER}-w{float(omega)}"
+
+
+TAG = tag(CFG["sample"]["omega"])
 
 
 def _alternatives(values):
@@ -30,52 +40,88 @@ def _alternatives(values):
 
 
 wildcard_constraints:
-    dataset=_alternatives([DATASET]),
-    rho=r"[0-9.e-]+",
-    method=_alternatives(METHODS + ["coral_ambient"]),
+    setting=_alternatives(SETTINGS),
+    dataset=_alternatives(DATASETS),
+    method=_alternatives(VARIANTS),
     seed=r"\d+",
     sampler=r"ddpm|ddim\d+",
-    omega=r"[0-9.]+",
+    omega=r"[0-9]+\.[0-9]+",
+    study=_alternatives(STUDIES),
 
 
-def runs(pattern, **fixed):
-    """`pattern` expanded over the experiment grid (dataset x rho x method x seed)."""
-    grid = {"dataset": [DATASET], "rho": RHOS, "method": METHODS, "seed": SEEDS}
-    grid.update({key: [value] for key, value in fixed.items()})
-    return expand(pattern, **grid)
+def runs(pattern, settings=None, methods=None, seeds=None, **fixed):
+    """`pattern` expanded over the experiment grid (setting x method x seed), or a part of it."""
+    return expand(pattern, setting=settings or list(SETTINGS), method=methods or METHODS, seed=seeds or SEEDS,
+                  **fixed)
+
+
+def dataset_of(wildcards):
+    return SETTINGS[wildcards.setting]["dataset"]
+
+
+def reference_of(wildcards):
+    return f"results/data/{dataset_of(wildcards)}/reference.npz"
+
+
+def classifier_of(wildcards):
+    return f"results/classifier/{dataset_of(wildcards)}/classifier.pt"
 
 
 def run_params(wildcards):
-    return run_config(CFG, wildcards.dataset, float(wildcards.rho), wildcards.method, int(wildcards.seed))
+    return coral_config.run_config(CFG, wildcards.setting, wildcards.method, int(wildcards.seed))
 
 
 def sample_params(wildcards):
-    expected = SAMPLER
-    if wildcards.sampler != expected:
-        raise ValueError(f"sampler {wildcards.sampler!r} in the target does not match sample.sampler/steps ({expected})")
+    if wildcards.sampler != SAMPLER:
+        raise ValueError(f"sampler {wildcards.sampler!r} in the target does not match sample.sampler/steps ({SAMPLER})")
     return {**CFG["sample"], "omega": float(wildcards.omega)}
 
 
-def data_params(wildcards):
-    return {**CFG["data"], "dataset": wildcards.dataset}
+def setting_data(wildcards):
+    return coral_config.setting_config(CFG, wildcards.setting)["data"]
+
+
+def dataset_data(wildcards):
+    return coral_config.dataset_config(CFG, wildcards.dataset)
+
+
+def evaluate_params(wildcards):
+    return coral_config.setting_config(CFG, wildcards.setting)["evaluate"]
+
+
+def study_metrics(study):
+    """Metrics JSONs of every point and seed of an ablation study, in table order."""
+    return [f"results/metrics/{ABLATION_SETTING}/{row['variant']}/seed{seed}/{tag(row['omega'])}.json"
+            for row in coral_config.study_rows(CFG, study) for seed in SEEDS]
+
+
+def study_points(study):
+    """(method, value) of each file of study_metrics(study)."""
+    return [{"method": row["method"], "value": row["value"]}
+            for row in coral_config.study_rows(CFG, study) for _ in SEEDS]
 
 
 CHECKPOINTS = runs(f"results/runs/{RUN}/final.pt")
 METRICS = runs(f"results/metrics/{RUN}/{TAG}.json")
 PER_CLASS = runs(f"results/metrics/{RUN}/{TAG}_per_class.csv")
 SEPARATION = runs(f"results/latent/{RUN}/separation.json")
-FEATURES = runs(f"results/latent/{RUN}/features.npz")
-SAMPLE_FIGURES = expand("results/figures/samples_{dataset}-rho{rho}_{method}.png",
-                        dataset=[DATASET], rho=RHOS, method=METHODS)
-# The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
-# everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
-# rerun the chain after it).
-ALL_TARGETS = [
-    *CHECKPOINTS,
+ABLATION_CHECKPOINTS = [f"results/runs/{ABLATION_SETTING}/{variant}/seed{seed}/final.pt"
+                        for study in STUDIES for variant in dict.fromkeys(
+                            row["variant"] for row in coral_config.study_rows(CFG, study)) for seed in SEEDS]
+FIGURES = [
+    *expand("results/figures/per_class_fid_{setting}.png", setting=SETTINGS),
+    *expand("results/figures/tsne_{setting}.png", setting=SETTINGS),
+    *expand("results/figures/samples_{setting}_{method}.png", setting=SETTINGS, method=METHODS),
+    *expand("results/figures/ablation_{study}.png", study=STUDIES),
+]
+TABLES = [
     "results/tables/main.csv",
     "results/tables/per_class.csv",
     "results/tables/latent.csv",
-    "results/figures/per_class_fid.png",
-    "results/figures/tsne_bottleneck.png",
-    *SAMPLE_FIGURES,
+    "results/tables/paper_vs_ours.csv",
+    *expand("results/tables/ablation_{study}.csv", study=STUDIES),
 ]
+# The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
+# everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
+# rerun the chain after it).
+ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES

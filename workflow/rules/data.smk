@@ -1,27 +1,46 @@
 rule subsample:
-    """Long-tailed split of the balanced dataset (SPEC section 1)."""
+    """The long-tailed training set of a setting (SPEC section 1): images, labels, class counts."""
     output:
-        split="results/data/{dataset}/rho{rho}/split.npz",
-        counts="results/data/{dataset}/rho{rho}/class_counts.csv",
+        split="results/data/{setting}/split.npz",
+        counts="results/data/{setting}/class_counts.csv",
     params:
-        data=data_params,
+        data=setting_data,
     log:
-        "results/logs/subsample/{dataset}-rho{rho}.log",
+        "results/logs/subsample/{setting}.log",
     conda:
         ENV
     script:
         "../scripts/subsample.py"
 
 
+rule reference:
+    """The balanced set a dataset's samples are compared with (SPEC section 6)."""
+    output:
+        reference="results/data/{dataset}/reference.npz",
+    params:
+        data=dataset_data,
+    log:
+        "results/logs/reference/{dataset}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/reference.py"
+
+
 rule train_classifier:
-    """Small classifier on the full balanced set: the feature extractor of small-scale metrics."""
+    """Small classifier on the balanced reference set: the feature extractor of small-scale metrics
+    and the judge of per-class accuracy."""
+    input:
+        reference="results/data/{dataset}/reference.npz",
     output:
         checkpoint="results/classifier/{dataset}/classifier.pt",
         summary="results/classifier/{dataset}/classifier.json",
     params:
-        data=data_params,
+        hflip=lambda wildcards: dataset_data(wildcards)["hflip"],
         classifier=CFG["classifier"],
     threads: 1
+    resources:
+        gpu=1,
     log:
         "results/logs/train_classifier/{dataset}.log",
     benchmark:

@@ -2,7 +2,8 @@ rule latent:
     """Bottleneck features of real balanced images at t = 0.1 T, their t-SNE and separation scores."""
     input:
         checkpoint=f"results/runs/{RUN}/final.pt",
-        split="results/data/{dataset}/rho{rho}/split.npz",
+        split="results/data/{setting}/split.npz",
+        reference=reference_of,
     output:
         features=f"results/latent/{RUN}/features.npz",
         separation=f"results/latent/{RUN}/separation.json",
@@ -10,6 +11,8 @@ rule latent:
     params:
         latent=CFG["latent"],
     threads: 1
+    resources:
+        gpu=1,
     log:
         f"results/logs/latent/{RUN}.log",
     benchmark:

@@ -3,7 +3,7 @@ rule main_table:
     input:
         metrics=METRICS,
     output:
-        "results/tables/main.csv",
+        report("results/tables/main.csv", caption="../report/main_table.rst", category="Tables"),
     log:
         "results/logs/tables/main.log",
     conda:
@@ -17,7 +17,7 @@ rule per_class_table:
         metrics=METRICS,
         per_class=PER_CLASS,
     output:
-        "results/tables/per_class.csv",
+        report("results/tables/per_class.csv", caption="../report/per_class_table.rst", category="Tables"),
     log:
         "results/logs/tables/per_class.log",
     conda:
@@ -31,7 +31,7 @@ rule latent_table:
     input:
         SEPARATION,
     output:
-        "results/tables/latent.csv",
+        report("results/tables/latent.csv", caption="../report/latent_table.rst", category="Tables"),
     log:
         "results/logs/tables/latent.log",
     conda:
@@ -40,13 +40,62 @@ rule latent_table:
         "../scripts/latent_table.py"
 
 
-rule per_class_fid_figure:
+rule paper_vs_ours:
+    """Published numbers (SPEC section 7) beside ours, with the difference."""
     input:
-        "results/tables/per_class.csv",
+        main="results/tables/main.csv",
+        published=os.path.join(workflow.basedir, "coral", "published", "coral_neurips2025.csv"),
     output:
-        report("results/figures/per_class_fid.png", caption="../report/per_class_fid.rst", category="Figures"),
+        table=report("results/tables/paper_vs_ours.csv", caption="../report/paper_vs_ours.rst", category="Tables"),
+        markdown="results/tables/paper_vs_ours.md",
     log:
-        "results/logs/figures/per_class_fid.log",
+        "results/logs/tables/paper_vs_ours.log",
+    conda:
+        ENV
+    script:
+        "../scripts/paper_vs_ours.py"
+
+
+rule ablation_table:
+    """One ablation study: a row per method and value, over seeds."""
+    input:
+        metrics=lambda wildcards: study_metrics(wildcards.study),
+    output:
+        report("results/tables/ablation_{study}.csv", caption="../report/ablation_table.rst", category="Ablations"),
+    params:
+        points=lambda wildcards: study_points(wildcards.study),
+        key=lambda wildcards: CFG["ablations"]["studies"][wildcards.study].get("key"),
+    log:
+        "results/logs/tables/ablation_{study}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/ablation_table.py"
+
+
+rule ablation_figure:
+    input:
+        "results/tables/ablation_{study}.csv",
+    output:
+        report("results/figures/ablation_{study}.png", caption="../report/ablation.rst", category="Ablations"),
+    log:
+        "results/logs/figures/ablation_{study}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/ablation_figure.py"
+
+
+rule per_class_fid_figure:
+    """Per-class FID of one setting, from that setting's runs only."""
+    input:
+        metrics=runs(f"results/metrics/{RUN}/{TAG}.json", settings=["{setting}"]),
+        per_class=runs(f"results/metrics/{RUN}/{TAG}_per_class.csv", settings=["{setting}"]),
+    output:
+        report("results/figures/per_class_fid_{setting}.png", caption="../report/per_class_fid.rst",
+               category="Figures", subcategory="{setting}"),
+    log:
+        "results/logs/figures/per_class_fid_{setting}.log",
     conda:
         ENV
     script:
@@ -54,17 +103,18 @@ rule per_class_fid_figure:
 
 
 rule tsne_figure:
-    """t-SNE panels of the first rho and seed, one per method."""
+    """t-SNE panels of one setting's first seed, one per method."""
     input:
-        features=runs(f"results/latent/{RUN}/features.npz", rho=RHOS[0], seed=SEEDS[0]),
-        separation=runs(f"results/latent/{RUN}/separation.json", rho=RHOS[0], seed=SEEDS[0]),
-        split=f"results/data/{DATASET}/rho{RHOS[0]}/split.npz",
+        features=runs(f"results/latent/{RUN}/features.npz", settings=["{setting}"], seeds=SEEDS[:1]),
+        separation=runs(f"results/latent/{RUN}/separation.json", settings=["{setting}"], seeds=SEEDS[:1]),
+        split="results/data/{setting}/split.npz",
     output:
-        report("results/figures/tsne_bottleneck.png", caption="../report/tsne_bottleneck.rst", category="Figures"),
+        report("results/figures/tsne_{setting}.png", caption="../report/tsne_bottleneck.rst",
+               category="Figures", subcategory="{setting}"),
     params:
         methods=METHODS,
     log:
-        "results/logs/figures/tsne_bottleneck.log",
+        "results/logs/figures/tsne_{setting}.log",
     conda:
         ENV
     script:
@@ -74,12 +124,12 @@ rule tsne_figure:
 rule samples_figure:
     """Generated images of the first seed, a row per class from head to tail."""
     input:
-        f"results/samples/{{dataset}}-rho{{rho}}/{{method}}/seed{SEEDS[0]}/{TAG}.npz",
+        f"results/samples/{{setting}}/{{method}}/seed{SEEDS[0]}/{TAG}.npz",
     output:
-        report("results/figures/samples_{dataset}-rho{rho}_{method}.png", caption="../report/samples.rst",
-               category="Samples", subcategory="{dataset}-rho{rho}"),
+        report("results/figures/samples_{setting}_{method}.png", caption="../report/samples.rst",
+               category="Samples", subcategory="{setting}"),
     log:
-        "results/logs/figures/samples_{dataset}-rho{rho}_{method}.log",
+        "results/logs/figures/samples_{setting}_{method}.log",
     conda:
         ENV
     script:

@@ -8,6 +8,8 @@ rule sample:
     params:
         sample=sample_params,
     threads: 1
+    resources:
+        gpu=1,
     log:
         f"results/logs/sample/{RUN}/{{sampler}}-w{{omega}}.log",
     benchmark:

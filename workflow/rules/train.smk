@@ -1,13 +1,15 @@
 rule train:
-    """One diffusion model per dataset x rho x method x seed; resumes from its newest checkpoint."""
+    """One diffusion model per setting x method (or ablation run) x seed; resumes from its newest checkpoint."""
     input:
-        split="results/data/{dataset}/rho{rho}/split.npz",
+        split="results/data/{setting}/split.npz",
     output:
         final=f"results/runs/{RUN}/final.pt",
     params:
         run=run_params,
         run_dir=lambda wildcards, output: os.path.dirname(output.final),
     threads: 1
+    resources:
+        gpu=1,
     log:
         f"results/logs/train/{RUN}.log",
     benchmark:

@@ -2,4 +2,4 @@ from coral.cli import setup_job
 from coral.data import write_split
 
 setup_job(snakemake.log[0], snakemake.threads)
-write_split(snakemake.params.data, float(snakemake.wildcards.rho), snakemake.output.split, snakemake.output.counts)
+write_split(snakemake.params.data, snakemake.params.data["rho"], snakemake.output.split, snakemake.output.counts)
