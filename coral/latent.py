@@ -207,6 +207,6 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
                           "t_fraction": latent_cfg["t_fraction"], "num_points": len(labels),
                           "num_classes": len(split.class_names), "checkpoint": str(checkpoint),
                           "latent_cfg": latent_cfg, "provenance": provenance()})
-    title = f"{run['method']} ({run['dataset']}, rho={run['rho']}, seed {run['seed']}, t={t_value})"
+    title = f"{run['method']} ({run.get('setting', run['dataset'])}, seed {run['seed']}, t={t_value})"
     tsne_figure([out_npz], [title], split.class_names, split.class_counts, out_png, separation_jsons=[out_json])
     lineage.record([out_npz, out_json, out_png], "latent", [checkpoint, split_npz, reference_npz], {"run": run, "latent": latent_cfg})

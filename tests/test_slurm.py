@@ -1,5 +1,6 @@
 """The smoke preset through the SLURM profile on a real one-node SLURM cluster on this machine."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,24 @@ def cluster_requirements():
         pytest.skip(reason)
 
 
-def test_profile_asks_gpus_for_gpu_rules_and_grows_with_attempts():
+def test_gpu_rules_declare_a_gpu_and_the_profile_grows_with_attempts(tmp_path):
     profile = yaml.safe_load(open(REPO / "workflow/profiles/slurm/config.yaml"))
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
     for rule in ("train", "sample", "evaluate"):
-        assert profile["set-resources"][rule]["gpu"] == 1
         assert "attempt" in profile["set-resources"][rule]["runtime"]
     assert "gpu" not in profile["default-resources"]  # CPU rules stay small
+    dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                              "--configfile", str(REPO / "config.yaml"), "-n", "--config", "preset=smoke"],
+                             capture_output=True, text=True, timeout=300)
+    gpu_by_rule = {}  # rule -> whether its planned jobs ask for a GPU
+    for block in re.split(r"\n(?=rule |localrule )", dry_run.stdout):
+        match = re.match(r"(?:local)?rule (\w+):", block)
+        resources = re.search(r"resources: (.*)", block)
+        if match and resources:
+            gpu_by_rule.setdefault(match.group(1), set()).add("gpu=1" in resources.group(1))
+    assert {rule for rule, gpu in gpu_by_rule.items() if gpu == {True}} == \
+        {"train", "sample", "evaluate", "latent", "train_classifier"}, dry_run.stdout[-3000:]
+    assert gpu_by_rule["subsample"] == {False} and gpu_by_rule["main_table"] == {False}
 
 
 def test_smoke_preset_completes_on_slurm(tmp_path, cluster_requirements):
@@ -43,9 +55,10 @@ def test_smoke_preset_completes_on_slurm(tmp_path, cluster_requirements):
     (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
     workdir = tmp_path / "work"
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(REPO / "config.yaml"), "results/tables/main.csv", "--config", "preset=smoke",
+               "--configfile", str(REPO / "config.yaml"), "--config", "preset=smoke",
                "--workflow-profile", str(tmp_path / "profile"), "--slurm-status-command", "squeue",
-               "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--verbose"]
+               "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--verbose",
+               "results/tables/main.csv"]
     with local_slurm_cluster(tmp_path / "cluster"):
         result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
