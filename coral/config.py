@@ -156,7 +156,7 @@ def _with_value(cfg: dict, dotted: str, value) -> dict:
 
 def _check_ablations(cfg: dict, validator) -> None:
     ablation_setting = cfg["ablations"]["setting"]
-    names = [setting_name(s["dataset"], s.get("rho")) for s in cfg["data"]["settings"]]
+    names = list(settings(cfg))
     if ablation_setting is not None and ablation_setting not in names:
         raise ConfigError(f"ablations.setting: {ablation_setting!r} is not one of data.settings; allowed: "
                           f"{', '.join(names)}")
