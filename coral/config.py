@@ -146,11 +146,8 @@ def _get(cfg: dict, dotted: str):
 
 def _with_value(cfg: dict, dotted: str, value) -> dict:
     cfg = copy.deepcopy(cfg)
-    *parents, leaf = dotted.split(".")
-    node = cfg
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
+    parent, _, leaf = dotted.rpartition(".")
+    (_get(cfg, parent) if parent else cfg)[leaf] = value
     return cfg
 
 
@@ -256,7 +253,7 @@ def study_rows(cfg: dict, study: str) -> list[dict]:
     key, omega = spec.get("key"), cfg["sample"]["omega"]
     rows = []
     for method in spec["methods"]:
-        for value in spec.get("values", [None]) if key else [None]:
+        for value in spec.get("values", [None]):  # a study without key has no values (validated)
             if key is None:
                 rows.append({"method": method, "value": method, "variant": method, "omega": omega})
             elif key == SAMPLING_KEY:
