@@ -19,7 +19,8 @@ from coral import lineage
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, provenance, sha256_file
-from coral.train import default_device, load_checkpoint, model_from_state
+from coral import checkpoint as checkpoints
+from coral.train import default_device, model_from_state
 from coral.unet import UNet
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
     Each batch is kept in `<out_npz>.partial/` as it is finished, so an interrupted job resumes where
     it stopped; per-image seeds make the result identical to an uninterrupted run.
     """
-    state = load_checkpoint(checkpoint)
+    state = checkpoints.load(checkpoint)
     model, diffusion, run_cfg = model_from_state(state, default_device())
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from coral import lineage
 from coral.data import load_split
 from coral.diffusion import Diffusion
-from coral.io import atomic_path, provenance, sha256_file, write_json
+from coral import checkpoint
+from coral.io import atomic_path, provenance, write_json
 from coral.objectives import build_objective, drop_labels
 from coral.unet import UNet, build_unet
 
@@ -70,45 +71,6 @@ def build_model(run_cfg: dict, in_channels: int, num_classes: int) -> UNet:
     return build_unet(run_cfg["model"], in_channels, num_classes)
 
 
-def _checkpoint_paths(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-
-
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _save(path: Path, state: dict) -> None:
-    """Write a checkpoint and then its SHA-256, each atomically: a checkpoint without a matching
-    checksum was interrupted or damaged."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-        digest = sha256_file(tmp)
-    with atomic_path(_checksum_path(path)) as tmp:
-        tmp.write_text(digest + "\n")
-
-
-def _remove_checkpoint(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _checksum_path(path).unlink(missing_ok=True)
-
-
-def _newest_intact_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest step checkpoint whose checksum matches, skipping damaged ones with a warning."""
-    for path in reversed(_checkpoint_paths(run_dir)):
-        checksum = _checksum_path(path)
-        if not checksum.exists() or checksum.read_text().strip() != sha256_file(path):
-            log.warning("checkpoint %s does not match its checksum (interrupted or damaged); trying the previous one",
-                        path)
-            continue
-        return path, load_checkpoint(path)
-    return None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def model_from_state(state: dict, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
     """The EMA network of a loaded checkpoint (eval mode), its diffusion and its run config."""
     run_cfg = state["config"]
@@ -118,9 +80,9 @@ def model_from_state(state: dict, device: torch.device | None = None) -> tuple[U
     return model.to(device or default_device()), Diffusion.from_config(run_cfg["diffusion"]), run_cfg
 
 
-def load_model(checkpoint: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
+def load_model(path: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
     """The EMA network of a run's checkpoint file (eval mode), its diffusion and its run config."""
-    return model_from_state(load_checkpoint(checkpoint), device)
+    return model_from_state(checkpoint.load(path), device)
 
 
 @dataclass
@@ -204,7 +166,7 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
                                                    setup.scheduler)
 
     start = 0
-    resumed = _newest_intact_checkpoint(run_dir)
+    resumed = checkpoint.newest_intact(run_dir / "checkpoints")
     if resumed:
         path, state = resumed
         if state["config"] != run_cfg:
@@ -251,22 +213,21 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
             record["img_per_s"] = count * tcfg["batch_size"] / (now - tick)
             tick, sums = now, {}
             if not math.isfinite(record["loss"]):
-                last = _checkpoint_paths(run_dir)
+                last = checkpoint.step_checkpoints(run_dir / "checkpoints")
                 raise TrainingDiverged(f"loss is {record['loss']} at step {done}; kept the last good checkpoint "
                                        f"{last[-1] if last else '(none yet)'}")
             with open(run_dir / "stats.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
         if done % tcfg["checkpoint_every"] == 0 or done == tcfg["steps"]:
-            _save(run_dir / "checkpoints" / f"step-{done:08d}.pt", snapshot(done))
-            for old in _checkpoint_paths(run_dir)[:-tcfg["keep_checkpoints"]]:
-                _remove_checkpoint(old)
+            checkpoint.save(checkpoint.step_path(run_dir / "checkpoints", done), snapshot(done))
+            checkpoint.prune(run_dir / "checkpoints", tcfg["keep_checkpoints"])
 
     final = snapshot(tcfg["steps"])
     for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
         final.pop(key, None)
     final["provenance"] = provenance()
-    _save(run_dir / "final.pt", final)
+    checkpoint.save(run_dir / "final.pt", final)
     lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
     return run_dir / "final.pt"
 

@@ -7,7 +7,8 @@ import torch
 import coral.train as train_module
 from coral.config import load, run_config, setting_config
 from coral.data import write_split
-from coral.train import batch_indices, ema_update, load_checkpoint, load_model, train
+from coral.checkpoint import load as load_checkpoint
+from coral.train import batch_indices, ema_update, load_model, train
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,69 @@
+"""Checkpoint files: atomic writes with a SHA-256 sidecar, step checkpoints, the newest intact one.
+
+A checkpoint `X.pt` is written first, then `X.pt.sha256`, each atomically: a checkpoint without a
+matching checksum was interrupted or damaged, and resuming skips it for the one before.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from coral.io import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save(path: Path, state: dict) -> None:
+    """torch.save `state` to `path`, then its SHA-256 to `path`.sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        digest = sha256_file(tmp)
+    with atomic_path(checksum_path(path)) as tmp:
+        tmp.write_text(digest + "\n")
+
+
+def load(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+
+
+def step_path(folder: Path, step: int) -> Path:
+    return folder / f"step-{step:08d}.pt"
+
+
+def step_checkpoints(folder: Path) -> list[Path]:
+    """The step-N.pt files of `folder`, oldest first."""
+    return sorted(folder.glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def is_intact(path: Path) -> bool:
+    checksum = checksum_path(path)
+    return checksum.exists() and checksum.read_text().strip() == sha256_file(path)
+
+
+def newest_intact(folder: Path) -> tuple[Path, dict] | None:
+    """The newest step checkpoint of `folder` whose checksum matches, skipping damaged ones with a warning."""
+    for path in reversed(step_checkpoints(folder)):
+        if is_intact(path):
+            return path, load(path)
+        log.warning("checkpoint %s does not match its checksum (interrupted or damaged); trying the previous one",
+                    path)
+    return None
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Remove all but the newest `keep` step checkpoints of `folder`."""
+    paths = step_checkpoints(folder)
+    for old in paths[:len(paths) - keep] if keep > 0 else paths:
+        remove(old)
