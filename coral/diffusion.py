@@ -25,8 +25,16 @@ class Diffusion:
             # 'fixedlarge' variance: beta_t, with the posterior variance of step 1 at step 0.
             "fixedlarge_var": np.append(posterior_var[1], betas[1:]),
         }
+        self.table_names = tuple(tables)
         for name, values in tables.items():
             setattr(self, name, torch.tensor(values, dtype=torch.float32))
+
+    def to(self, device: torch.device | str) -> "Diffusion":
+        """Move the tables to `device` (in place; returns self). Lookups index them with t on its own
+        device, so the tables must live there: a lookup never copies from the host."""
+        for name in self.table_names:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     @classmethod
     def from_config(cls, diffusion_cfg: dict) -> "Diffusion":
@@ -35,7 +43,7 @@ class Diffusion:
     @staticmethod
     def _at(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """table[t] reshaped to (B, 1, ..., 1) for broadcasting against a tensor of `ndim` dims."""
-        return table.to(t.device)[t].reshape(-1, *([1] * (ndim - 1)))
+        return table[t].reshape(-1, *([1] * (ndim - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
@@ -58,7 +66,7 @@ class Diffusion:
                   eta: float, noise: torch.Tensor) -> torch.Tensor:
         """One DDIM step x_t -> x_{t_prev} (t_prev = -1 means the clean image, abar = 1)."""
         abar = self._at(self.alphas_bar, t, x_t.ndim)
-        abar_prev = torch.where(t_prev >= 0, self.alphas_bar.to(t.device)[t_prev.clamp(min=0)],
+        abar_prev = torch.where(t_prev >= 0, self.alphas_bar[t_prev.clamp(min=0)],
                                 torch.ones((), device=t.device)).reshape(abar.shape)
         x0 = (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
         sigma = eta * ((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)).sqrt()

@@ -77,7 +77,7 @@ class CBDM(Objective):
     def forward(self, model, x0, y, y_in, t, noise):
         x_t = self.diffusion.q_sample(x0, t, noise)
         labelled = y_in >= 0  # a mask, not a branch: no host synchronisation per step
-        y_prime = torch.multinomial(self.prior.to(y.device), len(y), replacement=True)
+        y_prime = torch.multinomial(self.prior, len(y), replacement=True)
         eps, eps_prime = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y_in, y_prime])).float().chunk(2)
         base = mse(eps, noise)
         weight = (t.float() / self.diffusion.T * self.tau * labelled.float()).reshape(-1, 1, 1, 1)
@@ -94,7 +94,7 @@ def t2h_targets(diffusion: Diffusion, x0: torch.Tensor, x_t: torch.Tensor, t: to
     Returns (targets like x0, chosen index j (B,), posterior weights (B, B)). Where the gate
     keeps j = i the target is exactly the true noise.
     """
-    abar = diffusion.alphas_bar.to(t.device)[t].double()
+    abar = diffusion.alphas_bar[t].double()
     flat_c = (x_t.double().flatten(1) / abar.sqrt()[:, None])  # c_i = x0_i + sigma_i eps_i
     sigma2 = 1.0 / abar - 1.0
     dist2 = torch.cdist(flat_c, x0.double().flatten(1), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
@@ -113,8 +113,8 @@ def t2h_targets(diffusion: Diffusion, x0: torch.Tensor, x_t: torch.Tensor, t: to
         raise ValueError(f"objectives.t2h.mode: {mode!r} is not one of 't2h', 'h2t', 'full'")
     j = torch.where(accept, j, self_index)
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    transferred = (x_t - diffusion.sqrt_alphas_bar.to(t.device)[t].reshape(shape) * x0[j]) \
-        / diffusion.sqrt_one_minus_alphas_bar.to(t.device)[t].reshape(shape)
+    transferred = (x_t - diffusion.sqrt_alphas_bar[t].reshape(shape) * x0[j]) \
+        / diffusion.sqrt_one_minus_alphas_bar[t].reshape(shape)
     targets = torch.where((j == self_index).reshape(shape), noise, transferred)
     return targets, j, weights
 
@@ -130,7 +130,7 @@ class T2H(Objective):
 
     def forward(self, model, x0, y, y_in, t, noise):
         x_t = self.diffusion.q_sample(x0, t, noise)
-        targets, j, _ = t2h_targets(self.diffusion, x0, x_t, t, y, noise, self.prior.to(y.device), self.mode)
+        targets, j, _ = t2h_targets(self.diffusion, x0, x_t, t, y, noise, self.prior, self.mode)
         loss = mse(model(x_t, t, y_in), targets)
         return {"loss": loss, "mse": loss, "t2h_transfer_rate": (j != torch.arange(len(j), device=j.device)).float().mean()}
 

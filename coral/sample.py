@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from coral import lineage
+from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, provenance, sha256_file
@@ -72,7 +74,12 @@ class _PerImageNoise:
         self.shape, self.device = shape, device
 
     def draw(self) -> torch.Tensor:
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.generators]).to(self.device)
+        """The next noise of every image, (B, *shape) on the device; on a GPU copied from pinned memory
+        without waiting, so the host draws the next step's noise while the device computes."""
+        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        if self.device.type == "cuda":
+            return noise.pin_memory().to(self.device, non_blocking=True)
+        return noise
 
 
 @torch.no_grad()
@@ -105,11 +112,13 @@ def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
-def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path) -> None:
+def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path,
+           time_budget: float | None = None) -> None:
     """Generate sample.num_samples images from a run's EMA model; write them (uint8 + labels) and a preview grid.
 
     Each batch is kept in `<out_npz>.partial/` as it is finished, so an interrupted job resumes where
-    it stopped; per-image seeds make the result identical to an uninterrupted run.
+    it stopped; per-image seeds make the result identical to an uninterrupted run. Near the job's
+    deadline (coral.deadline) it stops between batches with OutOfTime; running it again continues.
     """
     state = checkpoints.load(checkpoint)
     model, diffusion, run_cfg = model_from_state(state, default_device())
@@ -120,14 +129,21 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
     ids = torch.arange(len(labels))
     partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg,
                                                                 "checkpoint_sha256": sha256_file(checkpoint)})
+    batch_seconds = 0.0
     batches = []
-    for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
-        if partial.has(start):
-            batches.append(partial.load(start))
-            continue
-        batch = slice(start, start + sample_cfg["batch_size"])
-        batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
-        partial.save(start, batches[-1])
+    with Deadline.for_this_job(time_budget) as deadline:
+        for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
+            if partial.has(start):
+                batches.append(partial.load(start))
+                continue
+            if deadline.must_stop(2 * batch_seconds):
+                raise OutOfTime(f"{out_npz}: stopped after {start} of {len(labels)} images before the job's time "
+                                f"limit; finished batches are kept, run the job again to continue")
+            batch_start = time.perf_counter()
+            batch = slice(start, start + sample_cfg["batch_size"])
+            batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
+            partial.save(start, batches[-1])
+            batch_seconds = time.perf_counter() - batch_start
     images = torch.cat(batches)
     class_names = state["class_names"]
     meta = {"run": run_cfg["run"], **sample_cfg, "num_classes": num_classes, "class_names": class_names,

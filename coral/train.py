@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from coral import lineage
 from coral.data import load_split
+from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral import checkpoint
 from coral.io import atomic_path, provenance, write_json
@@ -44,16 +45,37 @@ def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.float() / 127.5 - 1.0
 
 
+def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
+    """The seeded shuffle of one epoch (on the CPU)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_images, generator=generator)
+
+
 def batch_indices(step: int, num_images: int, batch_size: int, seed: int) -> torch.Tensor:
     """Indices of the step's minibatch: a seeded shuffle per epoch, the last partial batch dropped.
 
     Stateless in `step`, so a resumed run draws exactly the batches of an uninterrupted one.
     """
-    per_epoch = num_images // batch_size
-    epoch, position = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_images, generator=generator)
-    return order[position * batch_size:(position + 1) * batch_size]
+    epoch, position = divmod(step, num_images // batch_size)
+    return epoch_order(num_images, seed, epoch)[position * batch_size:(position + 1) * batch_size]
+
+
+class DeviceBatches:
+    """batch_indices(step, ...) served from the device: each epoch's order is copied there once,
+    from pinned memory and asynchronously, so drawing a batch never waits for the host."""
+
+    def __init__(self, num_images: int, batch_size: int, seed: int, device: torch.device):
+        self.num_images, self.batch_size, self.seed, self.device = num_images, batch_size, seed, device
+        self.epoch, self.order = None, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, position = divmod(step, self.num_images // self.batch_size)
+        if epoch != self.epoch:
+            order = epoch_order(self.num_images, self.seed, epoch)
+            if self.device.type == "cuda":
+                order = order.pin_memory().to(self.device, non_blocking=True)
+            self.epoch, self.order = epoch, order
+        return self.order[position * self.batch_size:(position + 1) * self.batch_size]
 
 
 def random_hflip(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +99,8 @@ def model_from_state(state: dict, device: torch.device | None = None) -> tuple[U
     model = build_model(run_cfg, state["in_channels"], len(state["class_names"]))
     model.load_state_dict(state["ema"])
     model.eval().requires_grad_(False)
-    return model.to(device or default_device()), Diffusion.from_config(run_cfg["diffusion"]), run_cfg
+    device = device or default_device()
+    return model.to(device), Diffusion.from_config(run_cfg["diffusion"]).to(device), run_cfg
 
 
 def load_model(path: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
@@ -103,7 +126,7 @@ def build_training(run_cfg: dict, class_counts: torch.Tensor, in_channels: int, 
                    device: torch.device) -> TrainingSetup:
     """Model, EMA copy, objective, Adam with linear warm-up, on `device`."""
     tcfg = run_cfg["train"]
-    diffusion = Diffusion.from_config(run_cfg["diffusion"])
+    diffusion = Diffusion.from_config(run_cfg["diffusion"]).to(device)
     model = build_model(run_cfg, in_channels, num_classes).to(device)
     if tcfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -147,8 +170,12 @@ def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Ten
     return {**terms, "grad_norm": grad_norm}
 
 
-def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
-    """Train one run (resuming from its newest checkpoint) and write run_dir/final.pt."""
+def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budget: float | None = None) -> Path:
+    """Train one run (resuming from its newest checkpoint) and write run_dir/final.pt.
+
+    Stops with OutOfTime after saving a checkpoint when the job's deadline nears (coral.deadline:
+    `time_budget` seconds, or the SLURM time limit); running it again continues.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tcfg, seed = run_cfg["train"], run_cfg["run"]["seed"]
@@ -194,40 +221,56 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path) -> Path:
         return state
 
     model.train()
+    batches = DeviceBatches(len(images), tcfg["batch_size"], seed, device)
     sums: dict[str, torch.Tensor] = {}
+    accumulated = 0  # steps in `sums`
     tick = time.perf_counter()
+    step_seconds, save_seconds = 0.0, 10.0  # measured as they happen; 10 s until the first save
     progress = tqdm(range(start, tcfg["steps"]), initial=start, total=tcfg["steps"], desc=f"train {run_dir}",
                     mininterval=5, dynamic_ncols=True)
-    for step in progress:
-        idx = batch_indices(step, len(images), tcfg["batch_size"], seed).to(device)
-        terms = training_step(setup, images[idx], labels[idx], run_cfg)
-        for name, value in terms.items():  # accumulated on-device: no host sync between log steps
-            sums[name] = sums.get(name, 0) + value.detach().float()
+    with Deadline.for_this_job(time_budget) as deadline:
+        for step in progress:
+            step_start = time.perf_counter()
+            idx = batches(step)
+            terms = training_step(setup, images[idx], labels[idx], run_cfg)
+            for name, value in terms.items():  # accumulated on-device: no host sync between log steps
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            accumulated += 1
 
-        done = step + 1
-        if done % tcfg["log_every"] == 0 or done == tcfg["steps"]:
-            count = tcfg["log_every"] if done % tcfg["log_every"] == 0 else done % tcfg["log_every"]
-            record = {"step": done, "lr": scheduler.get_last_lr()[0]}
-            record.update({name: float(total) / count for name, total in sums.items()})
-            now = time.perf_counter()
-            record["img_per_s"] = count * tcfg["batch_size"] / (now - tick)
-            tick, sums = now, {}
-            if not math.isfinite(record["loss"]):
-                last = checkpoint.step_checkpoints(run_dir / "checkpoints")
-                raise TrainingDiverged(f"loss is {record['loss']} at step {done}; kept the last good checkpoint "
-                                       f"{last[-1] if last else '(none yet)'}")
-            with open(run_dir / "stats.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-        if done % tcfg["checkpoint_every"] == 0 or done == tcfg["steps"]:
-            checkpoint.save(checkpoint.step_path(run_dir / "checkpoints", done), snapshot(done))
-            checkpoint.prune(run_dir / "checkpoints", tcfg["keep_checkpoints"])
+            done = step + 1
+            if done % tcfg["log_every"] == 0 or done == tcfg["steps"]:
+                record = {"step": done, "lr": scheduler.get_last_lr()[0]}
+                record.update({name: float(total) / accumulated for name, total in sums.items()})
+                now = time.perf_counter()
+                record["img_per_s"] = accumulated * tcfg["batch_size"] / (now - tick)
+                step_seconds = (now - tick) / accumulated
+                tick, sums, accumulated = now, {}, 0
+                if not math.isfinite(record["loss"]):
+                    last = checkpoint.step_checkpoints(run_dir / "checkpoints")
+                    raise TrainingDiverged(f"loss is {record['loss']} at step {done}; kept the last good checkpoint "
+                                           f"{last[-1] if last else '(none yet)'}")
+                with open(run_dir / "stats.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+            out_of_time = done < tcfg["steps"] and deadline.must_stop(
+                2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds)
+            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["steps"] or out_of_time:
+                save_start = time.perf_counter()
+                checkpoint.save(checkpoint.step_path(run_dir / "checkpoints", done), snapshot(done))
+                checkpoint.prune(run_dir / "checkpoints", tcfg["keep_checkpoints"])
+                save_seconds = time.perf_counter() - save_start
+            if out_of_time:
+                progress.close()
+                raise OutOfTime(f"{run_dir}: stopped at step {done} of {tcfg['steps']} before the job's time limit; "
+                                f"saved a checkpoint, run the job again to continue")
 
     final = snapshot(tcfg["steps"])
     for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
         final.pop(key, None)
     final["provenance"] = provenance()
     checkpoint.save(run_dir / "final.pt", final)
+    if tcfg["prune_after_final"]:
+        checkpoint.prune(run_dir / "checkpoints", 0)
     lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
     return run_dir / "final.pt"
 

@@ -8,7 +8,8 @@ import coral.train as train_module
 from coral.config import load, run_config, setting_config
 from coral.data import write_split
 from coral.checkpoint import load as load_checkpoint
-from coral.train import batch_indices, ema_update, load_model, train
+from coral.deadline import OutOfTime
+from coral.train import DeviceBatches, batch_indices, ema_update, load_model, train
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,7 @@ def test_interrupted_run_resumes_to_identical_weights(setup, monkeypatch):
 
 def test_resume_with_another_config_refuses(setup):
     root, run = setup
+    run = {**run, "train": {**run["train"], "prune_after_final": False}}
     train(run, root / "split.npz", root / "other")
     changed = {**run, "train": {**run["train"], "lr": 1e-2}}
     with pytest.raises(ValueError, match="another config"):
@@ -81,6 +83,7 @@ def test_resume_with_another_config_refuses(setup):
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(setup, caplog):
     root, run = setup
+    run = {**run, "train": {**run["train"], "prune_after_final": False}}
     reference = load_checkpoint(train(run, root / "split.npz", root / "ref-damaged"))
     run_dir = root / "damaged"
     train(run, root / "split.npz", run_dir)
@@ -148,3 +151,34 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(setup, monkeypa
         train(run, root / "split.npz", root / "diverged")
     assert [p.name for p in (root / "diverged" / "checkpoints").glob("*.pt")] == ["step-00000010.pt"]
     assert not (root / "diverged" / "final.pt").exists()
+
+
+def test_device_batches_serve_batch_indices():
+    batches = DeviceBatches(10, 3, seed=4, device=torch.device("cpu"))
+    for step in (0, 1, 2, 3, 7, 2):  # across epochs and back
+        assert torch.equal(batches(step), batch_indices(step, 10, 3, seed=4))
+
+
+def test_step_checkpoints_are_pruned_once_final_exists(setup):
+    root, run = setup
+    train(run, root / "split.npz", root / "pruned")
+    assert (root / "pruned" / "final.pt").exists()
+    assert list((root / "pruned" / "checkpoints").glob("step-*")) == []
+
+
+def test_out_of_time_saves_and_the_next_job_continues_identically(setup):
+    """A zero time budget stops every job after one step with a checkpoint; six jobs finish a
+    six-step run with the weights of an uninterrupted one."""
+    root, run = setup
+    run = {**run, "train": {**run["train"], "steps": 6, "checkpoint_every": 4, "log_every": 4}}
+    reference = load_checkpoint(train(run, root / "split.npz", root / "budget-ref"))
+    run_dir = root / "budget"
+    for job in range(5):
+        with pytest.raises(OutOfTime, match=f"stopped at step {job + 1} of 6"):
+            train(run, root / "split.npz", run_dir, time_budget=0)
+        assert (run_dir / "checkpoints" / f"step-{job + 1:08d}.pt").exists()
+    resumed = load_checkpoint(train(run, root / "split.npz", run_dir, time_budget=0))
+    for name, tensor in reference["ema"].items():
+        assert torch.equal(tensor, resumed["ema"][name])
+    steps = [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert steps == [4, 6]
