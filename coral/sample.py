@@ -83,15 +83,16 @@ class _PerImageNoise:
 
 
 @torch.no_grad()
-def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
-             image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
-    """Generate one batch: labels (B,), image_ids (B,) -> uint8 images (B, C, H, W).
+def denoise(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
+            image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
+    """The sampler's loop: labels (B,), image_ids (B,) -> images (B, C, H, W) in about [-1, 1], on the
+    model's device. Nothing in it waits for the device.
 
     batched_guidance=False runs the two guidance passes separately (for benchmarks).
     """
     device = next(model.parameters()).device
     noise = _PerImageNoise(image_ids, sample_cfg["seed"], image_shape, device)
-    y = labels.to(device)
+    y = (labels.pin_memory() if device.type == "cuda" else labels).to(device, non_blocking=True)
     x = noise.draw()
     omega = sample_cfg["omega"]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sample_cfg["bf16_autocast"])
@@ -109,6 +110,13 @@ def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids:
                 eps = guided_eps(model, x, t, y, omega, batched_guidance)
             step_noise = noise.draw() if sample_cfg["eta"] > 0 else torch.zeros_like(x)
             x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg["eta"], step_noise)
+    return x
+
+
+def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
+             image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
+    """One batch of uint8 images (B, C, H, W) on the CPU (see denoise)."""
+    x = denoise(model, diffusion, labels, image_ids, sample_cfg, image_shape, batched_guidance)
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
