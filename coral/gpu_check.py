@@ -81,14 +81,14 @@ def _peak_gb(device: torch.device) -> float | None:
 class _TrainingLoop:
     """The training loop's per-step work on a resident uint8 pool of random images."""
 
-    def __init__(self, run: dict, device: torch.device):
+    def __init__(self, run: dict, device: torch.device, in_channels: int = 3):
         dataset = run["run"]["dataset"]
         size, batch = run["data"]["image_size"], run["train"]["batch_size"]
         generator = torch.Generator().manual_seed(0)
-        self.images = torch.randint(0, 256, (4 * batch, 3, size, size), dtype=torch.uint8,
+        self.images = torch.randint(0, 256, (4 * batch, in_channels, size, size), dtype=torch.uint8,
                                     generator=generator).to(device)
         self.labels = torch.randint(0, NUM_CLASSES[dataset], (4 * batch,), generator=generator).to(device)
-        self.setup = build_training(run, _class_counts(dataset), 3, NUM_CLASSES[dataset], device)
+        self.setup = build_training(run, _class_counts(dataset), in_channels, NUM_CLASSES[dataset], device)
         self.setup.model.train()
         self.batches = DeviceBatches(len(self.images), batch, 0, device)
         self.run, self.step, self.sums = run, 0, {}

@@ -70,7 +70,7 @@ class _PerImageNoise:
     """Gaussian noise drawn from one generator per image, so each image's noise ignores batching."""
 
     def __init__(self, image_ids: torch.Tensor, seed: int, shape: tuple[int, ...], device: torch.device):
-        self.generators = [torch.Generator().manual_seed(image_seed(seed, int(i))) for i in image_ids]
+        self.generators = [torch.Generator().manual_seed(image_seed(seed, i)) for i in image_ids.tolist()]
         self.shape, self.device = shape, device
 
     def draw(self) -> torch.Tensor:
