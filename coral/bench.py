@@ -88,8 +88,10 @@ def bench_settings(cfg: dict, preset: str, device: torch.device, cpu_batch: int 
     """Model, shapes and batch sizes of the benchmark; `paper` uses the SPEC network on 32x32x3."""
     if preset == "paper":
         settings = {**PAPER_SIZE, "model": dict(PAPER_SIZE["model"])}
-        train = {**cfg["train"], "batch_size": PAPER_SIZE["batch_size"], "bf16_autocast": device.type == "cuda",
-                 "channels_last": device.type == "cuda"}
+        paper_train = cfg["presets"]["paper"]["train"]  # on a GPU, the precision and layout the preset trains in
+        train = {**cfg["train"], "batch_size": PAPER_SIZE["batch_size"],
+                 "bf16_autocast": device.type == "cuda" and paper_train["bf16_autocast"],
+                 "channels_last": device.type == "cuda" and paper_train["channels_last"]}
     else:
         settings = {"model": dict(cfg["model"]), "image_size": cfg["data"]["image_size"], "in_channels": 1,
                     "num_classes": 10, "batch_size": cfg["train"]["batch_size"],
