@@ -1,7 +1,12 @@
 """Sample quality metrics of SPEC section 6: overall, per class, and per head/medium/tail group.
 
-FID, IS, KID and precision/recall are torch-fidelity's own implementations, applied to features
-extracted once per image set; PRD (Sajjadi et al. 2018) is implemented here.
+Features come from torch-fidelity's extractors: the balanced reference set's once per dataset
+(`write_reference_features`, rule `reference_features`), the samples' in each evaluation. On them:
+- IS and KID are torch-fidelity's own implementations;
+- FID and improved precision/recall are computed here, exactly, in batches and on the GPU when
+  there is one (tests check them against torch-fidelity and scipy);
+- PRD (Sajjadi et al. 2018) is implemented here, with a capped number of clusters and a mini-batch
+  k-means of bounded length: a documented deviation from the SPEC's 20 x C clusters (see prd_scores).
 """
 from __future__ import annotations
 
@@ -10,28 +15,27 @@ import json
 import logging
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import MiniBatchKMeans
 from torch.utils.data import Dataset
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kernel_mmd, kid_features_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 from tqdm import tqdm
 
 from coral import lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
-from coral.data import LabeledImages, class_groups, load_reference, load_split
-from coral.io import atomic_path, provenance, write_json
+from coral.data import class_groups, load_reference, load_split
+from coral.io import atomic_path, provenance, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
 EVAL_KEYS = ("feature_extractor", "batch_size", "prc_neighborhood", "kid_subsets", "kid_subset_size",
-             "prd_clusters_per_class", "prd_angles", "prd_runs")
+             "prd_clusters_per_class", "prd_max_clusters", "prd_kmeans_steps", "prd_angles", "prd_runs")
+EXTRACTOR_KEYS = ("feature_extractor", "batch_size")  # all the reference features depend on, besides the weights
 # eval.feature_extractor -> (torch-fidelity name, layer for FID/KID/PRC/PRD, layer for IS)
 FEATURE_EXTRACTORS = {
     "classifier": (FEATURE_EXTRACTOR_NAME, "penultimate", "logits"),
@@ -40,7 +44,147 @@ FEATURE_EXTRACTORS = {
 PER_CLASS_COLUMNS = ["class", "class_name", "train_count", "group", "num_generated", "num_real",
                      "fid", "kid_mean", "kid_std", "precision", "recall", "accuracy"]
 GROUP_METRICS = ("fid", "kid_mean", "precision", "recall", "accuracy")
-_PRC_BATCH_SIZE = 2048  # rows of the distance matrix held at once; does not change the result
+# Sizes of the pieces worked on at once; they bound memory and do not change any result.
+_BLOCK = 4096                # rows (and columns) of a distance block
+_FID_BATCH_ELEMENTS = 2 ** 25  # float64 elements of the per-class features stacked into one FID batch
+_KMEANS_BATCH = 2048         # points of one mini-batch k-means step
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ---------------------------------------------------------------- FID
+
+def _frechet_batch(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """FID of each pair of stacked feature sets x1 (B, n1, D) and x2 (B, n2, D), n >= 2, in their dtype.
+
+    FID = |mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr sqrt(S1 S2), with sample covariances (ddof 1)
+    S = a^T a, a = centred features / sqrt(n - 1) (n x D). sqrt(S1 S2) is never formed:
+    - a set with fewer samples than dimensions (n1 < D, x1 being the smaller set): the nonzero
+      eigenvalues of S1 S2 = a1^T a1 a2^T a2 are those of (a1 a2^T)(a1 a2^T)^T, so tr sqrt(S1 S2) is
+      the nuclear norm of a1 a2^T (n1 x n2), the sum of its singular values;
+    - both n >= D: S1 S2 is similar to R S2 R with R = S1^(1/2), so tr sqrt(S1 S2) is the sum of the
+      square roots of the eigenvalues of that symmetric matrix.
+    """
+    if x1.shape[1] > x2.shape[1]:
+        x1, x2 = x2, x1  # FID is symmetric
+    mu1, mu2 = x1.mean(1), x2.mean(1)
+    a1 = (x1 - mu1[:, None]) / math.sqrt(x1.shape[1] - 1)
+    a2 = (x2 - mu2[:, None]) / math.sqrt(x2.shape[1] - 1)
+    if x1.shape[1] < x1.shape[2]:
+        tr_sqrt = torch.linalg.svdvals(a1 @ a2.mT).sum(-1)
+    else:
+        root = _psd_sqrt(a1.mT @ a1)
+        tr_sqrt = torch.linalg.eigvalsh(root @ (a2.mT @ a2) @ root).clamp(min=0).sqrt().sum(-1)
+    return ((mu1 - mu2) ** 2).sum(-1) + (a1 ** 2).sum((1, 2)) + (a2 ** 2).sum((1, 2)) - 2 * tr_sqrt
+
+
+def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
+    """Symmetric square roots of symmetric PSD matrices (B, D, D); rounding's negative eigenvalues count as 0."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(s)
+    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()[:, None, :]) @ eigenvectors.mT
+
+
+def frechet_distance(gen: torch.Tensor, real: torch.Tensor) -> float:
+    """FID of generated (N1, D) vs real (N2, D) features, in float64 on the GPU when there is one."""
+    device = _device()
+    return float(_frechet_batch(gen.to(device, torch.float64)[None], real.to(device, torch.float64)[None])[0])
+
+
+def _class_members(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    """Indices of each class's rows, class 0 first."""
+    order = torch.argsort(labels, stable=True)
+    return list(order.split(torch.bincount(labels, minlength=num_classes).tolist()))
+
+
+def class_frechet_distances(gen: torch.Tensor, gen_labels: torch.Tensor, real: torch.Tensor,
+                            real_labels: torch.Tensor, num_classes: int) -> list[float]:
+    """FID of each class: generated features with label c vs real ones with label c (>= 2 of each).
+
+    Classes with the same numbers of generated and real features are stacked and computed together.
+    """
+    gen_members, real_members = _class_members(gen_labels, num_classes), _class_members(real_labels, num_classes)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for c in range(num_classes):
+        by_shape.setdefault((len(gen_members[c]), len(real_members[c])), []).append(c)
+    device, dims = _device(), gen.shape[1]
+    fids = [math.nan] * num_classes
+    for (n_gen, n_real), classes in by_shape.items():
+        per_class = (n_gen + n_real) * dims + (2 * dims ** 2 if min(n_gen, n_real) >= dims else n_gen * n_real)
+        step = max(1, _FID_BATCH_ELEMENTS // per_class)
+        for start in range(0, len(classes), step):
+            part = classes[start:start + step]
+            x1 = torch.stack([gen[gen_members[c]] for c in part]).to(device, torch.float64)
+            x2 = torch.stack([real[real_members[c]] for c in part]).to(device, torch.float64)
+            for c, fid in zip(part, _frechet_batch(x1, x2).tolist()):
+                fids[c] = fid
+    return fids
+
+
+# ---------------------------------------------------------------- KID
+
+def kernel_distance(gen: torch.Tensor, real: torch.Tensor, subsets: int,
+                    subset_size: int) -> tuple[float, float | None]:
+    """KID (mean, std) of generated (N1, D) vs real (N2, D) features: torch-fidelity's estimate
+    (cubic polynomial kernel, unbiased MMD^2, its fixed seed) over `subsets` random subsets of
+    min(subset_size, N1, N2) features of each set.
+
+    The std is the spread of the estimate over subsets, and it can mean nothing: where the subsets
+    are the whole of both sets (N1 = N2 <= subset_size, e.g. a class of 50 samples against its 50
+    real images) every subset holds the same features in another order, so each gives the same
+    MMD^2 and the "std" (~1e-7) is float rounding. Then the MMD^2 of the two sets is computed once
+    and the std is None (JSON null, an empty CSV cell); likewise with a single subset.
+    """
+    size = min(subset_size, len(gen), len(real))
+    gen, real = gen.cpu(), real.cpu()
+    if size == len(gen) == len(real):
+        return float(kernel_mmd(gen.numpy(), real.numpy())), None
+    kid = kid_features_to_metric(gen, real, kid_subsets=subsets, kid_subset_size=size, verbose=False)
+    return kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD] if subsets > 1 else None
+
+
+# ---------------------------------------------------------------- precision / recall
+
+def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of each row of x (N, D), N > k, to its k-th nearest neighbour in x: the (k + 1)-th
+    smallest entry of its row of the N x N distance matrix, the first being the row itself.
+
+    Each block of the symmetric matrix is computed once and serves its rows and its columns.
+    """
+    nearest = torch.full((len(x), k + 1), math.inf, device=x.device)
+    starts = range(0, len(x), _BLOCK)
+    for i in starts:
+        for j in starts[i // _BLOCK:]:
+            block = torch.cdist(x[i:i + _BLOCK], x[j:j + _BLOCK])
+            rows = torch.cat([nearest[i:i + _BLOCK], block], 1)
+            nearest[i:i + _BLOCK] = rows.topk(k + 1, dim=1, largest=False).values
+            if j != i:
+                columns = torch.cat([nearest[j:j + _BLOCK], block.T], 1)
+                nearest[j:j + _BLOCK] = columns.topk(k + 1, dim=1, largest=False).values
+    return nearest[:, k]
+
+
+def precision_recall(gen: torch.Tensor, real: torch.Tensor, k: int) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of generated (N1, D) vs real (N2, D)
+    features, both sets larger than k; the same as torch-fidelity's prc_features_to_metric (tested).
+
+    Each feature's ball has the radius of its k-th nearest neighbour in its own set. Precision: the
+    fraction of generated features inside some real ball; recall: of real features inside some
+    generated ball. Faster than torch-fidelity yet exact: a set's distances to itself are computed
+    once per pair of blocks, and one pass over the generated-real distances gives both fractions.
+    """
+    device = _device()
+    gen, real = gen.to(device, torch.float32), real.to(device, torch.float32)
+    gen_radii, real_radii = _knn_radii(gen, k), _knn_radii(real, k)
+    gen_inside = torch.zeros(len(gen), dtype=torch.bool, device=device)
+    real_inside = torch.zeros(len(real), dtype=torch.bool, device=device)
+    for i in range(0, len(gen), _BLOCK):
+        for j in range(0, len(real), _BLOCK):
+            distances = torch.cdist(gen[i:i + _BLOCK], real[j:j + _BLOCK])
+            gen_inside[i:i + _BLOCK] |= (distances <= real_radii[None, j:j + _BLOCK]).any(1)
+            real_inside[j:j + _BLOCK] |= (distances <= gen_radii[i:i + _BLOCK, None]).any(0)
+    return gen_inside.float().mean().item(), real_inside.float().mean().item()
 
 
 # ---------------------------------------------------------------- PRD (Sajjadi et al. 2018)
@@ -66,22 +210,85 @@ def max_f_beta(precision: np.ndarray, recall: np.ndarray, beta: float) -> float:
     return float(f_beta.max())
 
 
-def prd_scores(gen_features: np.ndarray, real_features: np.ndarray, num_clusters: int,
-               num_angles: int = 1001, num_runs: int = 10, seed: int = 0) -> tuple[float, float]:
-    """(F_8, F_1/8) of generated vs real features (N_gen, D) and (N_real, D).
+def prd_num_clusters(eval_cfg: dict, num_classes: int) -> int:
+    """PRD's clusters: prd_clusters_per_class x C (the SPEC's 20 x C), capped at prd_max_clusters."""
+    return min(eval_cfg["prd_clusters_per_class"] * num_classes, eval_cfg["prd_max_clusters"])
 
-    Each run clusters the union with MiniBatchKMeans (random_state seed + run) and compares the two
-    cluster histograms; precision and recall curves are averaged over runs. F_8 is recall-like
-    (does the generated set cover the real one?), F_1/8 precision-like.
+
+def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest centre (K, D) of each row of x (N, D)."""
+    centre_norms = (centres ** 2).sum(1)
+    return torch.cat([(centre_norms - 2 * part @ centres.T).argmin(1) for part in x.split(_BLOCK)])
+
+
+def _kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k of the points x (M, D), M >= k, as k-means++ seeds them (Arthur and Vassilvitskii 2007): the
+    first uniformly, each next with probability proportional to its squared distance to the nearest
+    seed so far. The Gram matrix x x^T, computed at once, turns each step's distances into a row lookup."""
+    gram = x @ x.T
+    norms = gram.diagonal()
+
+    def squared_distances(i: torch.Tensor) -> torch.Tensor:
+        return (norms - 2 * gram[i[0]] + norms[i]).clamp(min=0)
+
+    chosen = [torch.randint(len(x), (1,), generator=generator, device=x.device)]
+    squared = squared_distances(chosen[0])
+    for _ in range(k - 1):
+        weights = torch.where(squared.sum() > 0, squared, torch.ones_like(squared))  # all seeds already: any
+        chosen.append(torch.multinomial(weights, 1, generator=generator))
+        squared = torch.minimum(squared, squared_distances(chosen[-1]))
+    return x[torch.cat(chosen)].clone()
+
+
+def kmeans_labels(x: torch.Tensor, k: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Cluster (0..k-1) of each point of x (N, D), N >= k, by mini-batch k-means (Sculley 2010).
+
+    Seeds: k-means++ on a random sample of max(3k, _KMEANS_BATCH) points (as scikit-learn's
+    MiniBatchKMeans). Then `steps` steps, each assigning _KMEANS_BATCH random points to their
+    nearest centres and moving every centre to the mean of all points it has been given so far;
+    last, every point goes to its nearest centre. The seeding holds the sample's Gram matrix:
+    36 MB at 1000 clusters, growing with the square of k.
     """
-    gen_features, real_features = np.asarray(gen_features), np.asarray(real_features)
-    union = np.concatenate([gen_features, real_features])
+    n = len(x)
+    sample = x[torch.randperm(n, generator=generator, device=x.device)[:max(3 * k, _KMEANS_BATCH)]]
+    centres = _kmeans_plus_plus(sample, k, generator)
+    counts = torch.zeros(k, device=x.device)
+    for _ in range(steps):
+        batch = x[torch.randint(n, (min(n, _KMEANS_BATCH),), generator=generator, device=x.device)]
+        nearest = _nearest(batch, centres)
+        hits = torch.bincount(nearest, minlength=k).to(x.dtype)
+        counts += hits
+        sums = torch.zeros_like(centres).index_add_(0, nearest, batch)
+        centres += (sums - hits[:, None] * centres) / counts.clamp(min=1)[:, None]
+    return _nearest(x, centres)
+
+
+def prd_scores(gen_features, real_features, num_clusters: int, num_angles: int = 1001, num_runs: int = 10,
+               kmeans_steps: int = 100, seed: int = 0) -> tuple[float, float]:
+    """(F_8, F_1/8) of generated vs real features (N_gen, D) and (N_real, D), arrays or tensors.
+
+    Each run clusters the union into min(num_clusters, N_gen + N_real) clusters (kmeans_labels,
+    seeded with seed + run) and compares the two cluster histograms; the precision and recall curves
+    are averaged over runs. F_8 is recall-like (does the generated set cover the real one?), F_1/8
+    precision-like.
+
+    Deviation from Sajjadi et al.'s code (scikit-learn MiniBatchKMeans, best of 10 seedings, run to
+    convergence) and from the SPEC's 20 x C clusters: one k-means++ seeding per run, a fixed number
+    of mini-batch steps, and the caller caps the clusters (prd_num_clusters). 20 x C clusters over
+    ImageNet-LT's 100k features of 2048 dims took ~136 h on 2 CPU cores; benchmarks/metrics_bench.py
+    measures the effect on F_8 and F_1/8 (benchmarks/results/metrics-cpu.json, "prd_effect").
+    """
+    device = _device()
+    gen = torch.as_tensor(np.asarray(gen_features), dtype=torch.float32)
+    real = torch.as_tensor(np.asarray(real_features), dtype=torch.float32)
+    union = torch.cat([gen, real]).to(device)
+    k = min(num_clusters, len(union))
     precisions, recalls = [], []
     for run in range(num_runs):
-        kmeans = MiniBatchKMeans(n_clusters=num_clusters, n_init=10, random_state=seed + run)
-        assignment = kmeans.fit_predict(union)
-        gen_hist = np.bincount(assignment[:len(gen_features)], minlength=num_clusters) / len(gen_features)
-        real_hist = np.bincount(assignment[len(gen_features):], minlength=num_clusters) / len(real_features)
+        generator = torch.Generator(device=device).manual_seed(seed + run)
+        assignment = kmeans_labels(union, k, kmeans_steps, generator).cpu()
+        gen_hist = torch.bincount(assignment[:len(gen)], minlength=k).numpy() / len(gen)
+        real_hist = torch.bincount(assignment[len(gen):], minlength=k).numpy() / len(real)
         precision, recall = prd_curve(gen_hist, real_hist, num_angles)
         precisions.append(precision)
         recalls.append(recall)
@@ -89,27 +296,19 @@ def prd_scores(gen_features: np.ndarray, real_features: np.ndarray, num_clusters
     return max_f_beta(precision, recall, 8.0), max_f_beta(precision, recall, 1.0 / 8.0)
 
 
-# ---------------------------------------------------------------- torch-fidelity on features
+# ---------------------------------------------------------------- overall comparison
 
 def compare_features(gen_features: torch.Tensor, real_features: torch.Tensor, kid_subsets: int,
-                     kid_subset_size: int, prc_neighborhood: int) -> dict[str, float]:
-    """FID, KID (mean, std) and precision/recall of generated (N_gen, D) vs real (N_real, D) features.
+                     kid_subset_size: int, prc_neighborhood: int) -> dict[str, float | None]:
+    """FID, KID (mean, std; std None where meaningless, see kernel_distance) and precision/recall
+    (k = prc_neighborhood) of generated (N_gen, D) vs real (N_real, D) features."""
+    kid_mean, kid_std = kernel_distance(gen_features, real_features, kid_subsets, kid_subset_size)
+    precision, recall = precision_recall(gen_features, real_features, prc_neighborhood)
+    return {"fid": frechet_distance(gen_features, real_features), "kid_mean": kid_mean, "kid_std": kid_std,
+            "precision": precision, "recall": recall}
 
-    All four are torch-fidelity's implementations; the KID subset size is capped at min(N_gen, N_real).
-    """
-    gen_features, real_features = gen_features.cpu(), real_features.cpu()
-    fid = fid_statistics_to_metric(fid_features_to_statistics(gen_features),
-                                   fid_features_to_statistics(real_features), verbose=False)
-    kid = kid_features_to_metric(gen_features, real_features, kid_subsets=kid_subsets,
-                                 kid_subset_size=min(kid_subset_size, len(gen_features), len(real_features)),
-                                 verbose=False)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # distances only; results come back to the CPU
-    prc = prc_features_to_metric(gen_features.to(device), real_features.to(device),
-                                 prc_neighborhood=prc_neighborhood, prc_batch_size=_PRC_BATCH_SIZE,
-                                 save_cpu_ram=True, verbose=False)
-    return {"fid": fid[KEY_METRIC_FID], "kid_mean": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD],
-            "precision": prc[KEY_METRIC_PRECISION], "recall": prc[KEY_METRIC_RECALL]}
 
+# ---------------------------------------------------------------- features
 
 class _ImageDataset(Dataset):
     """uint8 images (N, C, H, W) as a torch Dataset of (C, H, W) tensors, gray optionally repeated to RGB."""
@@ -127,7 +326,7 @@ class _ImageDataset(Dataset):
 
 
 def extract_features(images: torch.Tensor, fidelity_name: str, layers: list[str], weights_path: str,
-             batch_size: int, desc: str) -> dict[str, torch.Tensor]:
+                     batch_size: int, desc: str) -> dict[str, torch.Tensor]:
     """torch-fidelity features {layer: (N, D)} of uint8 images (N, C, H, W)."""
     cuda = torch.cuda.is_available()
     extractor = create_feature_extractor(fidelity_name, layers, cuda=cuda,
@@ -137,20 +336,116 @@ def extract_features(images: torch.Tensor, fidelity_name: str, layers: list[str]
     return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda, save_cpu_ram=True, verbose=True)
 
 
+@dataclass
+class ReferenceFeatures:
+    features: torch.Tensor  # float32 (N, D): the layer of FID, KID, precision/recall and PRD
+    labels: torch.Tensor  # int64 (N,)
+    class_names: list[str]
+    image_shape: tuple[int, ...]  # (C, H, W) of the reference images
+    meta: dict  # feature_extractor, layer, weights, weights_sha256
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def feature_weights(eval_cfg: dict, classifier_ckpt: str | Path) -> str:
+    """The weights file of the feature extractor: the classifier checkpoint or the Inception file."""
+    if eval_cfg["feature_extractor"] == "inception-v3-compat":
+        return str(eval_cfg["inception_weights_path"])
+    return str(classifier_ckpt)
+
+
+def _check_classifier_fits(classifier_ckpt: str | Path, image_shape: tuple[int, ...], num_classes: int,
+                           where: str | Path) -> dict:
+    checkpoint = load_classifier_checkpoint(classifier_ckpt)
+    if (checkpoint["image_size"], checkpoint["num_classes"]) != (image_shape[-1], num_classes):
+        raise ValueError(f"{classifier_ckpt}: classifier trained at image_size {checkpoint['image_size']} with "
+                         f"{checkpoint['num_classes']} classes; the reference set {where} has "
+                         f"{image_shape[-1]}x{image_shape[-1]} images of {num_classes} classes")
+    return checkpoint
+
+
+def write_reference_features(reference_npz: str | Path, weights: str | Path, extractor_cfg: dict,
+                             out_npz: str | Path) -> None:
+    """Features of the balanced reference set, written once per dataset and read by every evaluation.
+
+    weights: the classifier checkpoint (feature_extractor classifier) or the Inception weights file.
+    out_npz holds features (N, D) float32, labels, class_names, image_shape and meta (extractor,
+    layer, weights file and its SHA-256, which evaluate checks against its own extractor).
+    """
+    _check_extractor_cfg(extractor_cfg)
+    if not Path(weights).is_file():
+        raise ValueError(f"weights: {str(weights)!r} is not a file; expected the {extractor_cfg['feature_extractor']} "
+                         "feature extractor's weights (classifier checkpoint or Inception weights file)")
+    real = load_reference(reference_npz)
+    fidelity_name, layer, _ = FEATURE_EXTRACTORS[extractor_cfg["feature_extractor"]]
+    if fidelity_name == FEATURE_EXTRACTOR_NAME:
+        _check_classifier_fits(weights, tuple(real.images.shape[1:]), real.num_classes, reference_npz)
+    features = extract_features(real.images, fidelity_name, [layer], weights, extractor_cfg["batch_size"],
+                                "reference")[layer]
+    meta = {"feature_extractor": extractor_cfg["feature_extractor"], "layer": layer, "weights": str(weights),
+            "weights_sha256": sha256_file(weights)}
+    with atomic_path(out_npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, features=features.numpy().astype(np.float32), labels=real.labels.numpy(),
+                     class_names=np.array(real.class_names), image_shape=np.array(real.images.shape[1:]),
+                     meta=np.array(json.dumps(meta)))
+    lineage.record([out_npz], "reference_features", [reference_npz, weights],
+                   {"evaluate": {key: extractor_cfg[key] for key in EXTRACTOR_KEYS}})
+
+
+def load_reference_features(path: str | Path) -> ReferenceFeatures:
+    """Reference features written by write_reference_features."""
+    keys = ["features", "labels", "class_names", "image_shape", "meta"]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in keys}
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise ValueError(f"{path}: not reference features with arrays {keys} ({err}); write them with "
+                         "the reference_features rule (coral.metrics.write_reference_features)") from None
+    features, labels = arrays["features"], arrays["labels"]
+    if features.ndim != 2 or labels.shape != (len(features),):
+        raise ValueError(f"{path}: features must be (N, D) with labels (N,), got {features.shape} and {labels.shape}")
+    return ReferenceFeatures(torch.from_numpy(features), torch.from_numpy(labels.astype(np.int64)),
+                             [str(s) for s in arrays["class_names"]], tuple(int(s) for s in arrays["image_shape"]),
+                             json.loads(str(arrays["meta"])))
+
+
 # ---------------------------------------------------------------- inputs
+
+def _check_extractor_cfg(cfg: dict) -> None:
+    missing = [k for k in EXTRACTOR_KEYS if k not in cfg]
+    if missing:
+        raise ValueError(f"eval config: missing keys {missing}; required: {list(EXTRACTOR_KEYS)}")
+    if cfg["feature_extractor"] not in FEATURE_EXTRACTORS:
+        raise ValueError(f"eval.feature_extractor: got {cfg['feature_extractor']!r}; "
+                         f"allowed: {sorted(FEATURE_EXTRACTORS)}")
+
 
 def _check_eval_cfg(eval_cfg: dict) -> None:
     missing = [k for k in EVAL_KEYS if k not in eval_cfg]
     if missing:
         raise ValueError(f"eval config: missing keys {missing}; required: {list(EVAL_KEYS)}")
-    if eval_cfg["feature_extractor"] not in FEATURE_EXTRACTORS:
-        raise ValueError(f"eval.feature_extractor: got {eval_cfg['feature_extractor']!r}; "
-                         f"allowed: {sorted(FEATURE_EXTRACTORS)}")
+    _check_extractor_cfg(eval_cfg)
     if eval_cfg["feature_extractor"] == "inception-v3-compat":
         path = eval_cfg.get("inception_weights_path")
         if not path or not Path(path).is_file():
             raise ValueError(f"eval.inception_weights_path: got {path!r}; inception-v3-compat needs an existing "
                              "local file with torch-fidelity's Inception weights (nothing is downloaded)")
+    for key in ("prd_max_clusters", "prd_kmeans_steps", "prc_neighborhood", "kid_subsets", "kid_subset_size"):
+        if int(eval_cfg[key]) < 1:
+            raise ValueError(f"eval.{key}: got {eval_cfg[key]}; allowed: an integer >= 1")
+
+
+def _check_reference_features(path: str | Path, real: ReferenceFeatures, eval_cfg: dict, weights: str) -> None:
+    """The reference features must come from the extractor and weights this evaluation uses."""
+    sha = sha256_file(weights)
+    if (real.meta.get("feature_extractor"), real.meta.get("weights_sha256")) != (eval_cfg["feature_extractor"], sha):
+        raise ValueError(f"{path}: features of {real.meta.get('feature_extractor')!r} with weights "
+                         f"{real.meta.get('weights')} (sha256 {real.meta.get('weights_sha256')}), but this evaluation "
+                         f"uses {eval_cfg['feature_extractor']!r} with {weights} (sha256 {sha}); write them again "
+                         "(rule reference_features)")
 
 
 def _load_samples(samples_npz: str | Path, num_classes: int, image_shape: tuple[int, ...]):
@@ -172,58 +467,56 @@ def _load_samples(samples_npz: str | Path, num_classes: int, image_shape: tuple[
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), meta
 
 
-def _check_per_class_counts(samples_npz, labels: torch.Tensor, num_classes: int, eval_cfg: dict) -> None:
-    """Per-class precision/recall needs prc_neighborhood + 1 images per class (KID needs 2)."""
+def _check_per_class_counts(labels: torch.Tensor, num_classes: int, eval_cfg: dict, what: str) -> None:
+    """Per-class precision/recall needs prc_neighborhood + 1 features per class (FID and KID need 2)."""
     needed = max(2, eval_cfg["prc_neighborhood"] + 1)
     counts = torch.bincount(labels, minlength=num_classes)
     short = [c for c in range(num_classes) if counts[c] < needed]
     if short:
-        raise ValueError(f"{samples_npz}: classes {short} have {counts[short].tolist()} generated images; "
-                         f"per-class metrics need at least {needed} (eval.prc_neighborhood + 1) per class")
+        raise ValueError(f"{what}: classes {short[:20]}{' ...' if len(short) > 20 else ''} have "
+                         f"{counts[short[:20]].tolist()} images; per-class metrics need at least {needed} "
+                         "(eval.prc_neighborhood + 1) per class")
 
 
 # ---------------------------------------------------------------- evaluate
 
-def evaluate(samples_npz: str | Path, reference_npz: str | Path, split_npz: str | Path, classifier_ckpt: str | Path,
-             eval_cfg: dict, out_json: str | Path, out_per_class_csv: str | Path) -> dict:
+def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_npz: str | Path,
+             classifier_ckpt: str | Path, eval_cfg: dict, out_json: str | Path, out_per_class_csv: str | Path) -> dict:
     """Metrics of generated samples against the balanced reference set: overall, per class, per group.
 
-    Writes `out_json` (overall + group means + provenance) and `out_per_class_csv` (one row per
-    class) and returns the JSON dict.
+    reference_features_npz: the reference set's features (write_reference_features) from the
+    extractor and weights of eval_cfg. Writes `out_json` (overall + group means + provenance) and
+    `out_per_class_csv` (one row per class) and returns the JSON dict. A meaningless spread (see
+    kernel_distance) is null in the JSON and an empty cell in the CSV.
     """
     _check_eval_cfg(eval_cfg)
-    real = load_reference(reference_npz)
+    weights = feature_weights(eval_cfg, classifier_ckpt)
+    real = load_reference_features(reference_features_npz)
+    _check_reference_features(reference_features_npz, real, eval_cfg, weights)
     num_classes = real.num_classes
-    gen_images, gen_labels, meta = _load_samples(samples_npz, num_classes, tuple(real.images.shape[1:]))
-    _check_per_class_counts(samples_npz, gen_labels, num_classes, eval_cfg)
+    gen_images, gen_labels, meta = _load_samples(samples_npz, num_classes, real.image_shape)
+    _check_per_class_counts(gen_labels, num_classes, eval_cfg, f"{samples_npz}: generated")
+    _check_per_class_counts(real.labels, num_classes, eval_cfg, f"{reference_features_npz}: real")
     split = load_split(split_npz, with_images=False)
     if len(split.class_counts) != num_classes:
-        raise ValueError(f"{split_npz}: {len(split.class_counts)} class counts, dataset "
-                         f"{reference_npz} has {num_classes} classes")
-    checkpoint = load_classifier_checkpoint(classifier_ckpt)
-    image_size = real.images.shape[-1]
-    if (checkpoint["image_size"], checkpoint["num_classes"]) != (image_size, num_classes):
-        raise ValueError(f"{classifier_ckpt}: classifier trained at image_size {checkpoint['image_size']} with "
-                         f"{checkpoint['num_classes']} classes; the reference set {reference_npz} has "
-                         f"{image_size}x{image_size} images of {num_classes} classes")
+        raise ValueError(f"{split_npz}: {len(split.class_counts)} class counts, the reference set "
+                         f"{reference_features_npz} has {num_classes} classes")
+    checkpoint = _check_classifier_fits(classifier_ckpt, real.image_shape, num_classes, reference_features_npz)
 
-    # features of both sets, extracted once
     fidelity_name, feature_layer, isc_layer = FEATURE_EXTRACTORS[eval_cfg["feature_extractor"]]
-    weights = classifier_ckpt if fidelity_name == FEATURE_EXTRACTOR_NAME else eval_cfg["inception_weights_path"]
     batch_size = eval_cfg["batch_size"]
     gen = extract_features(gen_images, fidelity_name, [feature_layer, isc_layer], weights, batch_size, "generated")
-    real_features = extract_features(real.images, fidelity_name, [feature_layer], weights, batch_size, "real")[feature_layer]
     gen_features = gen[feature_layer]
     # classifier accuracy always uses the coral classifier's logits
     if fidelity_name == FEATURE_EXTRACTOR_NAME:
         gen_logits = gen["logits"]
     else:
         gen_logits = extract_features(gen_images, FEATURE_EXTRACTOR_NAME, ["logits"], classifier_ckpt, batch_size,
-                              "generated")["logits"]
+                                      "generated")["logits"]
     correct = (gen_logits.argmax(dim=1) == gen_labels).float()
 
-    overall = _overall_metrics(gen_features, real_features, gen[isc_layer], correct, num_classes, eval_cfg)
-    rows = _per_class_rows(gen_features, gen_labels, real_features, real, correct, split.class_counts, eval_cfg)
+    overall = _overall_metrics(gen_features, real.features, gen[isc_layer], correct, num_classes, eval_cfg)
+    rows = _per_class_rows(gen_features, gen_labels, real, correct, split.class_counts, eval_cfg)
     extractor_label = eval_cfg["feature_extractor"]
     if fidelity_name == FEATURE_EXTRACTOR_NAME:
         extractor_label = f"{FEATURE_EXTRACTOR_NAME} (not comparable with Inception FID)"
@@ -245,42 +538,47 @@ def evaluate(samples_npz: str | Path, reference_npz: str | Path, split_npz: str 
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS)
             writer.writeheader()
-            writer.writerows(rows)
-    lineage.record([out_json, out_per_class_csv], "evaluate", [samples_npz, reference_npz, split_npz, classifier_ckpt],
+            writer.writerows(rows)  # None (a meaningless spread) is written as an empty cell
+    lineage.record([out_json, out_per_class_csv], "evaluate",
+                   [samples_npz, reference_features_npz, split_npz, classifier_ckpt],
                    {"run": meta["run"], "evaluate": eval_cfg})
     return result
 
 
 def _overall_metrics(gen_features: torch.Tensor, real_features: torch.Tensor, gen_isc_logits: torch.Tensor,
-                     correct: torch.Tensor, num_classes: int, eval_cfg: dict) -> dict[str, float]:
+                     correct: torch.Tensor, num_classes: int, eval_cfg: dict) -> dict[str, float | None]:
     """Overall metrics of features (N_gen, D) vs (N_real, D); IS from logits (N_gen, K); correct (N_gen,) 0/1."""
     log.info("overall metrics")
     pair = compare_features(gen_features, real_features, eval_cfg["kid_subsets"], eval_cfg["kid_subset_size"],
                             eval_cfg["prc_neighborhood"])
     isc = isc_features_to_metric(gen_isc_logits, splits=10)
-    log.info("PRD with %d clusters, %d runs", eval_cfg["prd_clusters_per_class"] * num_classes, eval_cfg["prd_runs"])
-    prd_f8, prd_f1_8 = prd_scores(gen_features.numpy(), real_features.numpy(),
-                                  eval_cfg["prd_clusters_per_class"] * num_classes,
-                                  eval_cfg["prd_angles"], eval_cfg["prd_runs"])
+    clusters = prd_num_clusters(eval_cfg, num_classes)
+    log.info("PRD with %d clusters, %d runs of %d k-means steps", clusters, eval_cfg["prd_runs"],
+             eval_cfg["prd_kmeans_steps"])
+    prd_f8, prd_f1_8 = prd_scores(gen_features, real_features, clusters, eval_cfg["prd_angles"],
+                                  eval_cfg["prd_runs"], eval_cfg["prd_kmeans_steps"])
     return {"fid": pair["fid"], "isc_mean": isc[KEY_METRIC_ISC_MEAN], "isc_std": isc[KEY_METRIC_ISC_STD],
             "kid_mean": pair["kid_mean"], "kid_std": pair["kid_std"], "precision": pair["precision"],
             "recall": pair["recall"], "prd_f8": prd_f8, "prd_f1_8": prd_f1_8, "accuracy": float(correct.mean())}
 
 
-def _per_class_rows(gen_features: torch.Tensor, gen_labels: torch.Tensor, real_features: torch.Tensor,
-                    real: LabeledImages, correct: torch.Tensor, class_counts: np.ndarray,
-                    eval_cfg: dict) -> list[dict]:
+def _per_class_rows(gen_features: torch.Tensor, gen_labels: torch.Tensor, real: ReferenceFeatures,
+                    correct: torch.Tensor, class_counts: np.ndarray, eval_cfg: dict) -> list[dict]:
     """One row per class c (columns PER_CLASS_COLUMNS): generated with label c vs real class c."""
+    num_classes = real.num_classes
+    log.info("per-class FID of %d classes", num_classes)
+    fids = class_frechet_distances(gen_features, gen_labels, real.features, real.labels, num_classes)
+    gen_members, real_members = _class_members(gen_labels, num_classes), _class_members(real.labels, num_classes)
     groups = class_groups(class_counts)
     rows = []
-    for c in tqdm(range(real.num_classes), desc="per-class metrics", file=sys.stderr):
-        gen_mask, real_mask = gen_labels == c, real.labels == c
-        row = {"class": c, "class_name": real.class_names[c], "train_count": int(class_counts[c]),
-               "group": groups[c], "num_generated": int(gen_mask.sum()), "num_real": int(real_mask.sum())}
-        row.update(compare_features(gen_features[gen_mask], real_features[real_mask], eval_cfg["kid_subsets"],
-                                    eval_cfg["kid_subset_size"], eval_cfg["prc_neighborhood"]))
-        row["accuracy"] = float(correct[gen_mask].mean())
-        rows.append(row)
+    for c in tqdm(range(num_classes), desc="per-class KID, precision/recall", file=sys.stderr):
+        gen_c, real_c = gen_features[gen_members[c]], real.features[real_members[c]]
+        kid_mean, kid_std = kernel_distance(gen_c, real_c, eval_cfg["kid_subsets"], eval_cfg["kid_subset_size"])
+        precision, recall = precision_recall(gen_c, real_c, eval_cfg["prc_neighborhood"])
+        rows.append({"class": c, "class_name": real.class_names[c], "train_count": int(class_counts[c]),
+                     "group": groups[c], "num_generated": len(gen_c), "num_real": len(real_c), "fid": fids[c],
+                     "kid_mean": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,
+                     "accuracy": float(correct[gen_members[c]].mean())})
     return rows
 
 
@@ -294,8 +592,9 @@ def _group_means(rows: list[dict]) -> dict[str, dict[str, float]]:
     return means
 
 
-def _warn_non_finite(overall: dict[str, float], rows: list[dict]) -> None:
-    bad = [k for k, v in overall.items() if not math.isfinite(v)]
+def _warn_non_finite(overall: dict[str, float | None], rows: list[dict]) -> None:
+    """Log metrics that came out NaN or infinite (a None spread is intended, not reported)."""
+    bad = [k for k, v in overall.items() if v is not None and not math.isfinite(v)]
     bad += [f"class {row['class']} {k}" for row in rows for k in GROUP_METRICS if not math.isfinite(row[k])]
     if bad:
         log.warning("non-finite metrics: %s", ", ".join(bad))

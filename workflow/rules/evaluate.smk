@@ -1,18 +1,43 @@
+rule reference_features:
+    """Features of a dataset's balanced reference set, extracted once and read by every evaluation of
+    the dataset. The extractor's weights (classifier checkpoint or Inception file) are an input."""
+    input:
+        reference="results/data/{dataset}/reference.npz",
+        weights=feature_weights_of,
+    output:
+        features="results/features/{dataset}/reference.npz",
+    params:
+        extractor=reference_features_params,
+    threads: planned_threads("reference_features")
+    resources:
+        gpu=1,
+        **planned_resources("reference_features"),
+    log:
+        "results/logs/reference_features/{dataset}.log",
+    benchmark:
+        "results/benchmarks/reference_features/{dataset}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/reference_features.py"
+
+
 rule evaluate:
     """Overall, per-class and head/medium/tail metrics of one sample set (SPEC section 6)."""
     input:
         samples=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.npz",
         split="results/data/{setting}/split.npz",
-        reference=reference_of,
+        reference_features=reference_features_of,
         classifier=classifier_of,
     output:
         metrics=f"results/metrics/{RUN}/{{sampler}}-w{{omega}}.json",
         per_class=f"results/metrics/{RUN}/{{sampler}}-w{{omega}}_per_class.csv",
     params:
         evaluate=evaluate_params,
-    threads: 1
+    threads: planned_threads("evaluate")
     resources:
         gpu=1,
+        **planned_resources("evaluate"),
     log:
         f"results/logs/evaluate/{RUN}/{{sampler}}-w{{omega}}.log",
     benchmark:
