@@ -7,8 +7,11 @@ not comparable with Inception FID. Importing this module registers it with torch
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,12 +23,17 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm import tqdm
 
-from coral import lineage
+from coral import checkpoint, lineage
 from coral.data import load_reference
-from coral.io import atomic_path, provenance, write_json
+from coral.io import provenance, sha256_file, write_json
+from coral.train import DeviceBatches, default_device
+
+log = logging.getLogger(__name__)
 
 FEATURE_EXTRACTOR_NAME = "coral-classifier"
-CLASSIFIER_KEYS = ("steps", "batch_size", "lr", "width", "test_fraction", "seed")
+CLASSIFIER_KEYS = ("steps", "batch_size", "lr", "width", "test_fraction", "seed", "checkpoint_every")
+PROGRESS_EVERY = 50  # steps between progress-bar loss updates, the only host syncs of the loop
+_KEEP_CHECKPOINTS = 2  # step checkpoints kept while training: the newest may be damaged
 _CHECKPOINT_KEYS = ("state_dict", "in_channels", "num_classes", "width", "image_size", "class_names",
                     "test_accuracy")
 _GROUPS = 8  # GroupNorm groups; every channel count is a multiple of it
@@ -91,20 +99,24 @@ def predict_logits(model: SmallClassifier, images: torch.Tensor, batch_size: int
     return torch.cat([model(uint8_to_unit(batch.to(device))).cpu() for batch in images.split(batch_size)])
 
 
-def _augment(x: torch.Tensor, hflip: bool) -> torch.Tensor:
+def _augment(images: torch.Tensor, hflip: bool) -> torch.Tensor:
     """Random translation by up to H//8 pixels (edge-replicated), and a random horizontal flip if `hflip`.
 
-    x: (B, C, H, W) float.
+    images: (B, C, H, W) of any dtype; one gather on their device, with no host synchronisation.
     """
-    b, _, h, w = x.shape
+    b, _, h, w = images.shape
     shift = max(1, h // 8)
-    padded = F.pad(x, (shift, shift, shift, shift), mode="replicate")
-    dy, dx = torch.randint(0, 2 * shift + 1, (2, b)).tolist()
-    x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    device = images.device
+    dy, dx = torch.randint(-shift, shift + 1, (2, b, 1), device=device).unbind(0)
+    cols = torch.arange(w, device=device).expand(b, w)
     if hflip:
-        flip = torch.rand(b) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    return x
+        flip = torch.rand(b, 1, device=device) < 0.5
+        cols = torch.where(flip, w - 1 - cols, cols)
+    # Clamping the shifted coordinates to the image replicates its edges.
+    rows = (torch.arange(h, device=device) + dy).clamp(0, h - 1)  # (B, H)
+    cols = (cols + dx).clamp(0, w - 1)  # (B, W)
+    out = images[torch.arange(b, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)  # advanced indexing put the channel axis last
 
 
 def _check_classifier_cfg(clf_cfg: dict) -> None:
@@ -113,40 +125,104 @@ def _check_classifier_cfg(clf_cfg: dict) -> None:
         raise ValueError(f"classifier config: missing keys {missing}; required: {list(CLASSIFIER_KEYS)}")
     if not 0.0 < clf_cfg["test_fraction"] < 1.0:
         raise ValueError(f"classifier.test_fraction: got {clf_cfg['test_fraction']}; allowed: 0 < value < 1")
-    for key in ("steps", "batch_size"):
+    for key in ("steps", "batch_size", "checkpoint_every"):
         if int(clf_cfg[key]) < 1:
             raise ValueError(f"classifier.{key}: got {clf_cfg[key]}; allowed: an integer >= 1")
+
+
+def _train_step(model: SmallClassifier, optimizer: torch.optim.Optimizer, images_uint8: torch.Tensor,
+                labels: torch.Tensor, hflip: bool) -> torch.Tensor:
+    """One Adam step on a uint8 batch; returns the loss, left on the device."""
+    loss = F.cross_entropy(model(uint8_to_unit(_augment(images_uint8, hflip))), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@contextlib.contextmanager
+def _deterministic_cudnn() -> Iterator[None]:
+    """Deterministic cuDNN kernels, so that a resumed run reproduces an uninterrupted one bit for bit."""
+    cudnn = torch.backends.cudnn
+    saved = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = saved
 
 
 def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_ckpt: str | Path,
                      out_json: str | Path) -> None:
     """Train SmallClassifier on the balanced reference set minus a stratified held-out test part
-    (random horizontal flips when `hflip`).
+    (random horizontal flips when `hflip`), on the GPU when there is one.
 
-    Writes a checkpoint (readable with torch.load(weights_only=True)) holding the state dict, the
-    constructor arguments, image_size, class_names and test_accuracy, and a JSON summary.
+    Saves step checkpoints to `out_ckpt`'s folder/checkpoints every classifier.checkpoint_every
+    steps and resumes from the newest intact one, to the weights of an uninterrupted run; they are
+    removed once the classifier is written. Writes a checkpoint (readable with
+    torch.load(weights_only=True), with a .sha256 sidecar) holding the state dict, the constructor
+    arguments, image_size, class_names and test_accuracy, and a JSON summary.
     """
     _check_classifier_cfg(clf_cfg)
-    torch.manual_seed(clf_cfg["seed"])
+    out_ckpt = Path(out_ckpt)
+    steps, batch_size, seed = int(clf_cfg["steps"]), int(clf_cfg["batch_size"]), int(clf_cfg["seed"])
+    device = default_device()
     data = load_reference(reference_npz)
     labels = data.labels.numpy()
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=clf_cfg["test_fraction"],
-                                           stratify=labels, random_state=clf_cfg["seed"])
+                                           stratify=labels, random_state=seed)
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
-    x_train = uint8_to_unit(data.images[train_idx])
-    y_train = data.labels[train_idx]
+    if len(train_idx) < batch_size:
+        raise ValueError(f"classifier.batch_size: {batch_size} exceeds the {len(train_idx)} training images")
+    x_train = data.images[train_idx].to(device)  # uint8, resident
+    y_train = data.labels[train_idx].to(device)
 
-    model = SmallClassifier(data.images.shape[1], data.num_classes, clf_cfg["width"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=clf_cfg["lr"])
+    torch.manual_seed(seed)
+    model = SmallClassifier(data.images.shape[1], data.num_classes, clf_cfg["width"]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=clf_cfg["lr"], fused=True)  # fused: no per-step .item()
+
+    # What the step checkpoints continue: resuming any other training would silently mix two.
+    trained = {k: v for k, v in clf_cfg.items() if k != "checkpoint_every"}
+    inputs = {"classifier": trained, "hflip": bool(hflip), "reference_sha256": sha256_file(reference_npz)}
+    folder = out_ckpt.parent / "checkpoints"
+    start = 0
+    resumed = checkpoint.newest_intact(folder)
+    if resumed:
+        path, state = resumed
+        if state["inputs"] != inputs:
+            raise ValueError(f"{path} was written for another config or reference set; delete {folder} to retrain")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"])
+        start = state["step"]
+        log.info("resuming the classifier %s from step %d (%s)", out_ckpt, start, path.name)
+
+    def snapshot(step: int) -> dict:
+        state = {"step": step, "inputs": inputs, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "rng_cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state()
+        return state
+
     model.train()
-    progress = tqdm(range(clf_cfg["steps"]), desc="classifier", file=sys.stderr, mininterval=5)
-    for _ in progress:
-        batch = torch.randint(0, len(x_train), (clf_cfg["batch_size"],))
-        loss = F.cross_entropy(model(_augment(x_train[batch], hflip)), y_train[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    batches = DeviceBatches(len(x_train), batch_size, seed, device)  # stateless in the step
+    loss_sum, summed = torch.zeros((), device=device), 0
+    with _deterministic_cudnn():
+        progress = tqdm(range(start, steps), initial=start, total=steps, desc="classifier", file=sys.stderr,
+                        mininterval=5)
+        for step in progress:
+            idx = batches(step)
+            loss_sum += _train_step(model, optimizer, x_train[idx], y_train[idx], hflip)
+            summed += 1
+            done = step + 1
+            if done % PROGRESS_EVERY == 0 or done == steps:
+                progress.set_postfix(loss=f"{float(loss_sum) / summed:.3f}", refresh=False)
+                loss_sum, summed = torch.zeros((), device=device), 0
+            if done % clf_cfg["checkpoint_every"] == 0 and done < steps:
+                checkpoint.save(checkpoint.step_path(folder, done), snapshot(done))
+                checkpoint.prune(folder, _KEEP_CHECKPOINTS)
     model.eval()
 
     def accuracy(idx: torch.Tensor) -> float:
@@ -154,15 +230,18 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
         return float((predicted == data.labels[idx]).float().mean())
 
     train_accuracy, test_accuracy = accuracy(train_idx), accuracy(test_idx)
-    checkpoint = {"state_dict": model.state_dict(), "in_channels": int(data.images.shape[1]),
+    state_dict = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    classifier = {"state_dict": state_dict, "in_channels": int(data.images.shape[1]),
                   "num_classes": data.num_classes, "width": int(clf_cfg["width"]),
                   "image_size": int(data.images.shape[-1]), "class_names": list(data.class_names),
                   "test_accuracy": test_accuracy}
-    with atomic_path(out_ckpt) as tmp:
-        torch.save(checkpoint, tmp)
+    checkpoint.save(out_ckpt, classifier)
     write_json(out_json, {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
                           "num_train": len(train_idx), "num_test": len(test_idx),
-                          "steps": clf_cfg["steps"], "provenance": provenance()})
+                          "steps": steps, "provenance": provenance()})
+    checkpoint.prune(folder, 0)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
     lineage.record([out_ckpt, out_json], "train_classifier", [reference_npz],
                    {"hflip": hflip, "classifier": clf_cfg})
 
