@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from coral import config as config_module
+from coral.deadline import EXIT_RESUBMIT, OutOfTime
 from coral.io import DatasetError
 
 
@@ -106,6 +107,12 @@ def _cmd_bench(args) -> None:
         print(f"{name}: {ratio['value']:.3f} (target {ratio['target']}: {'met' if ratio['met'] else 'missed'})")
 
 
+def _cmd_plan(args) -> None:
+    from coral.plan import DEFAULT_TARGET, plan_report
+    raw = config_module.load_yaml(args.config)
+    print(plan_report(raw, args.preset, args.targets or [DEFAULT_TARGET], Path(args.benchmarks)))
+
+
 def _cmd_audit(args) -> int:
     from coral.lineage import audit
     lines, problems = audit(args.artifact)
@@ -171,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_audit)
+    p = stage("plan", _cmd_plan, "GPU-hours, GPU memory, disk and wall time of a target's jobs, and the SLURM "
+                                 "resources each asks for (no dataset needed)")
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="Snakemake targets (default: results/tables/main.csv)")
+    p.add_argument("--benchmarks", default="benchmarks/results",
+                   help="folder of the GPU check's gpu_check-<GPU>.json (default: benchmarks/results)")
     p = stage("bench", _cmd_bench, "measure training, sampling and metric throughput side by side")
     p.add_argument("--size", choices=["embedded", "paper"], default="embedded",
                    help="embedded: the config's model and batch; paper: the SPEC's 35.7M UNet on 32x32x3")
@@ -193,3 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.__stderr__)
         return 2
+    except OutOfTime as err:
+        print(f"stopped: {err}", file=sys.__stderr__)
+        return EXIT_RESUBMIT

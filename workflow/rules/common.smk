@@ -74,7 +74,7 @@ def run_params(wildcards):
 def sample_params(wildcards):
     if wildcards.sampler != SAMPLER:
         raise ValueError(f"sampler {wildcards.sampler!r} in the target does not match sample.sampler/steps ({SAMPLER})")
-    return {**CFG["sample"], "omega": float(wildcards.omega)}
+    return {**coral_config.setting_config(CFG, wildcards.setting)["sample"], "omega": float(wildcards.omega)}
 
 
 def setting_data(wildcards):
@@ -125,3 +125,55 @@ TABLES = [
 # everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
 # rerun the chain after it).
 ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES
+
+
+# ---------------------------------------------------------------- cluster resources
+# Every job's runtime (minutes), mem_mb, cpus_per_task (= threads) and gpu_mem_gb come from coral's
+# cost model (coral/plan.py; `python -m coral plan` prints them), capped by the config's `cluster`
+# limits. train and sample save their state and exit with code 75 before their SLURM time limit, so a
+# run longer than cluster.max_runtime_min spans several jobs: their `retries:` (a rule's own retries
+# take precedence over the profile's and --retries) are the jobs a run needs plus cluster.spare_attempts.
+from coral import plan as coral_plan
+
+try:
+    COST = coral_plan.CostModel(CFG)
+    RETRIES = {rule: COST.retries(rule) for rule in coral_plan.RESUMABLE_RULES}
+except ConfigError as err:
+    sys.exit(f"config error: {err}")
+
+
+def planned_resources(rule):
+    """The SLURM resources of a rule's jobs, each from its wildcards and attempt."""
+    def ask(key):
+        return lambda wildcards, attempt: COST.resources(rule, dict(wildcards.items()), attempt)[key]
+
+    keys = ["runtime", "mem_mb", "cpus_per_task"] + (["gpu_mem_gb"] if rule in coral_plan.GPU_RULES else [])
+    return {key: ask(key) for key in keys}
+
+
+def planned_threads(rule):
+    return lambda wildcards: COST.cost(rule, dict(wildcards.items())).cpus
+
+
+# ---------------------------------------------------------------- reference features (rule reference_features)
+def dataset_evaluate(wildcards):
+    """The evaluate config of a dataset (the same in each of its settings), from its first setting."""
+    setting = next(name for name, s in SETTINGS.items() if s["dataset"] == wildcards.dataset)
+    return coral_config.setting_config(CFG, setting)["evaluate"]
+
+
+def feature_weights_of(wildcards):
+    """The weights of a dataset's feature extractor: its classifier checkpoint or the Inception file."""
+    evaluate = dataset_evaluate(wildcards)
+    if evaluate["feature_extractor"] == "inception-v3-compat":
+        return evaluate["inception_weights_path"]
+    return f"results/classifier/{wildcards.dataset}/classifier.pt"
+
+
+def reference_features_params(wildcards):
+    evaluate = dataset_evaluate(wildcards)
+    return {key: evaluate[key] for key in ("feature_extractor", "batch_size")}
+
+
+def reference_features_of(wildcards):
+    return f"results/features/{dataset_of(wildcards)}/reference.npz"

@@ -5,6 +5,9 @@ rule subsample:
         counts="results/data/{setting}/class_counts.csv",
     params:
         data=setting_data,
+    threads: planned_threads("subsample")
+    resources:
+        **planned_resources("subsample"),
     log:
         "results/logs/subsample/{setting}.log",
     conda:
@@ -19,6 +22,9 @@ rule reference:
         reference="results/data/{dataset}/reference.npz",
     params:
         data=dataset_data,
+    threads: planned_threads("reference")
+    resources:
+        **planned_resources("reference"),
     log:
         "results/logs/reference/{dataset}.log",
     conda:
@@ -29,7 +35,8 @@ rule reference:
 
 rule train_classifier:
     """Small classifier on the balanced reference set: the feature extractor of small-scale metrics
-    and the judge of per-class accuracy."""
+    and the judge of per-class accuracy. Trains on the GPU when there is one; an interrupted job,
+    run again, resumes from results/classifier/{dataset}/checkpoints/ (removed once it finishes)."""
     input:
         reference="results/data/{dataset}/reference.npz",
     output:
@@ -38,9 +45,10 @@ rule train_classifier:
     params:
         hflip=lambda wildcards: dataset_data(wildcards)["hflip"],
         classifier=CFG["classifier"],
-    threads: 1
+    threads: planned_threads("train_classifier")
     resources:
         gpu=1,
+        **planned_resources("train_classifier"),
     log:
         "results/logs/train_classifier/{dataset}.log",
     benchmark:

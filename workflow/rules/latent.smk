@@ -10,9 +10,10 @@ rule latent:
         plot=f"results/latent/{RUN}/tsne.png",
     params:
         latent=CFG["latent"],
-    threads: 1
+    threads: planned_threads("latent")
     resources:
         gpu=1,
+        **planned_resources("latent"),
     log:
         f"results/logs/latent/{RUN}.log",
     benchmark:

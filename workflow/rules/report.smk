@@ -4,6 +4,8 @@ rule main_table:
         metrics=METRICS,
     output:
         report("results/tables/main.csv", caption="../report/main_table.rst", category="Tables"),
+    resources:
+        **planned_resources("main_table"),
     log:
         "results/logs/tables/main.log",
     conda:
@@ -18,6 +20,8 @@ rule per_class_table:
         per_class=PER_CLASS,
     output:
         report("results/tables/per_class.csv", caption="../report/per_class_table.rst", category="Tables"),
+    resources:
+        **planned_resources("per_class_table"),
     log:
         "results/logs/tables/per_class.log",
     conda:
@@ -32,6 +36,8 @@ rule latent_table:
         SEPARATION,
     output:
         report("results/tables/latent.csv", caption="../report/latent_table.rst", category="Tables"),
+    resources:
+        **planned_resources("latent_table"),
     log:
         "results/logs/tables/latent.log",
     conda:
@@ -48,6 +54,8 @@ rule paper_vs_ours:
     output:
         table=report("results/tables/paper_vs_ours.csv", caption="../report/paper_vs_ours.rst", category="Tables"),
         markdown="results/tables/paper_vs_ours.md",
+    resources:
+        **planned_resources("paper_vs_ours"),
     log:
         "results/logs/tables/paper_vs_ours.log",
     conda:
@@ -65,6 +73,8 @@ rule ablation_table:
     params:
         points=lambda wildcards: study_points(wildcards.study),
         key=lambda wildcards: CFG["ablations"]["studies"][wildcards.study].get("key"),
+    resources:
+        **planned_resources("ablation_table"),
     log:
         "results/logs/tables/ablation_{study}.log",
     conda:
@@ -78,6 +88,8 @@ rule ablation_figure:
         "results/tables/ablation_{study}.csv",
     output:
         report("results/figures/ablation_{study}.png", caption="../report/ablation.rst", category="Ablations"),
+    resources:
+        **planned_resources("ablation_figure"),
     log:
         "results/logs/figures/ablation_{study}.log",
     conda:
@@ -94,6 +106,8 @@ rule per_class_fid_figure:
     output:
         report("results/figures/per_class_fid_{setting}.png", caption="../report/per_class_fid.rst",
                category="Figures", subcategory="{setting}"),
+    resources:
+        **planned_resources("per_class_fid_figure"),
     log:
         "results/logs/figures/per_class_fid_{setting}.log",
     conda:
@@ -113,6 +127,8 @@ rule tsne_figure:
                category="Figures", subcategory="{setting}"),
     params:
         methods=METHODS,
+    resources:
+        **planned_resources("tsne_figure"),
     log:
         "results/logs/figures/tsne_{setting}.log",
     conda:
@@ -128,6 +144,8 @@ rule samples_figure:
     output:
         report("results/figures/samples_{setting}_{method}.png", caption="../report/samples.rst",
                category="Samples", subcategory="{setting}"),
+    resources:
+        **planned_resources("samples_figure"),
     log:
         "results/logs/figures/samples_{setting}_{method}.log",
     conda:

@@ -7,9 +7,11 @@ rule sample:
         preview=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.png",
     params:
         sample=sample_params,
-    threads: 1
+    threads: planned_threads("sample")
     resources:
         gpu=1,
+        **planned_resources("sample"),
+    retries: RETRIES["sample"]
     log:
         f"results/logs/sample/{RUN}/{{sampler}}-w{{omega}}.log",
     benchmark:

@@ -7,9 +7,11 @@ rule train:
     params:
         run=run_params,
         run_dir=lambda wildcards, output: os.path.dirname(output.final),
-    threads: 1
+    threads: planned_threads("train")
     resources:
         gpu=1,
+        **planned_resources("train"),
+    retries: RETRIES["train"]
     log:
         f"results/logs/train/{RUN}.log",
     benchmark:
