@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+import standins
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 # rows of each ablation table in config.yaml: methods x values (a method comparison: one row per method)
@@ -157,32 +159,18 @@ def test_report_contains_every_figure(smoke_run):
 def test_one_figure_builds_only_what_it_needs(tmp_path):
     result = snakemake(tmp_path, "-n", "results/figures/ablation_tau_r.png", "--config", "preset=smoke")
     jobs = planned_jobs(result)
-    assert jobs == {"subsample": 1, "reference": 1, "train_classifier": 1, "train": 5, "sample": 5, "evaluate": 5,
-                    "ablation_table": 1, "ablation_figure": 1}, result.stdout + result.stderr
+    assert jobs == {"subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": 5,
+                    "sample": 5, "evaluate": 5, "ablation_table": 1, "ablation_figure": 1}, result.stdout + result.stderr
     result = snakemake(tmp_path, "-n", "results/figures/samples_animals-rho0.1_t2h.png", "--config", "preset=smoke")
     assert planned_jobs(result) == {"subsample": 1, "train": 1, "sample": 1, "samples_figure": 1}
 
 
-def paper_data_root(root: Path) -> None:
-    """Stand-ins at every path the paper preset checks before planning (a dry run reads no image)."""
-    for folder, files in [("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]),
-                          ("cifar-100-python", ["train", "meta"]),
-                          ("celeba", ["list_attr_celeba.txt", "list_eval_partition.txt"]),
-                          ("imagenet_lt", ["ImageNet_LT_train.txt", "ImageNet_LT_test.txt"])]:
-        (root / folder).mkdir(parents=True)
-        for name in files:
-            (root / folder / name).touch()
-    (root / "celeba" / "img_align_celeba").mkdir()
-    (root / "imagenet").mkdir()
-    (root / "weights-inception-2015-12-05-6726825d.pth").touch()
-
-
 def test_paper_preset_plans_the_training_grid(tmp_path):
-    paper_data_root(tmp_path / "data")
+    standins.touch_paper_layout(tmp_path / "data")
     result = snakemake(tmp_path, "-n", "results/tables/main.csv", "--config", "preset=paper")
     settings, methods, seeds, datasets = 5, 4, 3, 4  # CIFAR10-LT x2, CIFAR100-LT, CelebA-5, ImageNet-LT
     assert planned_jobs(result) == {
-        "subsample": settings, "reference": datasets, "train_classifier": datasets,
+        "subsample": settings, "reference": datasets, "train_classifier": datasets, "reference_features": datasets,
         "train": settings * methods * seeds, "sample": settings * methods * seeds,
         "evaluate": settings * methods * seeds, "main_table": 1}, result.stdout + result.stderr
     assert "results/runs/imagenet_lt/coral/seed2/final.pt" in result.stdout
@@ -193,10 +181,10 @@ def test_paper_preset_plans_the_training_grid(tmp_path):
     ("latent_vs_ambient", 2, 2), ("tau_sc", 5, 5), ("tau_r", 5, 5), ("omega", 2, 2 * 6),
     ("label_drop", 2, 2), ("coral_reduction", 2, 2)])
 def test_paper_ablation_targets_plan_their_runs(tmp_path, study, trained, sampled):
-    paper_data_root(tmp_path / "data")
+    standins.touch_paper_layout(tmp_path / "data")
     result = snakemake(tmp_path, "-n", f"results/tables/ablation_{study}.csv", "--config", "preset=paper")
     seeds = 3  # every point of a study is trained and sampled with each seed, on CIFAR10-LT rho 0.01
     assert planned_jobs(result) == {
-        "subsample": 1, "reference": 1, "train_classifier": 1, "train": trained * seeds,
+        "subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": trained * seeds,
         "sample": sampled * seeds, "evaluate": sampled * seeds, "ablation_table": 1}, result.stdout + result.stderr
     assert "results/data/cifar10-rho0.01/split.npz" in result.stdout
