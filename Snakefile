@@ -3,7 +3,7 @@
 #   snakemake --cores all results/tables/main.csv            # the main table, embedded default preset
 #   snakemake --cores all                                    # every table and figure, ablations included
 #   snakemake --cores all results/figures/ablation_tau_sc.png   # one figure and only what it needs
-#   snakemake --config preset=paper ...                      # the paper's matrix (GPUs, datasets on disk)
+#   snakemake --cores all results/tables/main.csv --config preset=paper   # the paper's matrix (GPUs, datasets)
 #
 # Artifacts ({setting} = <dataset>-rho<rho> or <dataset>; {run} = {setting}/{method}/seed{seed}, where
 # {method} is a method or an ablation run such as coral~tau_sc=0.5; {tag} = {sampler}-w{omega}):

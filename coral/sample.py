@@ -154,7 +154,8 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
             batch_seconds = time.perf_counter() - batch_start
     images = torch.cat(batches)
     class_names = state["class_names"]
-    meta = {"run": run_cfg["run"], **sample_cfg, "num_classes": num_classes, "class_names": class_names,
+    steps = diffusion.T if sample_cfg["sampler"] == "ddpm" else sample_cfg["steps"]  # denoising steps run
+    meta = {"run": run_cfg["run"], **sample_cfg, "steps": steps, "num_classes": num_classes, "class_names": class_names,
             "checkpoint": str(checkpoint), "provenance": provenance()}
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as f:

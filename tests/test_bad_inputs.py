@@ -27,7 +27,7 @@ def edited(**changes):
 
 CONFIG_CASES = [
     (edited(train__stepz=5), "unknown key train.stepz; allowed keys in train: batch_size"),
-    (edited(tarin={}), "unknown key tarin; allowed keys: ablations, classifier, data"),
+    (edited(tarin={}), "unknown key tarin; allowed keys: ablations, classifier, cluster, data"),
     (edited(train__steps="many"), "train.steps: 'many' is not of type 'integer'"),
     (edited(train__steps=0), "train.steps: 0 is less than the minimum of 1"),
     (edited(train__batch_size=1), "train.batch_size: 1 is less than the minimum of 2"),
@@ -54,7 +54,7 @@ CONFIG_CASES = [
     (edited(objectives__coral__tau_r=0), "objectives.coral.tau_r: 0 is less than or equal to the minimum of 0"),
     (edited(evaluate__feature_extractor="inception-v3-compat"),
      "evaluate.inception_weights_path: None is not a file; inception-v3-compat needs"),
-    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, paper, smoke"),
+    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, paper, rehearsal, smoke"),
 ]
 
 

@@ -16,7 +16,7 @@ def test_check_config_and_bad_preset():
     assert "valid (preset 'smoke'" in coral("check-config", "--preset", "smoke").stdout
     bad = coral("check-config", "--preset", "huge")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, paper"
+    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, paper, rehearsal"
 
 
 def test_subsample_then_train_one_run(tmp_path):

@@ -1,6 +1,8 @@
 """The GPU check's CPU dry path, and the loops it measures: no host synchronisation between log steps."""
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,7 @@ class FailOnSync(TorchDispatchMode):
 
 def test_dry_run_measures_every_objective_size_and_variant(tmp_path):
     subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--dry-run", str(tmp_path)], check=True,
-                   cwd=REPO, capture_output=True, timeout=600)
+                   cwd=REPO, capture_output=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
     result = json.loads((tmp_path / "gpu_check-cpu-dry-run.json").read_text())
     measured = {(r["image_size"], r["objective"], r["dtype"], r["layout"]) for r in result["training"]
                 if r["ms_per_step"] > 0 and r["flops_per_step"] > 0}
