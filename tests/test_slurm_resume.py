@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -17,6 +18,7 @@ from coral.config import deep_merge, load_yaml
 from slurm_cluster import local_slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.xdist_group("slurm")  # one local SLURM cluster at a time
 RUN = "results/runs/animals-rho0.1/ddpm/seed0"
 # About 65 s of training at this size on an idle core (30 steps/s); a one-minute job trains for about
 # 27 s of it (it starts in about 12 s and stops 20 s before the limit), so at least three jobs.
