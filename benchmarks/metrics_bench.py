@@ -52,13 +52,14 @@ def class_features(means: torch.Tensor, labels: torch.Tensor, noise: float, gene
 
 def synthetic_sets(classes: int, gen_n: int, real_n: int, dims: int, seed: int):
     """(gen, gen_labels, real, real_labels): class-clustered Gaussians, stratified labels. The generated
-    set has its class means moved by 0.2 x their spread and 1.1 x the real noise."""
+    set's class means are moved by N(0, 0.1^2) per dimension and its noise is 1.02 x the real one (in
+    2048 dims that gives precision ~0.3 and recall ~0.95 at 100 classes: neither 0 nor 1)."""
     g = torch.Generator().manual_seed(seed)
     means = 0.7 * torch.randn(classes, dims, generator=g)
     real_labels = torch.arange(real_n) % classes
     gen_labels = torch.arange(gen_n) % classes
     real = class_features(means, real_labels, 1.0, g)
-    gen = class_features(means + 0.2 * 0.7 * torch.randn(classes, dims, generator=g), gen_labels, 1.1, g)
+    gen = class_features(means + 0.1 * torch.randn(classes, dims, generator=g), gen_labels, 1.02, g)
     return gen, gen_labels, real, real_labels
 
 
