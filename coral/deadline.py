@@ -59,6 +59,8 @@ def slurm_seconds_left() -> float | None:
     try:
         out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True,
                              timeout=30, check=True).stdout
+        if out.strip() == "INVALID":  # squeue's time left of a job past its limit (in SLURM's grace time)
+            return 0.0
         return parse_slurm_duration(out.splitlines()[0]) if out.strip() else None
     except (OSError, subprocess.SubprocessError, ValueError) as err:
         log.warning("could not read the time left of SLURM job %s (%s); relying on SIGTERM", job, err)

@@ -267,13 +267,17 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budge
                 raise OutOfTime(f"{run_dir}: stopped at step {done} of {tcfg['steps']} before the job's time limit; "
                                 f"saved a checkpoint, run the job again to continue")
 
-    final = snapshot(tcfg["steps"])
-    for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
-        final.pop(key, None)
-    final["provenance"] = provenance()
-    checkpoint.save(run_dir / "final.pt", final)
-    if tcfg["prune_after_final"]:
-        checkpoint.prune(run_dir / "checkpoints", 0)
+        final = snapshot(tcfg["steps"])
+        for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
+            final.pop(key, None)
+        final["provenance"] = provenance()
+        checkpoint.save(run_dir / "final.pt", final)
+        # A job past its time limit may be counted failed (SLURM: TIMEOUT) and its final.pt deleted by
+        # Snakemake: then the step checkpoints let the next job rewrite it at once.
+        if tcfg["prune_after_final"] and not deadline.must_stop(0):
+            checkpoint.prune(run_dir / "checkpoints", 0)
+        elif tcfg["prune_after_final"]:
+            log.warning("%s: kept the step checkpoints, this job is at its time limit", run_dir)
     lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
     return run_dir / "final.pt"
 

@@ -1,9 +1,9 @@
 """A one-node SLURM cluster on this machine, for tests: munged, slurmctld and slurmd started in
 the foreground as child processes and stopped by their PIDs.
 
-The node advertises one GPU, faked as a gres backed by a character device (/dev/null's numbers),
-so GPU rules are scheduled as on a real cluster. Needs root and Debian's slurmctld, slurmd,
-slurm-client and munge packages (.ci/run installs them).
+The node advertises one GPU per CPU, each faked as a gres backed by a character device (/dev/null's
+numbers), so GPU rules are scheduled as on a real cluster, side by side. Needs root and Debian's
+slurmctld, slurmd, slurm-client and munge packages (.ci/run installs them).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Iterator
 
 CONF_DIR = Path("/etc/slurm")  # the plugin's job steps drop SLURM_CONF: the config must sit here
 MARKER = "# written by coral's tests/slurm_cluster.py"
-FAKE_GPU = Path("/dev/coral-fake-gpu0")
+FAKE_GPU_PREFIX = "/dev/coral-fake-gpu"
 BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun"]
 
 
@@ -63,12 +63,13 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=300
 GresTypes=gpu
-NodeName={host} CPUs={cpus} RealMemory={memory_mb} Gres=gpu:1 State=UNKNOWN
+NodeName={host} CPUs={cpus} RealMemory={memory_mb} Gres=gpu:{cpus} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
-    (CONF_DIR / "gres.conf").write_text(f"{MARKER}\nNodeName={host} Name=gpu File={FAKE_GPU}\n")
-    if not FAKE_GPU.exists():
-        subprocess.run(["mknod", str(FAKE_GPU), "c", "1", "3"], check=True)
+    (CONF_DIR / "gres.conf").write_text(f"{MARKER}\nNodeName={host} Name=gpu File={FAKE_GPU_PREFIX}[0-{cpus - 1}]\n")
+    for index in range(cpus):
+        if not Path(f"{FAKE_GPU_PREFIX}{index}").exists():
+            subprocess.run(["mknod", f"{FAKE_GPU_PREFIX}{index}", "c", "1", "3"], check=True)
     for sub in ("state", "spool"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from coral.deadline import SAFETY_SECONDS, Deadline, parse_slurm_duration
+from coral.deadline import SAFETY_SECONDS, Deadline, parse_slurm_duration, slurm_seconds_left
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -20,6 +20,17 @@ def test_slurm_durations(text, seconds):
 def test_unknown_duration_is_refused():
     with pytest.raises(ValueError, match="unrecognised SLURM duration"):
         parse_slurm_duration("soon")
+
+
+@pytest.mark.parametrize("squeue_prints, seconds", [("1:30", 90.0), ("INVALID", 0.0), ("UNLIMITED", None)])
+def test_time_left_from_squeue(tmp_path, monkeypatch, squeue_prints, seconds):
+    """squeue -o %L prints INVALID for a job past its limit (in SLURM's grace time): no time left."""
+    squeue = tmp_path / "squeue"
+    squeue.write_text(f"#!/bin/sh\necho {squeue_prints}\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert slurm_seconds_left() == seconds
 
 
 def test_stops_when_the_next_step_and_a_save_no_longer_fit():

@@ -4,6 +4,8 @@ The partition limit is one minute (cluster.max_runtime_min: 1): each job reads t
 from SLURM, stops with a checkpoint before the limit and exits 75; Snakemake resubmits it (the train
 rule's retries) until the run is done. The weights must equal those of one uninterrupted run.
 """
+import json
+import math
 import re
 import subprocess
 import sys
@@ -20,21 +22,40 @@ from slurm_cluster import local_slurm_cluster
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.xdist_group("slurm")  # one local SLURM cluster at a time
 RUN = "results/runs/animals-rho0.1/ddpm/seed0"
-# About 65 s of training at this size on an idle core (30 steps/s); a one-minute job trains for about
-# 27 s of it (it starts in about 12 s and stops 20 s before the limit), so at least three jobs.
-OVERLAY = {"preset": "smoke", "cluster": {"max_runtime_min": 1, "spare_attempts": 12},
-           "presets": {"smoke": {"train": {"steps": 2000, "checkpoint_every": 100000, "log_every": 100}}}}
+# A one-minute job trains for at most 40 s (it stops 20 s before the limit, after a start of several
+# seconds), so a training of 90 s needs three jobs or more on any machine. Its steps come from this
+# machine's measured speed.
+TRAINING_SECONDS = 90
+OVERLAY = {"preset": "smoke", "cluster": {"max_runtime_min": 1, "max_mem_gb": 8, "spare_attempts": 12},
+           "presets": {"smoke": {"train": {"checkpoint_every": 100000, "log_every": 100}}}}
+
+
+def write_config(path: Path, steps: int) -> Path:
+    overlay = deep_merge(OVERLAY, {"presets": {"smoke": {"train": {"steps": steps}}}})
+    path.write_text(yaml.safe_dump(deep_merge(load_yaml(REPO / "config.yaml"), overlay), sort_keys=False))
+    return path
+
+
+def steps_per_second(tmp_path: Path, split: Path) -> float:
+    """This machine's smoke training speed at its fastest (the safe side), from a 400-step run's stats."""
+    config = write_config(tmp_path / "calibrate.yaml", 400)
+    subprocess.run([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
+                    "--method", "ddpm", "--split", str(split), "--run-dir", str(tmp_path / "calibrate")],
+                   check=True, timeout=300)
+    stats = [json.loads(line) for line in (tmp_path / "calibrate/stats.jsonl").read_text().splitlines()]
+    batch_size = load_yaml(config)["presets"]["smoke"]["train"]["batch_size"]
+    return max(record["img_per_s"] for record in stats[1:]) / batch_size  # the first 100 steps warm up
 
 
 def test_training_spans_jobs_by_its_time_limit(tmp_path, cluster_requirements):
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(deep_merge(load_yaml(REPO / "config.yaml"), OVERLAY), sort_keys=False))
-    coral = [sys.executable, "-m", "coral", "--config", str(config)]  # the uninterrupted reference, beside it
-    subprocess.run(coral[:3] + ["subsample", *coral[3:], "--out-split", str(tmp_path / "split.npz"),
-                                "--out-counts", str(tmp_path / "counts.csv")], check=True, timeout=300)
-    reference = subprocess.Popen(coral[:3] + ["train", *coral[3:], "--threads", "1", "--method", "ddpm",
-                                              "--split", str(tmp_path / "split.npz"),
-                                              "--run-dir", str(tmp_path / "reference")])
+    split = tmp_path / "split.npz"
+    subprocess.run([sys.executable, "-m", "coral", "subsample", "--config", str(REPO / "config.yaml"),
+                    "--preset", "smoke", "--out-split", str(split), "--out-counts", str(tmp_path / "counts.csv")],
+                   check=True, timeout=300)
+    steps = 100 * math.ceil(steps_per_second(tmp_path, split) * TRAINING_SECONDS / 100)
+    config = write_config(tmp_path / "config.yaml", steps)
+    reference = subprocess.Popen([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
+                                  "--method", "ddpm", "--split", str(split), "--run-dir", str(tmp_path / "reference")])
     workdir = tmp_path / "work"
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
                "--configfile", str(config), "--workflow-profile", str(REPO / "workflow/profiles/slurm"),
@@ -46,7 +67,9 @@ def test_training_spans_jobs_by_its_time_limit(tmp_path, cluster_requirements):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     train_calls = [line for line in output.splitlines() if "sbatch call:" in line and "rule_train" in line]
-    assert len(train_calls) >= 3, output[-4000:]
+    assert len(train_calls) >= 3, (steps, output[-4000:])
+    # each job stopped itself before the limit (exit 75), none was killed at it, no final.pt was thrown away
+    assert "SLURM status is: 'TIMEOUT'" not in output and "Removing output files of failed job" not in output
     assert all(re.search(r"(-t|--time) ?=?1\b", line) for line in train_calls), train_calls
     log = (workdir / "results/logs/train/animals-rho0.1/ddpm/seed0.log").read_text()  # the last job's log
     assert "resuming" in log

@@ -182,3 +182,12 @@ def test_out_of_time_saves_and_the_next_job_continues_identically(setup):
         assert torch.equal(tensor, resumed["ema"][name])
     steps = [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert steps == [4, 6]
+    # the last job ended at its limit (SLURM may count it TIMEOUT and Snakemake delete final.pt), so its
+    # step checkpoints stay: without final.pt the next job rewrites it from them, training nothing
+    assert (run_dir / "checkpoints" / "step-00000006.pt").exists()
+    (run_dir / "final.pt").unlink()
+    rewritten = load_checkpoint(train(run, root / "split.npz", run_dir))
+    for name, tensor in reference["ema"].items():
+        assert torch.equal(tensor, rewritten["ema"][name])
+    assert (run_dir / "stats.jsonl").read_text().count("\n") == 2
+    assert list((run_dir / "checkpoints").glob("step-*")) == []  # in time now: pruned

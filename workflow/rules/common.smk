@@ -11,7 +11,7 @@ from coral import config as coral_config
 from coral.config import ConfigError
 
 try:
-    CFG = coral_config.resolve(config)
+    CFG = coral_config.resolve(coral_config.from_command_line(config))
 except ConfigError as err:
     sys.exit(f"config error: {err}")
 
@@ -133,11 +133,13 @@ ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES
 # limits. train and sample save their state and exit with code 75 before their SLURM time limit, so a
 # run longer than cluster.max_runtime_min spans several jobs: their `retries:` (a rule's own retries
 # take precedence over the profile's and --retries) are the jobs a run needs plus cluster.spare_attempts.
+# Inside a SLURM job (Snakemake's remote job step) they are 0: a run that stopped for the time limit
+# must end the job, to be resubmitted with a new allocation, not restart in the spent one.
 from coral import plan as coral_plan
 
 try:
     COST = coral_plan.CostModel(CFG)
-    RETRIES = {rule: COST.retries(rule) for rule in coral_plan.RESUMABLE_RULES}
+    RETRIES = {rule: 0 if workflow.remote_exec else COST.retries(rule) for rule in coral_plan.RESUMABLE_RULES}
 except ConfigError as err:
     sys.exit(f"config error: {err}")
 
