@@ -29,13 +29,13 @@ import yaml
 
 from coral import config as config_module
 from coral.config import ConfigError
-from coral.sources import NATURALLY_LONG_TAILED, NUM_CLASSES, dataset_files
+from coral.sources import BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, dataset_files
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
 BENCHMARK_DIR = REPO / "benchmarks" / "results"
 DEFAULT_TARGET = "results/tables/main.csv"
-GPU_RULES = ("train_classifier", "train", "sample", "evaluate", "latent")
+GPU_RULES = ("train_classifier", "train", "sample", "reference_features", "evaluate", "latent")
 RESUMABLE_RULES = ("train", "sample")  # save their state and exit with code 75 before the time limit
 GB = 1e9
 
@@ -43,7 +43,7 @@ GB = 1e9
 # Used where nothing was measured; `coral plan` prints the ones a plan relies on.
 # achieved FLOP/s over the GPU's dense bf16 peak, without a benchmark (an H100 reached 6-14% at paper sizes)
 ASSUMED_MFU = {"fp32": 0.07, "bf16": 0.10}
-CPU_FLOPS_PER_CORE = 20e9            # BLAS/LAPACK work of the metrics (k-means, matrix square roots)
+CPU_FLOPS_PER_CORE = 20e9            # BLAS work of the metrics left on the CPU (KID's kernels)
 JPEG_SECONDS = 0.01                  # decoding, cropping and resizing one CelebA / ImageNet JPEG, one core
 ARRAY_SECONDS = 1e-4                 # reading and resizing one image of an array dataset (CIFAR, animals)
 TSNE_SECONDS_PER_POINT = 0.005       # sklearn's Barnes-Hut t-SNE, one core
@@ -58,15 +58,13 @@ LIGHT_JOB_SECONDS = 10               # tables and figures
 RUNTIME_SAFETY = 1.5                 # a job asks for this multiple of its estimated wall time ...
 MIN_RUNTIME_MIN = 10                 # ... and at least this many minutes
 CPU_SECONDS_PER_CORE = 600           # CPU-bound work gets a core per 10 minutes of it, up to cluster.max_cpus
-PRD_N_INIT = 10                      # coral.metrics.prd_scores: MiniBatchKMeans(n_init=10), batch 1024
-PRD_KMEANS_BATCH = 1024
+PRD_KMEANS_BATCH = 2048              # coral.metrics._KMEANS_BATCH: points of one mini-batch k-means step
 PRC_ROWS = 2048                      # coral.metrics._PRC_BATCH_SIZE: rows of a distance block
 
 # ---------------------------------------------------------------- dataset sizes
 # Images per class of the balanced sources (the reference set is all of them, the split takes
 # long_tail_counts of them) and images of the long-tailed-as-published ones. CelebA-5: upper bounds,
 # CelebA's training partition (its five-hair-colour subset is smaller).
-BALANCED_PER_CLASS = {"animals": 1000, "cifar10": 5000, "cifar100": 500}
 PUBLISHED_IMAGES = {"celeba5": {"train": 162_770, "reference": 162_770},
                     "imagenet_lt": {"train": 115_846, "reference": 50_000}}
 GRAY_DATASETS = {"animals"}
@@ -396,6 +394,8 @@ class CostModel:
             return self._train(w["setting"], w["method"])
         if rule == "sample":
             return self._sample(w["setting"], w["method"], float(w.get("omega", self.cfg["sample"]["omega"])))
+        if rule == "reference_features":
+            return self._reference_features(w["dataset"])
         if rule == "evaluate":
             return self._evaluate(w["setting"])
         if rule == "latent":
@@ -480,42 +480,63 @@ class CostModel:
             host_memory_gb=HOST_BASE_GB["gpu"] + (2 * stored + 2 * model) / GB, disk_gb=stored / GB,
             sources=(f"sample: {'measured step' if exact else 'FLOPs at'} {source}",))
 
-    def _evaluate(self, setting: str) -> JobCost:
+    def _feature_network(self, setting: str) -> dict:
+        """The evaluation's feature network of a setting: FLOPs per image (with the classifier's logits
+        beside Inception's features), feature dims, live batch bytes, and the inference rate."""
         scfg = config_module.setting_config(self.cfg, setting)
         data, ev, clf = scfg["data"], scfg["evaluate"], scfg["classifier"]
         classes, channels, size = NUM_CLASSES[data["dataset"]], in_channels(data["dataset"]), data["image_size"]
-        generated, real = scfg["sample"]["num_samples"], image_count(data, "reference")
-        n = generated + real
         classifier = _classifier(channels, classes, clf["width"], size, ev["batch_size"])
-        if ev["feature_extractor"] == "inception-v3-compat":  # and the classifier's logits of the samples
-            dim, batch_bytes = 2048, ev["batch_size"] * INCEPTION_LIVE_BYTES
-            feature_flops = n * INCEPTION_FLOPS + generated * classifier["forward_flops_per_image"]
+        if ev["feature_extractor"] == "inception-v3-compat":
+            net = {"flops_per_image": INCEPTION_FLOPS + classifier["forward_flops_per_image"], "dim": 2048,
+                   "batch_bytes": ev["batch_size"] * INCEPTION_LIVE_BYTES}
         else:
-            dim, batch_bytes = classifier["feature_dim"], 0
-            feature_flops = n * classifier["forward_flops_per_image"]
-        prc_flops = 2 * dim * n ** 2 * (1 + 1 / classes)  # k-NN distances, overall and per class
+            net = {"flops_per_image": classifier["forward_flops_per_image"], "dim": classifier["feature_dim"],
+                   "batch_bytes": 0}
         unet = unet_forward(json.dumps(scfg["model"]), size, channels, 1)
-        rate, source, _ = self.inference_rate(self._want("sampling", scfg, size, scfg["sample"]["batch_size"], guided=True),
-                                              unet["flops_per_image"])
-        # CPU: FID's matrix square roots (~25 d^3, Schur) and covariances, KID's kernels, PRD's k-means++
-        # seeding (MiniBatchKMeans: n_init x (2 + ln k) candidates x seeding sample x k distances)
-        clusters = ev["prd_clusters_per_class"] * classes
-        seeding = min(n, max(3 * PRD_KMEANS_BATCH, 3 * clusters))
+        net["rate"], net["source"], _ = self.inference_rate(
+            self._want("sampling", scfg, size, scfg["sample"]["batch_size"], guided=True), unet["flops_per_image"])
+        return net
+
+    def _reference_features(self, dataset: str) -> JobCost:
+        setting = next(name for name, s in config_module.settings(self.cfg).items() if s["dataset"] == dataset)
+        data = config_module.setting_config(self.cfg, setting)["data"]
+        net, real = self._feature_network(setting), image_count(data, "reference")
+        features = real * net["dim"] * 4
+        return self._job(
+            "reference_features", gpu_seconds=real * net["flops_per_image"] / net["rate"],
+            gpu_memory_gb=CUDA_CONTEXT_GB + net["batch_bytes"] / GB,
+            host_memory_gb=HOST_BASE_GB["gpu"] + (real * image_bytes(data) + features) / GB, disk_gb=features / GB,
+            sources=(f"reference_features: feature networks at the UNet's inference FLOP/s, {net['source']}",))
+
+    def _evaluate(self, setting: str) -> JobCost:
+        """Features of the samples, then every metric on the job's GPU (coral.metrics uses it where there
+        is one) except KID (torch-fidelity, on the CPU)."""
+        scfg = config_module.setting_config(self.cfg, setting)
+        data, ev = scfg["data"], scfg["evaluate"]
+        classes = NUM_CLASSES[data["dataset"]]
+        generated, real = scfg["sample"]["num_samples"], image_count(data, "reference")
+        net, n = self._feature_network(setting), generated + real
+        dim = net["dim"]
+        prc_flops = 2 * dim * n ** 2 * (1 + 1 / classes)  # k-NN distances, overall and per class
+        fid_flops = (classes + 1) * 25 * dim ** 3 + 4 * n * dim ** 2  # matrix square roots (~25 d^3), covariances
+        # PRD, per run: k-means++ seeding on a sample (its Gram matrix), mini-batch steps, the last assignment
+        clusters = min(ev["prd_clusters_per_class"] * classes, ev["prd_max_clusters"], n)
+        seeding = min(n, max(3 * clusters, PRD_KMEANS_BATCH))
+        prd_flops = ev["prd_runs"] * 2 * dim * (seeding ** 2 + (ev["prd_kmeans_steps"] * PRD_KMEANS_BATCH + n) * clusters)
 
         def kid(m):
             return ev["kid_subsets"] * 6 * min(ev["kid_subset_size"], m) ** 2 * dim
 
-        cpu_flops = ((classes + 1) * 25 * dim ** 3 + 4 * n * dim ** 2 + kid(min(generated, real))
-                     + classes * kid(min(generated, real) // classes)
-                     + ev["prd_runs"] * PRD_N_INIT * (2 + int(math.log(clusters))) * seeding * clusters * 2 * dim)
         features = n * dim * 4
         return self._job(
-            "evaluate", gpu_seconds=(feature_flops + prc_flops) / rate, cpu_seconds=cpu_flops / CPU_FLOPS_PER_CORE,
-            gpu_memory_gb=CUDA_CONTEXT_GB + (features + 2 * PRC_ROWS * n * 4 + batch_bytes) / GB,
-            host_memory_gb=HOST_BASE_GB["gpu"] + (n * image_bytes(data) + 3 * features + PRC_ROWS * n * 4) / GB,
+            "evaluate", gpu_seconds=(generated * net["flops_per_image"] + prc_flops + fid_flops + prd_flops) / net["rate"],
+            cpu_seconds=(kid(min(generated, real)) + classes * kid(min(generated, real) // classes)) / CPU_FLOPS_PER_CORE,
+            gpu_memory_gb=CUDA_CONTEXT_GB + (features + 2 * PRC_ROWS * n * 4 + seeding ** 2 * 4 + net["batch_bytes"]) / GB,
+            host_memory_gb=HOST_BASE_GB["gpu"] + (generated * image_bytes(data) + 3 * features + PRC_ROWS * n * 4) / GB,
             disk_gb=(classes + 1) * 1e3 / GB,
-            sources=(f"evaluate: feature networks at the UNet's inference FLOP/s, {source}",
-                     f"evaluate: metrics on the CPU at an assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core"))
+            sources=(f"evaluate: feature networks and metrics at the UNet's inference FLOP/s, {net['source']}",
+                     f"evaluate: KID on the CPU at an assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core"))
 
     def _latent(self, setting: str, method: str) -> JobCost:
         run, latent = self._run(setting, method), self.cfg["latent"]

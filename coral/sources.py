@@ -8,6 +8,8 @@ NUM_CLASSES = {"animals": 10, "cifar10": 10, "cifar100": 100, "celeba5": 5, "ima
 # Balanced sources are made long-tailed by rho (SPEC 1); these two are long-tailed as published
 # and take no rho.
 NATURALLY_LONG_TAILED = {"celeba5", "imagenet_lt"}
+# Training images per class of the balanced sources, before long-tailed subsampling.
+BALANCED_PER_CLASS = {"animals": 1000, "cifar10": 5000, "cifar100": 500}
 
 # torchvision's on-disk layout under data.data_root
 CIFAR_FILES = {

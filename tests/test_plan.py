@@ -137,7 +137,8 @@ def test_a_bad_benchmark_or_gpu_is_one_clear_error(tmp_path):
 # ---------------------------------------------------------------- SLURM resources
 
 SMOKE_JOBS = [("subsample", {"setting": "animals-rho0.1"}), ("reference", {"dataset": "animals"}),
-              ("train_classifier", {"dataset": "animals"}), ("main_table", {})] + [
+              ("train_classifier", {"dataset": "animals"}), ("reference_features", {"dataset": "animals"}),
+              ("main_table", {})] + [
     (rule, {"setting": "animals-rho0.1", "method": method, "seed": "0", "sampler": "ddim5", "omega": "1.0"})
     for rule in ("train", "sample", "evaluate", "latent") for method in ("ddpm", "cbdm", "t2h", "coral")]
 
@@ -171,6 +172,29 @@ def test_paper_training_spans_jobs_at_the_time_limit(tmp_path):
     assert cfg["train"]["steps"] * 0.080 / 60 < first < cap
     assert model.resources("train", short_run, 2)["runtime"] == cap  # the spare attempt grows, within the limit
     assert model.resources("train", short_run, 9)["mem_mb"] <= cfg["cluster"]["max_mem_gb"] * 1024
+
+
+def test_imagenet_lt_evaluation_counts_the_capped_prd_and_extracts_the_reference_once(tmp_path):
+    write_benchmark(tmp_path, [training_entry(64, "fp32", "nchw", "ddpm", 180.0)], SAMPLING)
+    run = {"setting": "imagenet_lt", "method": "ddpm", "seed": "0", "sampler": "ddpm", "omega": "1.0"}
+    generated, real, dim = 50_000, 50_000, 2048
+
+    def evaluate_seconds(max_clusters: int) -> float:
+        cfg = resolved("paper")
+        cfg["evaluate"]["prd_max_clusters"] = max_clusters
+        return plan.CostModel(cfg, tmp_path).cost("evaluate", run).gpu_seconds
+
+    def prd_flops(k: int) -> float:  # by hand: per run, a 3k-point seeding's Gram, 100 steps of 2048 points, one pass
+        return 10 * 2 * dim * ((3 * k) ** 2 + (100 * 2048 + generated + real) * k)
+
+    # the PRD term scales as counted by hand (the ratio of differences cancels the FLOP rate)
+    model_ratio = (evaluate_seconds(2000) - evaluate_seconds(1000)) / (evaluate_seconds(4000) - evaluate_seconds(2000))
+    assert model_ratio == pytest.approx((prd_flops(2000) - prd_flops(1000)) / (prd_flops(4000) - prd_flops(2000)))
+    # the reference set is extracted once, by its own job: evaluate extracts the samples, then the metrics
+    model = plan.CostModel(resolved("paper"), tmp_path)
+    per_image = model.cost("reference_features", {"dataset": "imagenet_lt"}).gpu_seconds / real
+    assert generated * per_image < model.cost("evaluate", run).gpu_seconds < 2 * generated * per_image
+    assert model.resources("evaluate", run)["runtime"] <= 60  # was 15 h at 20 x C clusters on the CPU
 
 
 # ---------------------------------------------------------------- the jobs of a target
