@@ -17,10 +17,12 @@ from coral.io import DatasetError
 
 def setup_job(log: str | Path | None, threads: int | None) -> None:
     """Send logging and stderr (progress bars) to `log` (a rule's log file, or None for the console)
-    and set torch's thread count."""
+    and cap torch's threads and those of numpy's and scikit-learn's BLAS and OpenMP pools."""
     if threads:
         import torch
+        from threadpoolctl import threadpool_limits
         torch.set_num_threads(threads)
+        threadpool_limits(threads)
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         sys.stderr = open(log, "w", buffering=1)

@@ -1,5 +1,6 @@
 """`python -m coral`: stages run without Snakemake and write the workflow's artifacts."""
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,14 @@ def test_subsample_then_train_one_run(tmp_path):
                    "--run-dir", str(tmp_path / "run"), "--log", str(tmp_path / "train.log"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "final.pt").exists() and "train" in (tmp_path / "train.log").read_text()
+
+
+def test_a_jobs_threads_cap_torch_and_the_blas_pools():
+    """A job given one thread (a rule's `threads`) must not let numpy's or scikit-learn's BLAS take every core."""
+    script = ("import json, numpy, sklearn.cluster, torch, threadpoolctl; from coral.cli import setup_job; "
+              "setup_job(None, 1); "
+              "print(json.dumps([torch.get_num_threads()] + [p['num_threads'] for p in threadpoolctl.threadpool_info()]))")
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    threads = json.loads(out.stdout)
+    assert len(threads) >= 2 and set(threads) == {1}, (threads, out.stderr[-2000:])
