@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from coral.sources import NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message
+from coral.sources import BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message
+
+# Names that become parts of file paths (study names, run variants): no separators, no "..".
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=~+-]*")
 
 class ConfigError(ValueError):
     """A config value is invalid; the message is one line naming the key."""
@@ -35,6 +39,44 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, found {type(raw).__name__}")
     return raw
+
+
+def from_command_line(cfg: dict) -> dict:
+    """`cfg` with the strings Snakemake's --config makes of every nested value (seeds=[0,1,2] gives
+    ['0', '1', '2']) turned back into the numbers, booleans and nulls the schema asks for there.
+    Presets and dataset overrides are partial configs: the whole schema applies to them."""
+    root = schema()
+
+    def resolved(node: dict) -> dict:
+        while "$ref" in node:
+            node = {**root["$defs"][node["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    def typed(value, node: dict):
+        node = resolved(node)
+        if isinstance(value, str):
+            wanted = node.get("type", [])
+            wanted = [wanted] if isinstance(wanted, str) else wanted
+            if "string" in wanted or not {"integer", "number", "boolean", "null"} & set(wanted):
+                return value
+            parsed = yaml.safe_load(value)
+            kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
+            return parsed if any(isinstance(parsed, kinds[t]) and not (t != "boolean" and isinstance(parsed, bool))
+                                 for t in wanted if t in kinds) else value
+        if isinstance(value, dict):
+            properties, extra = node.get("properties", {}), node.get("additionalProperties")
+            return {key: typed(item, properties.get(key, extra if isinstance(extra, dict) else {}))
+                    for key, item in value.items()}
+        if isinstance(value, list) and isinstance(node.get("items"), dict):
+            return [typed(item, node["items"]) for item in value]
+        return value
+
+    partial = {**root, "required": []}
+    cfg = typed(cfg, root)
+    for section in ("presets", "dataset_overrides"):
+        if isinstance(cfg.get(section), dict):
+            cfg[section] = {name: typed(part, partial) for name, part in cfg[section].items()}
+    return cfg
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -97,6 +139,17 @@ def _check_setting(i: int, setting: dict) -> None:
     if dataset not in NATURALLY_LONG_TAILED and rho is None:
         raise ConfigError(f"data.settings[{i}].rho: missing; {dataset} is balanced and needs an imbalance "
                           "factor 0 < rho <= 1")
+    per_class = BALANCED_PER_CLASS.get(dataset)
+    if rho is not None and per_class and int(per_class * rho) < 1:  # the tail class's count, SPEC section 1
+        raise ConfigError(f"data.settings[{i}].rho: {rho} leaves the tail class of {dataset} with "
+                          f"int({per_class} x {rho}) = 0 images; allowed: {1 / per_class:g} <= rho <= 1")
+
+
+def check_path_name(where: str, name: str) -> None:
+    """`name` becomes part of a file path: one safe pattern, so nothing lands outside results/."""
+    if not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"{where}: {name!r} cannot be part of a file name; allowed: letters, digits and _ . = ~ + -, "
+                          "starting with a letter or digit, without '..'")
 
 
 def _check_consistency(cfg: dict, check_files: bool) -> None:
@@ -158,6 +211,7 @@ def _check_ablations(cfg: dict, validator) -> None:
         raise ConfigError(f"ablations.setting: {ablation_setting!r} is not one of data.settings; allowed: "
                           f"{', '.join(names)}")
     for name, study in cfg["ablations"]["studies"].items():
+        check_path_name("ablations.studies", name)
         where = f"ablations.studies.{name}"
         key = study.get("key")
         if key is None:
@@ -177,6 +231,8 @@ def _check_ablations(cfg: dict, validator) -> None:
             error = jsonschema.exceptions.best_match(validator.iter_errors(_with_value(cfg, key, value)))
             if error is not None:
                 raise ConfigError(f"{where}.values: {value!r} is not a valid {key} ({_describe(error)})")
+            if key != SAMPLING_KEY:
+                check_path_name(f"{where}.values", variant_name(study["methods"][0], key, value))
 
 
 def resolve(raw: dict) -> dict:

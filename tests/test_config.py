@@ -4,8 +4,8 @@ import copy
 import pytest
 import yaml
 
-from coral.config import (ConfigError, deep_merge, load, resolve, run_config, setting_config, settings,
-                          study_rows, variants)
+from coral.config import (ConfigError, deep_merge, from_command_line, load, resolve, run_config, setting_config,
+                          settings, study_rows, variants)
 
 BASE = yaml.safe_load(open("config.yaml"))
 
@@ -50,6 +50,15 @@ def resolve_with(edit):
     (lambda c: c["train"].update(label_drop="row"), "train.label_drop: 'row' is not allowed; allowed: batch, sample"),
     (lambda c: c["evaluate"].update(feature_extractor="inception-v3-compat"),
      "evaluate.inception_weights_path: None is not a file"),
+    # names that become file names: nothing may land outside results/
+    (lambda c: c["ablations"]["studies"].update({"../../../../escaped": {"methods": ["coral"]}}),
+     "ablations.studies: '../../../../escaped' cannot be part of a file name"),
+    (lambda c: c["ablations"]["studies"].update({"a/b": {"methods": ["coral"]}}),
+     "ablations.studies: 'a/b' cannot be part of a file name"),
+    # a tail class needs one image: int(1000 x rho) >= 1 for the 1000 images per class of animals
+    (lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 1e-300}]),
+     "data.settings[0].rho: 1e-300 leaves the tail class of animals with int(1000 x 1e-300) = 0 images; "
+     "allowed: 0.001 <= rho <= 1"),
 ])
 def test_bad_config_one_line_naming_key(edit, expected):
     with pytest.raises(ConfigError) as info:
@@ -115,3 +124,26 @@ def test_config_never_executes_code(tmp_path):
     path.write_text("preset: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load(path)
+
+
+def test_the_smallest_rho_with_a_tail_image_is_accepted():
+    resolve_with(lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 0.001}]))
+
+
+def test_command_line_strings_become_the_numbers_the_schema_wants():
+    """Snakemake's --config 'seeds=[0,1,2]' gives ['0', '1', '2']; nested values are strings too."""
+    raw = copy.deepcopy(BASE)
+    raw.update(seeds=["0", "1", "2"], preset="smoke")
+    raw["train"]["bf16_autocast"] = "true"
+    raw["data"]["settings"] = [{"dataset": "animals", "rho": "0.05"}]
+    raw["presets"]["smoke"]["sample"]["omega"] = "1.5"
+    assert from_command_line(raw)["data"]["settings"][0]["rho"] == 0.05
+    cfg = resolve(from_command_line(raw))
+    assert cfg["seeds"] == [0, 1, 2] and cfg["train"]["bf16_autocast"] is True and cfg["sample"]["omega"] == 1.5
+    raw["seeds"] = ["0", "one"]  # not a number: the schema's error, as before
+    with pytest.raises(ConfigError, match=r"seeds\[1\]: 'one' is not of type 'integer'"):
+        resolve(from_command_line(raw))
+    raw["seeds"] = ["0"]
+    raw["train"]["label_drop"] = "1"  # a string key stays a string: the enum refuses it
+    with pytest.raises(ConfigError, match="train.label_drop: '1' is not allowed"):
+        resolve(from_command_line(raw))

@@ -62,6 +62,12 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
     assert not (tmp_path / "results").exists()
 
 
+def test_seeds_from_the_command_line(tmp_path):
+    result = snakemake(tmp_path, "-n", "--config", "preset=smoke", "seeds=[0,1,2]")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert planned_jobs(result)["train"] == 3 * 15  # 4 methods and 11 ablation runs, per seed
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("smoke")
