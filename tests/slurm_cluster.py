@@ -8,6 +8,7 @@ slurmctld, slurmd, slurm-client and munge packages (.ci/run installs them).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ from typing import Iterator
 
 CONF_DIR = Path("/etc/slurm")  # the plugin's job steps drop SLURM_CONF: the config must sit here
 MARKER = "# written by coral's tests/slurm_cluster.py"
+LOCK = Path("/tmp/coral-test-slurm-cluster.lock")
 FAKE_GPU_PREFIX = "/dev/coral-fake-gpu"
 BINARIES = ["munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun"]
 
@@ -35,7 +37,14 @@ def missing_requirements() -> str | None:
     return None
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
 def _write_config(workdir: Path) -> None:
+    """slurm.conf and gres.conf; fresh ports each time (the last cluster's may still be in TIME_WAIT)."""
     host = socket.gethostname().split(".")[0]
     memory_mb = int(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 * 0.9)
     cpus = os.cpu_count() or 1
@@ -43,6 +52,8 @@ def _write_config(workdir: Path) -> None:
     (CONF_DIR / "slurm.conf").write_text(f"""{MARKER}
 ClusterName=coral-test
 SlurmctldHost={host}
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -74,9 +85,11 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
         (workdir / sub).mkdir(parents=True, exist_ok=True)
 
 
-def _wait_for_idle_node(timeout: float) -> None:
+def _wait_for_idle_node(timeout: float, daemons: list[subprocess.Popen], logs: Path) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if any(daemon.poll() is not None for daemon in daemons):
+            raise RuntimeError(f"a SLURM daemon exited at start; see {logs} and {logs.parent / 'slurmctld.log'}")
         state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip()
         if state in ("idle", "mixed", "allocated"):
             return
@@ -86,8 +99,17 @@ def _wait_for_idle_node(timeout: float) -> None:
 
 @contextlib.contextmanager
 def local_slurm_cluster(workdir: Path, timeout: float = 60) -> Iterator[None]:
-    """Start munged, slurmctld and slurmd; stop each (by PID) on exit."""
+    """Start munged, slurmctld and slurmd; stop each (by PID) on exit. One cluster at a time on this
+    machine (/etc/slurm and munge's socket are shared): a second test waits for the first's lock."""
     workdir.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        with _cluster(workdir, timeout):
+            yield
+
+
+@contextlib.contextmanager
+def _cluster(workdir: Path, timeout: float) -> Iterator[None]:
     _write_config(workdir)
     Path("/run/munge").mkdir(exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
@@ -101,7 +123,7 @@ def local_slurm_cluster(workdir: Path, timeout: float = 60) -> Iterator[None]:
             started.append(subprocess.Popen(["slurmctld", "-D", "-i"], stdout=log, stderr=log))
             time.sleep(1)
             started.append(subprocess.Popen(["slurmd", "-D"], stdout=log, stderr=log))
-        _wait_for_idle_node(timeout)
+        _wait_for_idle_node(timeout, started, logs)
         yield
     finally:
         subprocess.run(["scancel", "--user", "root"], capture_output=True)

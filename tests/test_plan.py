@@ -1,5 +1,4 @@
 """The cost model and `coral plan`: FLOP counts, the GPU benchmark reader, SLURM resources, job counts."""
-import copy
 import json
 import math
 from collections import Counter

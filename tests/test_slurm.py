@@ -6,13 +6,11 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import yaml
 
 from slurm_cluster import local_slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.xdist_group("slurm")  # one local SLURM cluster at a time
 
 
 GPU_RULES = {"train", "sample", "evaluate", "latent", "train_classifier", "reference_features"}

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -20,7 +19,6 @@ from coral.config import deep_merge, load_yaml
 from slurm_cluster import local_slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.xdist_group("slurm")  # one local SLURM cluster at a time
 RUN = "results/runs/animals-rho0.1/ddpm/seed0"
 # A one-minute job trains for at most 40 s (it stops 20 s before the limit, after a start of several
 # seconds), so a training of 90 s needs three jobs or more on any machine. Its steps come from this
