@@ -248,7 +248,8 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
 
 def load_classifier_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict written by train_classifier (tensors on the CPU)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    with lineage.reading(path, "the classifier", "train_classifier"):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint]
     if missing:
         raise ValueError(f"{path}: not a coral classifier checkpoint, missing keys {missing}")

@@ -8,16 +8,22 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from coral import config as config_module
 from coral.deadline import EXIT_RESUBMIT, OutOfTime
-from coral.io import DatasetError
+from coral.io import DatasetError, Locked
+from coral.lineage import DamagedArtifact
+
+# Errors whose message is the whole story (it names the file or key and what to do): one line, no traceback.
+ONE_LINE_ERRORS = (config_module.ConfigError, DatasetError, DamagedArtifact, Locked, OSError)
 
 
 def setup_job(log: str | Path | None, threads: int | None) -> None:
     """Send logging and stderr (progress bars) to `log` (a rule's log file, or None for the console)
-    and cap torch's threads and those of numpy's and scikit-learn's BLAS and OpenMP pools."""
+    and cap torch's threads and those of numpy's and scikit-learn's BLAS and OpenMP pools. With a log,
+    an uncaught error leaves its traceback there and one line on the console (the job exits 1)."""
     if threads:
         import torch
         from threadpoolctl import threadpool_limits
@@ -26,8 +32,16 @@ def setup_job(log: str | Path | None, threads: int | None) -> None:
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         sys.stderr = open(log, "w", buffering=1)
+        sys.excepthook = lambda kind, error, trace: _report(kind, error, trace, log)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _report(kind, error, trace, log) -> None:
+    traceback.print_exception(kind, error, trace)  # into the log
+    line = f"error: {error}" if isinstance(error, ONE_LINE_ERRORS) else \
+        f"error: {kind.__name__}: {' '.join(str(error).split())[:300]} (traceback in {log})"
+    print(line, file=sys.__stderr__)
 
 
 def _config(args) -> dict:
@@ -85,6 +99,13 @@ def _cmd_sample(args) -> None:
     from coral.sample import sample
     cfg = _config(args)
     sample(args.checkpoint, cfg["sample"], args.out_npz, args.out_png)
+
+
+def _cmd_reference_features(args) -> None:
+    from coral.metrics import EXTRACTOR_KEYS, write_reference_features
+    cfg = _config(args)
+    evaluate = config_module.setting_config(cfg, _setting(cfg, args.setting))["evaluate"]
+    write_reference_features(args.reference, args.weights, {key: evaluate[key] for key in EXTRACTOR_KEYS}, args.out)
 
 
 def _cmd_evaluate(args) -> None:
@@ -161,9 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out-npz", required=True)
     p.add_argument("--out-png", required=True)
+    p = stage("reference-features", _cmd_reference_features, "features of a reference set, for evaluate")
+    p.add_argument("--setting", default=None, help=setting_help)
+    p.add_argument("--reference", required=True, help="the reference set (stage reference)")
+    p.add_argument("--weights", required=True, help="the classifier checkpoint, or the Inception weights file")
+    p.add_argument("--out", required=True)
     p = stage("evaluate", _cmd_evaluate, "metrics of a sample set")
     p.add_argument("--samples", required=True)
-    p.add_argument("--reference", required=True)
+    p.add_argument("--reference", required=True, help="the reference features (stage reference-features)")
     p.add_argument("--split", required=True)
     p.add_argument("--classifier", required=True)
     p.add_argument("--out-json", required=True)
@@ -207,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.__stderr__)
         return 2
+    except ONE_LINE_ERRORS as err:  # a damaged artifact, a locked run, a full disk, a read-only folder
+        print(f"error: {err}", file=sys.__stderr__)
+        return 1
     except OutOfTime as err:
         print(f"stopped: {err}", file=sys.__stderr__)
         return EXIT_RESUBMIT

@@ -229,7 +229,9 @@ class Split:
 
 
 def _open_npz(path: str | Path, keys: list[str], writer: str) -> dict[str, np.ndarray]:
-    """The arrays `keys` of an npz file; a missing or damaged file raises DatasetError naming it."""
+    """The arrays `keys` of an npz file; a missing or unreadable file raises DatasetError naming it, one
+    that changed since `coral writer` made it lineage.DamagedArtifact."""
+    lineage.verify(path, f"the {writer} file", writer)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {key: z[key] for key in keys}

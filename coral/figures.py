@@ -16,8 +16,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from coral import lineage
 from coral.images import save_grid_png
-from coral.io import atomic_path, read_json
+from coral.io import atomic_path
 from coral.tables import METHOD_ORDER
 
 METHOD_COLORS = {
@@ -146,14 +147,15 @@ def tsne_figure(features_npzs: Sequence[str | os.PathLike], methods: Sequence[st
     axes = fig.subplots(1, len(features_npzs), squeeze=False)[0]
     groups = None
     for i, (ax, path, method) in enumerate(zip(axes, features_npzs, methods)):
-        with np.load(path, allow_pickle=False) as z:
-            tsne, labels, groups = z["tsne"], z["labels"], z["groups"]
-            if [str(s) for s in z["class_names"]] != list(class_names):
-                raise ValueError(f"{path}: class names {list(z['class_names'])} differ from {list(class_names)}")
+        with lineage.reading(path, "the latent features file", "latent"), np.load(path, allow_pickle=False) as z:
+            tsne, labels, groups, names = z["tsne"], z["labels"], z["groups"], z["class_names"]
+        if [str(s) for s in names] != list(class_names):
+            raise ValueError(f"{path}: class names {list(names)} differ from {list(class_names)}")
         tail = groups[labels] == "tail"
         ax.scatter(*tsne[~tail].T, c=colors[labels[~tail]], s=6, marker="o", linewidths=0)
         ax.scatter(*tsne[tail].T, c=colors[labels[tail]], s=22, marker="^", linewidths=0)
-        scores = read_json(separation_jsons[i]) if separation_jsons is not None else None
+        scores = lineage.read_json_artifact(separation_jsons[i], "the latent scores file", "latent") \
+            if separation_jsons is not None else None
         ax.set_title(_score_title(method, scores), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -175,7 +177,7 @@ def samples_figure(samples_npz: str | os.PathLike, out_png: str | os.PathLike, p
     samples_npz: images uint8 (N, C, H, W), labels int64 (N,), meta (JSON string); the number of
     classes and their names come from meta's "num_classes" / "class_names" when present.
     """
-    with np.load(samples_npz, allow_pickle=False) as z:
+    with lineage.reading(samples_npz, "the samples file", "sample"), np.load(samples_npz, allow_pickle=False) as z:
         images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
     num_classes = meta.get("num_classes", int(labels.max()) + 1)
     save_grid_png(images, labels, num_classes, out_png, per_row=per_row, class_names=meta.get("class_names"))

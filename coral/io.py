@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +17,28 @@ from typing import Any, Iterator
 
 class DatasetError(ValueError):
     """A dataset or data file is missing or malformed; the message names the file and what should be there."""
+
+
+class Locked(RuntimeError):
+    """Another process holds the lock of a run directory or output; the message names it."""
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if need be, never removed) for the block, or raise
+    Locked at once: two `coral train` on one run directory would interleave their logs and checkpoints."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Locked(f"{what} is in use by another process (lock {lock_file}); wait for it to finish "
+                         "or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -32,8 +56,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError "unexpected pos"
+        if _disk_full(path.parent) and not isinstance(err, OSError):
+            raise OSError(errno.ENOSPC, f"no space left on the device writing {path}; free some and rerun") from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _disk_full(folder: Path) -> bool:
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

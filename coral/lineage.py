@@ -1,14 +1,20 @@
 """What produced an artifact: a `<artifact>.lineage.json` beside each one, and the audit that reads them.
 
 A lineage record holds the stage, the config it ran with (seeds included), the code version, the
-artifact's SHA-256 and the SHA-256 of every input at the time. `audit` walks these records from a
-table back to the data split and checkpoints and flags every file that changed since it was used.
+artifact's SHA-256 and the SHA-256 of every input at the time. Every stage reads its inputs through
+`reading`, which checks each against its record first: a damaged file stops the job with one line.
+`audit` walks the records from a table back to the data split and checkpoints and flags every file
+that changed since it was used (a whole tree, on request; `reading` checks one file, on every use).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import zipfile
+import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from coral.io import provenance, read_json, sha256_file, write_json
 
@@ -18,6 +24,58 @@ SUFFIX = ".lineage.json"
 def lineage_path(artifact: str | os.PathLike) -> Path:
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + SUFFIX)
+
+
+class DamagedArtifact(Exception):
+    """An input file is damaged, truncated, empty, unreadable or changed since it was made; one line."""
+
+
+def verify(path: str | os.PathLike, what: str, rule: str) -> None:
+    """Check `path` against the SHA-256 written when it was made: in its lineage record, or for a
+    checkpoint in its `.sha256` file (coral.checkpoint), whichever exist."""
+    path = Path(path)
+    if not path.exists():
+        return  # the reader's error
+    expected = set()
+    record_path, sidecar = lineage_path(path), path.with_name(path.name + ".sha256")
+    if record_path.exists():
+        try:
+            expected.add(read_json(record_path)["sha256"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DamagedArtifact(f"{record_path}: the lineage record of {what} {path} is damaged "
+                                  f"({_reason(err)}); delete both and rerun rule {rule}") from None
+    if sidecar.exists():
+        expected.add(sidecar.read_text().strip())
+    if expected and expected != {sha256_file(path)}:
+        raise DamagedArtifact(f"{path}: {what} does not match the SHA-256 recorded when it was made (damaged or "
+                              f"changed since); delete it and rerun rule {rule}")
+
+
+# What torch.load, np.load and json raise on a damaged, truncated, empty or malicious file.
+READ_ERRORS = (EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile,
+               zlib.error, IsADirectoryError, PermissionError)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str, rule: str) -> Iterator[None]:
+    """Verify `path` (see verify), then turn a failure of the read in the block into one DamagedArtifact
+    line naming the file, what it is and the rule that makes it. Keep the block to the read itself."""
+    verify(path, what, rule)
+    try:
+        yield
+    except READ_ERRORS as err:
+        raise DamagedArtifact(f"{path}: {what} cannot be read ({_reason(err)}); delete it and rerun rule {rule}") from err
+
+
+def read_json_artifact(path: str | os.PathLike, what: str, rule: str):
+    """A JSON artifact, verified and read (see reading)."""
+    with reading(path, what, rule):
+        return read_json(path)
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or "empty message"
+    return f"{type(err).__name__}: {text[:200]}"
 
 
 def record(outputs: Iterable[str | os.PathLike], stage: str, inputs: Iterable[str | os.PathLike],

@@ -398,12 +398,9 @@ def write_reference_features(reference_npz: str | Path, weights: str | Path, ext
 def load_reference_features(path: str | Path) -> ReferenceFeatures:
     """Reference features written by write_reference_features."""
     keys = ["features", "labels", "class_names", "image_shape", "meta"]
-    try:
+    with lineage.reading(path, f"the reference features file (arrays {', '.join(keys)})", "reference_features"):
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in keys}
-    except (OSError, ValueError, KeyError, EOFError) as err:
-        raise ValueError(f"{path}: not reference features with arrays {keys} ({err}); write them with "
-                         "the reference_features rule (coral.metrics.write_reference_features)") from None
     features, labels = arrays["features"], arrays["labels"]
     if features.ndim != 2 or labels.shape != (len(features),):
         raise ValueError(f"{path}: features must be (N, D) with labels (N,), got {features.shape} and {labels.shape}")
@@ -440,9 +437,11 @@ def _check_eval_cfg(eval_cfg: dict) -> None:
 
 def _check_reference_features(path: str | Path, real: ReferenceFeatures, eval_cfg: dict, weights: str) -> None:
     """The reference features must come from the extractor and weights this evaluation uses."""
+    if eval_cfg["feature_extractor"] == "classifier":
+        lineage.verify(weights, "the classifier", "train_classifier")
     sha = sha256_file(weights)
     if (real.meta.get("feature_extractor"), real.meta.get("weights_sha256")) != (eval_cfg["feature_extractor"], sha):
-        raise ValueError(f"{path}: features of {real.meta.get('feature_extractor')!r} with weights "
+        raise lineage.DamagedArtifact(f"{path}: features of {real.meta.get('feature_extractor')!r} with weights "
                          f"{real.meta.get('weights')} (sha256 {real.meta.get('weights_sha256')}), but this evaluation "
                          f"uses {eval_cfg['feature_extractor']!r} with {weights} (sha256 {sha}); write them again "
                          "(rule reference_features)")
@@ -450,11 +449,9 @@ def _check_reference_features(path: str | Path, real: ReferenceFeatures, eval_cf
 
 def _load_samples(samples_npz: str | Path, num_classes: int, image_shape: tuple[int, ...]):
     """(images uint8 (N, C, H, W), labels int64 (N,), meta dict) of a samples file, checked."""
-    with np.load(samples_npz, allow_pickle=False) as z:
-        missing = [k for k in ("images", "labels", "meta") if k not in z.files]
-        if missing:
-            raise ValueError(f"{samples_npz}: missing arrays {missing}; expected images, labels, meta")
-        images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
+    with lineage.reading(samples_npz, "the samples file (arrays images, labels, meta)", "sample"):
+        with np.load(samples_npz, allow_pickle=False) as z:
+            images, labels, meta = z["images"], z["labels"], json.loads(str(z["meta"]))
     if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
         raise ValueError(f"{samples_npz}: images must be uint8 (N, {', '.join(map(str, image_shape))}) like the "
                          f"dataset, got {images.dtype} {images.shape}")

@@ -20,7 +20,7 @@ from coral import lineage
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
-from coral.io import atomic_path, provenance, sha256_file
+from coral.io import atomic_path, exclusive, provenance, sha256_file
 from coral import checkpoint as checkpoints
 from coral.train import default_device, model_from_state
 from coral.unet import UNet
@@ -127,8 +127,17 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
     Each batch is kept in `<out_npz>.partial/` as it is finished, so an interrupted job resumes where
     it stopped; per-image seeds make the result identical to an uninterrupted run. Near the job's
     deadline (coral.deadline) it stops between batches with OutOfTime; running it again continues.
+    One process at a time per output (Locked otherwise).
     """
-    state = checkpoints.load(checkpoint)
+    out_npz = Path(out_npz)
+    with exclusive(out_npz.with_name(f".{out_npz.name}.lock"), f"samples {out_npz}"):
+        _sample(checkpoint, sample_cfg, out_npz, out_png, time_budget)
+
+
+def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: str | Path,
+            time_budget: float | None) -> None:
+    with lineage.reading(checkpoint, "the trained model", "train"):
+        state = checkpoints.load(checkpoint)
     model, diffusion, run_cfg = model_from_state(state, default_device())
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]

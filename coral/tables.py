@@ -19,7 +19,7 @@ import pandas as pd
 
 from coral import lineage
 from coral.config import setting_name
-from coral.io import atomic_path, read_json
+from coral.io import atomic_path
 
 METHOD_ORDER = ("ddpm", "cbdm", "t2h", "coral", "coral_ambient")
 SETTING = ["dataset", "rho", "method"]
@@ -69,9 +69,8 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def _run_record(path: str | os.PathLike) -> dict:
-    """dataset, rho, method, seed of the run a JSON artifact belongs to, plus the file name."""
-    data = read_json(path)
+def _run_record(path: str | os.PathLike, data: dict) -> dict:
+    """dataset, rho, method, seed of the run a JSON artifact (`data`, read from `path`) belongs to, plus the file name."""
     record = {key: _lookup(data, ("run", key), path) for key in ["dataset", "rho", "method", "seed"]}
     record["rho"] = _number(record["rho"])  # NaN for a dataset long-tailed as published
     record["file"] = str(path)
@@ -130,8 +129,8 @@ def _write_csv(df: pd.DataFrame, out_csv: str | os.PathLike) -> None:
 
 
 def _metrics_record(path: str | os.PathLike) -> dict:
-    data = read_json(path)
-    record = _run_record(path)
+    data = lineage.read_json_artifact(path, "the metrics file", "evaluate")
+    record = _run_record(path, data)
     record.update({name: _number(_lookup(data, keys, path)) for name, keys in MAIN_METRICS.items()})
     record.update({name: _lookup(data, keys, path) for name, keys in SAMPLING.items()})
     return record
@@ -156,7 +155,8 @@ def main_table(metrics_jsons: Sequence[str | os.PathLike], out_csv: str | os.Pat
 
 def _per_class_records(json_path: str | os.PathLike, csv_path: str | os.PathLike) -> pd.DataFrame:
     run = _metrics_record(json_path)
-    frame = pd.read_csv(csv_path)
+    with lineage.reading(csv_path, "the per-class metrics file", "evaluate"):
+        frame = pd.read_csv(csv_path)
     missing = [c for c in PER_CLASS_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{csv_path}: missing columns {missing}; expected {PER_CLASS_COLUMNS}")
@@ -194,8 +194,8 @@ def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: 
 
 
 def _latent_record(path: str | os.PathLike) -> dict:
-    data = read_json(path)
-    record = _run_record(path)
+    data = lineage.read_json_artifact(path, "the latent scores file", "latent")
+    record = _run_record(path, data)
     record.update({key: _number(_lookup(data, (key,), path)) for key in LATENT_SCORES})
     record.update({key: _lookup(data, (key,), path) for key in LATENT_SETTINGS})
     return record

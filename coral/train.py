@@ -25,7 +25,7 @@ from coral.data import load_split
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral import checkpoint
-from coral.io import atomic_path, provenance, write_json
+from coral.io import atomic_path, exclusive, provenance, write_json
 from coral.objectives import build_objective, drop_labels
 from coral.unet import UNet, build_unet
 
@@ -105,7 +105,9 @@ def model_from_state(state: dict, device: torch.device | None = None) -> tuple[U
 
 def load_model(path: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
     """The EMA network of a run's checkpoint file (eval mode), its diffusion and its run config."""
-    return model_from_state(checkpoint.load(path), device)
+    with lineage.reading(path, "the trained model", "train"):
+        state = checkpoint.load(path)
+    return model_from_state(state, device)
 
 
 @dataclass
@@ -174,10 +176,15 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budge
     """Train one run (resuming from its newest checkpoint) and write run_dir/final.pt.
 
     Stops with OutOfTime after saving a checkpoint when the job's deadline nears (coral.deadline:
-    `time_budget` seconds, or the SLURM time limit); running it again continues.
+    `time_budget` seconds, or the SLURM time limit); running it again continues. One process at a
+    time per run directory (Locked otherwise).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_dir / ".lock", f"run directory {run_dir}"):
+        return _train(run_cfg, split_path, run_dir, time_budget)
+
+
+def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None) -> Path:
     tcfg, seed = run_cfg["train"], run_cfg["run"]["seed"]
     device = default_device()
 

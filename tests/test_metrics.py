@@ -12,6 +12,7 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 import coral.metrics as metrics
+from coral.lineage import DamagedArtifact
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier, predict_logits, train_classifier
 from coral.data import load_reference, write_reference, write_split
 from coral.metrics import (class_frechet_distances, evaluate, frechet_distance, kernel_distance, kmeans_labels,
@@ -292,7 +293,7 @@ def test_evaluate_rejects_features_of_other_weights(classifier_ckpt, reference_f
     other = tmp_path / "other.pt"
     checkpoint = torch.load(classifier_ckpt, weights_only=True)
     torch.save({**checkpoint, "test_accuracy": 0.5}, other)
-    with pytest.raises(ValueError, match="rule reference_features"):
+    with pytest.raises(DamagedArtifact, match="rule reference_features"):
         evaluate(tmp_path / "s.npz", reference_features, tmp_path / "split.npz", other, EVAL_CFG,
                  tmp_path / "m.json", tmp_path / "p.csv")
 
