@@ -1,7 +1,10 @@
 """The Snakemake workflow: lint, config errors before any job, the smoke preset end to end, reruns."""
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -120,6 +123,52 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
     assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
                     "samples_figure": 1, "all": 1}, dry_run.stdout + dry_run.stderr
+
+
+def test_a_damaged_checkpoint_stops_its_sample_job_with_one_line_on_the_console(smoke_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(smoke_run, workdir, symlinks=True)
+    final = workdir / "results/runs/animals-rho0.1/ddpm/seed0/final.pt"
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    final.write_bytes(bytes(data))  # newer than its samples: Snakemake reruns them, which read it
+    result = snakemake(workdir, "--cores", "1", "results/tables/main.csv", "--config", "preset=smoke")
+    assert result.returncode != 0
+    line = ("error: results/runs/animals-rho0.1/ddpm/seed0/final.pt: the trained model does not match the SHA-256 "
+            "recorded when it was made (damaged or changed since); delete it and rerun rule train")
+    assert line in result.stderr.splitlines(), result.stderr[-3000:]
+    log = (workdir / "results/logs/sample/animals-rho0.1/ddpm/seed0/ddim5-w1.0.log").read_text()
+    assert "Traceback" in log and "DamagedArtifact" in log  # the cause, in the rule's log
+
+
+def test_snakemake_killed_while_sampling_then_evaluating_resumes_to_the_same_table(smoke_run, tmp_path):
+    """SIGKILL of Snakemake and its jobs mid-stage, twice; `--unlock`, then `--rerun-incomplete` (README);
+    the rerun ends with the same main table as the uninterrupted run."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(smoke_run, workdir, symlinks=True)
+    for pattern in ("results/samples/**/*.npz", "results/metrics/**/*.json", "results/tables/main.csv",
+                    "results/logs/sample/**/*.log", "results/logs/evaluate/**/*.log"):
+        for path in workdir.glob(pattern):
+            path.unlink()
+    command = SNAKEMAKE + ["-d", str(workdir), "--configfile", str(REPO / "config.yaml"), "--cores", "2",
+                           "--rerun-incomplete", "results/tables/main.csv", "--config", "preset=smoke"]
+    for stage in ("sample", "evaluate"):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        deadline = time.time() + 300
+        while not list((workdir / "results/logs" / stage).rglob("*.log")) and time.time() < deadline:
+            time.sleep(0.2)  # logs of this stage appear only once its first job has started
+        time.sleep(1)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        locked = snakemake(workdir, "--cores", "1", "--rerun-incomplete", "results/tables/main.csv",
+                           "--config", "preset=smoke")
+        assert locked.returncode != 0 and "LockException" in locked.stderr + locked.stdout
+        assert snakemake(workdir, "--unlock", "--config", "preset=smoke").returncode == 0
+    result = snakemake(workdir, "--cores", "2", "--rerun-incomplete", "results/tables/main.csv",
+                       "--config", "preset=smoke")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "results/tables/main.csv").read_text() == (smoke_run / "results/tables/main.csv").read_text()
 
 
 def test_audit_traces_main_table_to_splits_and_checkpoints(smoke_run):
