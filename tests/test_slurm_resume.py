@@ -50,7 +50,9 @@ def test_training_spans_jobs_by_its_time_limit(tmp_path, cluster_requirements):
     subprocess.run([sys.executable, "-m", "coral", "subsample", "--config", str(REPO / "config.yaml"),
                     "--preset", "smoke", "--out-split", str(split), "--out-counts", str(tmp_path / "counts.csv")],
                    check=True, timeout=300)
-    steps = 100 * math.ceil(steps_per_second(tmp_path, split) * TRAINING_SECONDS / 100)
+    # at least the steps an idle 2-core machine needs (about 31 steps/s): a calibration slowed by other
+    # work must not shrink the training below three jobs once that work is done
+    steps = max(2800, 100 * math.ceil(steps_per_second(tmp_path, split) * TRAINING_SECONDS / 100))
     config = write_config(tmp_path / "config.yaml", steps)
     reference = subprocess.Popen([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
                                   "--method", "ddpm", "--split", str(split), "--run-dir", str(tmp_path / "reference")])
