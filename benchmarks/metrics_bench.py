@@ -7,7 +7,7 @@ Part `timing`: overall FID, IS, KID, precision/recall (k = 5) and PRD, and per-c
 precision/recall, of C classes of class-clustered Gaussian features (D dims, stratified labels)
 against a reference set of the same kind; feature extraction is not included. Also times, on a
 part of the data, the code these replace (torch-fidelity's precision/recall and per-class FID).
-Part `prd_effect`: F_8 and F_1/8 of the SPEC's PRD (scikit-learn MiniBatchKMeans, 20 x C clusters,
+Part `prd_effect`: F_8 and F_1/8 of the reference PRD (scikit-learn MiniBatchKMeans, 20 x C clusters,
 best of 10 seedings: the code before the cap) against coral.metrics.prd_scores with 20 x C clusters
 and with capped clusters, on three generated sets (same distribution, tail classes dropped, shifted).
 Each part replaces its section of the output JSON (default benchmarks/results/metrics-cpu.json);
@@ -170,7 +170,7 @@ def prd_effect(args, previous: dict | None, save) -> None:
     done = previous["scenarios"] if previous and previous.get("sizes") == sizes else {}
     section = {"machine": machine(), "sizes": sizes,
                "note": ("full: the code before the cap (MiniBatchKMeans, n_init=10, 20 x C clusters) with "
-                        f"{args.effect_full_runs} runs (10 in the SPEC; 10 would take hours here); ours: "
+                        f"{args.effect_full_runs} runs (10 in the reference protocol; 10 would take hours here); ours: "
                         "coral.metrics.prd_scores, 10 runs. ImageNet-LT's default cap (1000 clusters for 1000 "
                         f"classes) is 1 cluster per class: here {classes} clusters."),
                "scenarios": dict(done)}

@@ -1,4 +1,4 @@
-"""A small CNN classifier: the evaluation feature extractor of small presets (SPEC section 6).
+"""A small CNN classifier: the evaluation feature extractor of small presets (docs/method.md §6).
 
 It is trained on the full balanced dataset. Its penultimate features replace Inception pool3 for
 FID/KID/precision-recall/PRD and its logits replace Inception logits for IS, so its numbers are

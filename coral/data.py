@@ -1,4 +1,4 @@
-"""Datasets, the long-tail split of SPEC section 1, the balanced reference set, and class groups.
+"""Datasets, the long-tail split of docs/method.md §1, the balanced reference set, and class groups.
 
 Only `write_split` and `write_reference` read a raw dataset; they store uint8 images (N, C, H, W)
 at the preset's resolution with int64 labels, and every later stage reads those two files.
@@ -152,12 +152,12 @@ def load_dataset(data_cfg: dict, part: str) -> LabeledImages:
 
 
 def long_tail_counts(n_max: int, rho: float, num_classes: int) -> list[int]:
-    """n_i = int(n_max * rho ** (i / (C - 1))): class 0 the head (SPEC section 1)."""
+    """n_i = int(n_max * rho ** (i / (C - 1))): class 0 the head (docs/method.md §1)."""
     return [int(n_max * rho ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 
 def long_tail_indices(labels: np.ndarray, rho: float, seed: int) -> np.ndarray:
-    """Indices of the long-tailed subset of a balanced label array, as SPEC section 1 selects them."""
+    """Indices of the long-tailed subset of a balanced label array, as docs/method.md §1 selects them."""
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1
     n_max = len(labels) // num_classes

@@ -1,4 +1,4 @@
-"""Gaussian diffusion maths in one place (SPEC section 3): schedule, forward noising, posterior."""
+"""Gaussian diffusion maths in one place (docs/method.md §3): schedule, forward noising, posterior."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Latent structure of a trained model (SPEC section 6): bottleneck features, t-SNE, separation scores.
+"""Latent structure of a trained model (docs/method.md §6): bottleneck features, t-SNE, separation scores.
 
 Real images of the balanced set are noised to t = int(t_fraction * T), passed through the EMA
 UNet with their true labels, and the pooled bottleneck (B, C_mid) is kept. How well the classes

@@ -1,4 +1,4 @@
-"""Training objectives of SPEC section 4, one small class each, chosen by name.
+"""Training objectives of docs/method.md §4, one small class each, chosen by name.
 
 Every objective maps (model, x0, y, y_in, t, noise) to a dict of scalar loss terms whose
 "loss" entry is optimised; the other entries are logged. `y` holds the true labels and

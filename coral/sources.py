@@ -5,7 +5,7 @@ from pathlib import Path
 
 NUM_CLASSES = {"animals": 10, "cifar10": 10, "cifar100": 100, "celeba5": 5, "imagenet_lt": 1000}
 
-# Balanced sources are made long-tailed by rho (SPEC 1); these two are long-tailed as published
+# Balanced sources are made long-tailed by rho (docs/method.md §1); these two are long-tailed as published
 # and take no rho.
 NATURALLY_LONG_TAILED = {"celeba5", "imagenet_lt"}
 # Training images per class of the balanced sources, before long-tailed subsampling.

@@ -1,4 +1,4 @@
-"""Class-conditional epsilon-prediction UNet of DDPM/CBDM (SPEC section 2).
+"""Class-conditional epsilon-prediction UNet of DDPM/CBDM (docs/method.md §2).
 
 The class embedding is added to the time embedding; label -1 means "unconditional"
 (the embedding is simply not added, there is no null token). `forward` can also return

@@ -1,4 +1,4 @@
-"""Long-tailed split against SPEC section 1's check values; the bundled dataset loads offline."""
+"""Long-tailed split against docs/method.md §1's check values; the bundled dataset loads offline."""
 import csv
 
 import numpy as np
@@ -29,7 +29,7 @@ def test_cifar100_shaped_counts():
 def test_selection_is_seeded_shuffle_per_class():
     labels = np.repeat(np.arange(3), 10)
     chosen = long_tail_indices(labels, 0.1, seed=0)
-    rng = np.random.RandomState(0)  # the SPEC's procedure, written out
+    rng = np.random.RandomState(0)  # the procedure of docs/method.md §1, written out
     expected = []
     for c, n in enumerate([10, 3, 1]):
         idx = np.flatnonzero(labels == c)

@@ -222,7 +222,7 @@ def test_splits_follow_the_standins_class_counts(rehearsal_run, data_root):
     def counts(setting):
         return pd.read_csv(rehearsal_run / "data" / setting / "class_counts.csv")["count"].tolist()
 
-    assert counts("cifar100-rho0.01") == [int(100 * 0.01 ** (i / 99)) for i in range(100)]  # SPEC section 1
+    assert counts("cifar100-rho0.01") == [int(100 * 0.01 ** (i / 99)) for i in range(100)]  # docs/method.md §1
     assert counts("celeba5") == list(CELEBA_TRAIN_COUNTS)
     labels = [int(line.split()[1]) for line in (data_root / "imagenet_lt" / "ImageNet_LT_train.txt").open()]
     assert counts("imagenet_lt") == np.bincount(labels, minlength=1000).tolist()

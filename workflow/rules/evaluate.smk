@@ -23,7 +23,7 @@ rule reference_features:
 
 
 rule evaluate:
-    """Overall, per-class and head/medium/tail metrics of one sample set (SPEC section 6)."""
+    """Overall, per-class and head/medium/tail metrics of one sample set (docs/method.md §6)."""
     input:
         samples=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.npz",
         split="results/data/{setting}/split.npz",

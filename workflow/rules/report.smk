@@ -47,7 +47,7 @@ rule latent_table:
 
 
 rule paper_vs_ours:
-    """Published numbers (SPEC section 7) beside ours, with the difference."""
+    """Published numbers (docs/method.md §7) beside ours, with the difference."""
     input:
         main="results/tables/main.csv",
         published=os.path.join(workflow.basedir, "coral", "published", "coral_neurips2025.csv"),
