@@ -27,15 +27,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from coral.config import run_config, settings as config_settings
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
+from coral.methods import PAPER_METHODS
 from coral.sample import generate
 from coral.train import build_model, build_training, default_device, training_step
 
 log = logging.getLogger(__name__)
 
-METHODS = ["ddpm", "cbdm", "t2h", "coral"]
 # Dense bf16 tensor-core peaks (FLOP/s) of cards MFU is reported against.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-# The SPEC's network (section 2) on CIFAR-sized inputs: what the paper preset trains.
+# The paper's network (docs/method.md §2) on CIFAR-sized inputs: what the paper preset trains.
 PAPER_SIZE = {"model": {"ch": 128, "ch_mult": [1, 2, 2, 2], "attn": [1], "num_res_blocks": 2, "dropout": 0.1},
               "image_size": 32, "in_channels": 3, "num_classes": 10, "batch_size": 128, "sample_batch_size": 500}
 TARGETS = {"coral_over_ddpm_step": ("<=", 1.05), "t2h_over_ddpm_step": ("<=", 1.15),
@@ -85,7 +85,7 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.devi
 
 
 def bench_settings(cfg: dict, preset: str, device: torch.device, cpu_batch: int | None) -> dict:
-    """Model, shapes and batch sizes of the benchmark; `paper` uses the SPEC network on 32x32x3."""
+    """Model, shapes and batch sizes of the benchmark; `paper` uses the paper's network on 32x32x3."""
     if preset == "paper":
         settings = {**PAPER_SIZE, "model": dict(PAPER_SIZE["model"])}
         paper_train = cfg["presets"]["paper"]["train"]  # on a GPU, the precision and layout the preset trains in
@@ -124,7 +124,7 @@ def bench_training(cfg: dict, settings: dict, device: torch.device, warmup: int,
     images, labels = _random_batch(settings, device, generator)
     counts = torch.tensor([int(1000 * 0.01 ** (i / 9)) for i in range(settings["num_classes"])])
     steps = {}
-    for method in METHODS:
+    for method in PAPER_METHODS:
         run = _run_cfg(cfg, settings, method)
         setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
         setup.model.train()

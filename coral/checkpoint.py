@@ -10,13 +10,9 @@ from pathlib import Path
 
 import torch
 
-from coral.io import atomic_path, sha256_file
+from coral.io import atomic_path, checksum_path, sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
 
 
 def save(path: Path, state: dict) -> None:

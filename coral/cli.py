@@ -63,6 +63,12 @@ def _setting(cfg: dict, name: str | None) -> str:
     return name
 
 
+def _setting_section(args, section: str) -> dict:
+    """One config section as the setting of --setting sees it (its dataset's overrides merged in)."""
+    cfg = _config(args)
+    return config_module.setting_config(cfg, _setting(cfg, args.setting))[section]
+
+
 def _cmd_subsample(args) -> None:
     from coral.data import write_split
     cfg = _config(args)
@@ -80,8 +86,9 @@ def _cmd_reference(args) -> None:
 def _cmd_train_classifier(args) -> None:
     from coral.classifier import train_classifier
     cfg = _config(args)
-    data = config_module.setting_config(cfg, _setting(cfg, args.setting))["data"]
-    train_classifier(args.reference, cfg["classifier"], data["hflip"], args.out_checkpoint, args.out_json)
+    setting = config_module.setting_config(cfg, _setting(cfg, args.setting))
+    train_classifier(args.reference, setting["classifier"], setting["data"]["hflip"], args.out_checkpoint,
+                     args.out_json)
 
 
 def _cmd_train(args) -> None:
@@ -97,28 +104,26 @@ def _cmd_train(args) -> None:
 
 def _cmd_sample(args) -> None:
     from coral.sample import sample
-    cfg = _config(args)
-    sample(args.checkpoint, cfg["sample"], args.out_npz, args.out_png)
+    sample(args.checkpoint, _setting_section(args, "sample"), args.out_npz, args.out_png)
 
 
 def _cmd_reference_features(args) -> None:
-    from coral.metrics import EXTRACTOR_KEYS, write_reference_features
-    cfg = _config(args)
-    evaluate = config_module.setting_config(cfg, _setting(cfg, args.setting))["evaluate"]
-    write_reference_features(args.reference, args.weights, {key: evaluate[key] for key in EXTRACTOR_KEYS}, args.out)
+    from coral.metrics import write_reference_features
+    evaluate = _setting_section(args, "evaluate")
+    write_reference_features(args.reference, args.weights, {key: evaluate[key] for key in config_module.EXTRACTOR_KEYS},
+                             args.out)
 
 
 def _cmd_evaluate(args) -> None:
     from coral.metrics import evaluate
-    cfg = _config(args)
-    evaluate(args.samples, args.reference, args.split, args.classifier, cfg["evaluate"], args.out_json,
-             args.out_per_class)
+    evaluate(args.samples, args.reference, args.split, args.classifier, _setting_section(args, "evaluate"),
+             args.out_json, args.out_per_class)
 
 
 def _cmd_latent(args) -> None:
     from coral.latent import run_latent
-    cfg = _config(args)
-    run_latent(args.checkpoint, args.split, args.reference, cfg["latent"], args.out_npz, args.out_json, args.out_png)
+    run_latent(args.checkpoint, args.split, args.reference, _setting_section(args, "latent"), args.out_npz,
+               args.out_json, args.out_png)
 
 
 def _cmd_bench(args) -> None:
@@ -179,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True)
     p.add_argument("--run-dir", required=True)
     p = stage("sample", _cmd_sample, "generate images from a run")
+    p.add_argument("--setting", default=None, help=setting_help)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out-npz", required=True)
     p.add_argument("--out-png", required=True)
@@ -188,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, help="the classifier checkpoint, or the Inception weights file")
     p.add_argument("--out", required=True)
     p = stage("evaluate", _cmd_evaluate, "metrics of a sample set")
+    p.add_argument("--setting", default=None, help=setting_help)
     p.add_argument("--samples", required=True)
     p.add_argument("--reference", required=True, help="the reference features (stage reference-features)")
     p.add_argument("--split", required=True)
@@ -195,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-per-class", required=True)
     p = stage("latent", _cmd_latent, "bottleneck features, t-SNE and separation scores of a run")
+    p.add_argument("--setting", default=None, help=setting_help)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--reference", required=True)
@@ -213,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the GPU check's gpu_check-<GPU>.json (default: benchmarks/results)")
     p = stage("bench", _cmd_bench, "measure training, sampling and metric throughput side by side")
     p.add_argument("--size", choices=["embedded", "paper"], default="embedded",
-                   help="embedded: the config's model and batch; paper: the SPEC's 35.7M UNet on 32x32x3")
+                   help="embedded: the config's model and batch; paper: the paper's 35.7M UNet on 32x32x3")
     p.add_argument("--out", default="benchmarks/results", help="folder of the JSON and CSV results")
     p.add_argument("--cpu-batch", type=int, default=None, help="smaller batch when no GPU is present")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")

@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from coral import methods
 from coral.sources import BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message
 
 # Names that become parts of file paths (study names, run variants): no separators, no "..".
@@ -25,7 +26,10 @@ class ConfigError(ValueError):
 
 def schema() -> dict:
     text = (importlib.resources.files("coral") / "schemas" / "config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    root = yaml.safe_load(text)
+    root["$defs"]["method"]["enum"] = list(methods.NAMES)
+    root["$defs"]["dataset"]["enum"] = list(NUM_CLASSES)
+    return root
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -140,7 +144,7 @@ def _check_setting(i: int, setting: dict) -> None:
         raise ConfigError(f"data.settings[{i}].rho: missing; {dataset} is balanced and needs an imbalance "
                           "factor 0 < rho <= 1")
     per_class = BALANCED_PER_CLASS.get(dataset)
-    if rho is not None and per_class and int(per_class * rho) < 1:  # the tail class's count, SPEC section 1
+    if rho is not None and per_class and int(per_class * rho) < 1:  # the tail class's count, docs/method.md §1
         raise ConfigError(f"data.settings[{i}].rho: {rho} leaves the tail class of {dataset} with "
                           f"int({per_class} x {rho}) = 0 images; allowed: {1 / per_class:g} <= rho <= 1")
 
@@ -188,6 +192,8 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
 
 # Ablation keys: sample.omega re-samples the trained checkpoints; keys under these sections retrain.
 TRAINING_SECTIONS = ("train", "objectives", "model", "diffusion")
+# The `evaluate` keys a dataset's reference features depend on, besides the extractor's weights.
+EXTRACTOR_KEYS = ("feature_extractor", "batch_size")
 SAMPLING_KEY = "sample.omega"
 
 
@@ -287,10 +293,14 @@ def setting_config(cfg: dict, name: str) -> dict:
     return merged
 
 
+def dataset_setting(cfg: dict, dataset: str) -> str:
+    """The first setting of a dataset: its reference set and classifier take their config from it."""
+    return next(n for n, s in settings(cfg).items() if s["dataset"] == dataset)
+
+
 def dataset_config(cfg: dict, dataset: str) -> dict:
     """The data config of a dataset (for its reference set and classifier), from its first setting."""
-    name = next(n for n, s in settings(cfg).items() if s["dataset"] == dataset)
-    return {k: v for k, v in setting_config(cfg, name)["data"].items() if k != "rho"}
+    return {k: v for k, v in setting_config(cfg, dataset_setting(cfg, dataset))["data"].items() if k != "rho"}
 
 
 def ablation_setting(cfg: dict) -> str:

@@ -19,15 +19,8 @@ from matplotlib.lines import Line2D
 from coral import lineage
 from coral.images import save_grid_png
 from coral.io import atomic_path
-from coral.tables import METHOD_ORDER
+from coral.methods import COLOURS, NAMES
 
-METHOD_COLORS = {
-    "ddpm": "#7f7f7f",           # gray: the baseline
-    "cbdm": "#1f77b4",           # blue
-    "t2h": "#2ca02c",            # green
-    "coral": "#d62728",          # red
-    "coral_ambient": "#ff7f0e",  # orange: the ablation of CORAL
-}
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
 GROUP_SHADES = {"head": "#e8f0fa", "medium": "#f5f5f5", "tail": "#fbe9e7"}
 MAX_TICK_LABELS = 30
@@ -35,14 +28,14 @@ MAX_LEGEND_CLASSES = 20
 
 
 def method_color(method: str) -> str:
-    """The fixed colour of a method; methods outside METHOD_COLORS get a stable colour from their name."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
+    """The fixed colour of a method (coral.methods); others get a stable colour from their name."""
+    if method in COLOURS:
+        return COLOURS[method]
     return EXTRA_COLORS[zlib.crc32(method.encode()) % len(EXTRA_COLORS)]
 
 
 def _ordered_methods(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in set(methods)]
+    known = [m for m in NAMES if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from coral import methods
 from coral.bench import PEAK_BF16_FLOPS, machine_description
 from coral.config import deep_merge, load_yaml, run_config, validate
 from coral.data import long_tail_counts
@@ -31,7 +32,6 @@ from coral.sample import denoise
 from coral.sources import NUM_CLASSES
 from coral.train import DeviceBatches, build_model, build_training, default_device, training_step
 
-OBJECTIVES = ["ddpm", "cbdm", "t2h", "coral", "coral_ambient"]
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks
 VARIANTS = [("fp32", "channels_last"), ("fp32", "nchw"), ("bf16", "channels_last"), ("bf16", "nchw")]
 TIME_LIMIT_S = 240  # variants still unmeasured after this are recorded as skipped
@@ -140,7 +140,7 @@ def check_training(cfg: dict, device: torch.device, started: float, warmup: int,
     rows, sync = [], {}
     time_limit = TIME_LIMIT_S if device.type == "cuda" else float("inf")  # the CPU dry run measures everything
     for image_size, setting in SETTINGS.items():
-        for objective in OBJECTIVES:
+        for objective in methods.NAMES:
             base = run_config(cfg, setting, objective, 0)
             flops = None
             for dtype, layout in VARIANTS:

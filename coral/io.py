@@ -88,6 +88,12 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where a checkpoint's SHA-256 is kept: `X.pt.sha256` beside `X.pt`."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from coral.io import provenance, read_json, sha256_file, write_json
+from coral.io import checksum_path, provenance, read_json, sha256_file, write_json
 
 SUFFIX = ".lineage.json"
 
@@ -30,14 +30,15 @@ class DamagedArtifact(Exception):
     """An input file is damaged, truncated, empty, unreadable or changed since it was made; one line."""
 
 
-def verify(path: str | os.PathLike, what: str, rule: str) -> None:
+def verify(path: str | os.PathLike, what: str, rule: str) -> str | None:
     """Check `path` against the SHA-256 written when it was made: in its lineage record, or for a
-    checkpoint in its `.sha256` file (coral.checkpoint), whichever exist."""
+    checkpoint in its `.sha256` file (coral.checkpoint), whichever exist. Returns the file's SHA-256
+    (None if there is no file: the reader's error)."""
     path = Path(path)
     if not path.exists():
-        return  # the reader's error
+        return None
     expected = set()
-    record_path, sidecar = lineage_path(path), path.with_name(path.name + ".sha256")
+    record_path, sidecar = lineage_path(path), checksum_path(path)
     if record_path.exists():
         try:
             expected.add(read_json(record_path)["sha256"])
@@ -46,9 +47,11 @@ def verify(path: str | os.PathLike, what: str, rule: str) -> None:
                                   f"({_reason(err)}); delete both and rerun rule {rule}") from None
     if sidecar.exists():
         expected.add(sidecar.read_text().strip())
-    if expected and expected != {sha256_file(path)}:
+    actual = sha256_file(path)
+    if expected and expected != {actual}:
         raise DamagedArtifact(f"{path}: {what} does not match the SHA-256 recorded when it was made (damaged or "
                               f"changed since); delete it and rerun rule {rule}")
+    return actual
 
 
 # What torch.load, np.load and json raise on a damaged, truncated, empty or malicious file.
@@ -57,12 +60,13 @@ READ_ERRORS = (EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingEr
 
 
 @contextlib.contextmanager
-def reading(path: str | os.PathLike, what: str, rule: str) -> Iterator[None]:
-    """Verify `path` (see verify), then turn a failure of the read in the block into one DamagedArtifact
-    line naming the file, what it is and the rule that makes it. Keep the block to the read itself."""
-    verify(path, what, rule)
+def reading(path: str | os.PathLike, what: str, rule: str) -> Iterator[str | None]:
+    """Verify `path` and give its SHA-256 (see verify), then turn a failure of the read in the block into
+    one DamagedArtifact line naming the file, what it is and the rule that makes it. Keep the block to
+    the read itself."""
+    digest = verify(path, what, rule)
     try:
-        yield
+        yield digest
     except READ_ERRORS as err:
         raise DamagedArtifact(f"{path}: {what} cannot be read ({_reason(err)}); delete it and rerun rule {rule}") from err
 

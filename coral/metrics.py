@@ -1,4 +1,4 @@
-"""Sample quality metrics of SPEC section 6: overall, per class, and per head/medium/tail group.
+"""Sample quality metrics of docs/method.md §6: overall, per class, and per head/medium/tail group.
 
 Features come from torch-fidelity's extractors: the balanced reference set's once per dataset
 (`write_reference_features`, rule `reference_features`), the samples' in each evaluation. On them:
@@ -6,7 +6,7 @@ Features come from torch-fidelity's extractors: the balanced reference set's onc
 - FID and improved precision/recall are computed here, exactly, in batches and on the GPU when
   there is one (tests check them against torch-fidelity and scipy);
 - PRD (Sajjadi et al. 2018) is implemented here, with a capped number of clusters and a mini-batch
-  k-means of bounded length: a documented deviation from the SPEC's 20 x C clusters (see prd_scores).
+  k-means of bounded length: a documented deviation from the reference 20 x C clusters (see prd_scores).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from coral import lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
+from coral.config import EXTRACTOR_KEYS
 from coral.data import class_groups, load_reference, load_split
 from coral.io import atomic_path, provenance, sha256_file, write_json
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 EVAL_KEYS = ("feature_extractor", "batch_size", "prc_neighborhood", "kid_subsets", "kid_subset_size",
              "prd_clusters_per_class", "prd_max_clusters", "prd_kmeans_steps", "prd_angles", "prd_runs")
-EXTRACTOR_KEYS = ("feature_extractor", "batch_size")  # all the reference features depend on, besides the weights
 # eval.feature_extractor -> (torch-fidelity name, layer for FID/KID/PRC/PRD, layer for IS)
 FEATURE_EXTRACTORS = {
     "classifier": (FEATURE_EXTRACTOR_NAME, "penultimate", "logits"),
@@ -211,7 +211,7 @@ def max_f_beta(precision: np.ndarray, recall: np.ndarray, beta: float) -> float:
 
 
 def prd_num_clusters(eval_cfg: dict, num_classes: int) -> int:
-    """PRD's clusters: prd_clusters_per_class x C (the SPEC's 20 x C), capped at prd_max_clusters."""
+    """PRD's clusters: prd_clusters_per_class x C (the reference 20 x C), capped at prd_max_clusters."""
     return min(eval_cfg["prd_clusters_per_class"] * num_classes, eval_cfg["prd_max_clusters"])
 
 
@@ -273,7 +273,7 @@ def prd_scores(gen_features, real_features, num_clusters: int, num_angles: int =
     precision-like.
 
     Deviation from Sajjadi et al.'s code (scikit-learn MiniBatchKMeans, best of 10 seedings, run to
-    convergence) and from the SPEC's 20 x C clusters: one k-means++ seeding per run, a fixed number
+    convergence) and from the reference 20 x C clusters: one k-means++ seeding per run, a fixed number
     of mini-batch steps, and the caller caps the clusters (prd_num_clusters). 20 x C clusters over
     ImageNet-LT's 100k features of 2048 dims took ~136 h on 2 CPU cores; benchmarks/metrics_bench.py
     measures the effect on F_8 and F_1/8 (benchmarks/results/metrics-cpu.json, "prd_effect").
@@ -438,8 +438,9 @@ def _check_eval_cfg(eval_cfg: dict) -> None:
 def _check_reference_features(path: str | Path, real: ReferenceFeatures, eval_cfg: dict, weights: str) -> None:
     """The reference features must come from the extractor and weights this evaluation uses."""
     if eval_cfg["feature_extractor"] == "classifier":
-        lineage.verify(weights, "the classifier", "train_classifier")
-    sha = sha256_file(weights)
+        sha = lineage.verify(weights, "the classifier", "train_classifier")
+    else:
+        sha = sha256_file(weights)
     if (real.meta.get("feature_extractor"), real.meta.get("weights_sha256")) != (eval_cfg["feature_extractor"], sha):
         raise lineage.DamagedArtifact(f"{path}: features of {real.meta.get('feature_extractor')!r} with weights "
                          f"{real.meta.get('weights')} (sha256 {real.meta.get('weights_sha256')}), but this evaluation "

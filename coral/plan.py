@@ -418,7 +418,8 @@ class CostModel:
                                   f"{JPEG_SECONDS if jpeg else ARRAY_SECONDS} s per image and core",))
 
     def _train_classifier(self, dataset: str) -> JobCost:
-        data, clf = config_module.dataset_config(self.cfg, dataset), self.cfg["classifier"]
+        data = config_module.dataset_config(self.cfg, dataset)
+        clf = config_module.setting_config(self.cfg, config_module.dataset_setting(self.cfg, dataset))["classifier"]
         net = _classifier(in_channels(dataset), NUM_CLASSES[dataset], clf["width"], data["image_size"],
                           clf["batch_size"])
         fp32 = {"train": {"bf16_autocast": False, "channels_last": False}}  # the classifier trains in fp32, NCHW
@@ -539,7 +540,7 @@ class CostModel:
                      f"evaluate: KID on the CPU at an assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core"))
 
     def _latent(self, setting: str, method: str) -> JobCost:
-        run, latent = self._run(setting, method), self.cfg["latent"]
+        run, latent = self._run(setting, method), config_module.setting_config(self.cfg, setting)["latent"]
         data = run["data"]
         classes, channels = NUM_CLASSES[data["dataset"]], in_channels(data["dataset"])
         points = min(latent["per_class"] * classes, image_count(data, "reference"))

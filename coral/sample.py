@@ -1,4 +1,4 @@
-"""Samplers (SPEC section 5): ancestral DDPM and DDIM with batched classifier-free guidance.
+"""Samplers (docs/method.md §5): ancestral DDPM and DDIM with batched classifier-free guidance.
 
 Generation is seeded per image (image i uses seed sample.seed * 2**20 + i: torch's CPU generator
 keeps 32 bits of a seed, so seeds below 4096 and up to 2**20 images never collide), so an image
@@ -20,7 +20,7 @@ from coral import lineage
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
-from coral.io import atomic_path, exclusive, provenance, sha256_file
+from coral.io import atomic_path, exclusive, provenance
 from coral import checkpoint as checkpoints
 from coral.train import default_device, model_from_state
 from coral.unet import UNet
@@ -136,7 +136,7 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
 
 def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: str | Path,
             time_budget: float | None) -> None:
-    with lineage.reading(checkpoint, "the trained model", "train"):
+    with lineage.reading(checkpoint, "the trained model", "train") as checkpoint_sha256:
         state = checkpoints.load(checkpoint)
     model, diffusion, run_cfg = model_from_state(state, default_device())
     num_classes = model.class_embedding.num_embeddings
@@ -145,7 +145,7 @@ def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: st
     labels = sample_labels(sample_cfg["num_samples"], num_classes, sample_cfg["labels"], sample_cfg["seed"])
     ids = torch.arange(len(labels))
     partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg,
-                                                                "checkpoint_sha256": sha256_file(checkpoint)})
+                                                                "checkpoint_sha256": checkpoint_sha256})
     batch_seconds = 0.0
     batches = []
     with Deadline.for_this_job(time_budget) as deadline:

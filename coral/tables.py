@@ -3,7 +3,7 @@
 Reads the metrics JSONs, per-class CSVs and separation JSONs of single runs; never imports torch.
 Conventions for every table:
 - rows are ordered by dataset (alphabetical), rho (descending: milder imbalance first), method
-  (ddpm, cbdm, t2h, coral, coral_ambient, then any other method alphabetically);
+  (coral.methods' order, then any other method alphabetically);
 - `<name>_mean` is the mean over seeds and `<name>_std` the sample standard deviation over seeds
   (ddof=1); with a single seed the std is NaN, written as an empty CSV cell. A metric missing
   (null) in any seed gives NaN for that row rather than a mean over fewer seeds.
@@ -17,11 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from coral import lineage
+from coral import lineage, methods
 from coral.config import setting_name
 from coral.io import atomic_path
 
-METHOD_ORDER = ("ddpm", "cbdm", "t2h", "coral", "coral_ambient")
 SETTING = ["dataset", "rho", "method"]
 
 # Main-table column name -> where it lives in a metrics JSON.
@@ -78,11 +77,11 @@ def _run_record(path: str | os.PathLike, data: dict) -> dict:
 
 
 def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return methods.NAMES.index(method) if method in methods.NAMES else len(methods.NAMES)
 
 
 def _sort(df: pd.DataFrame, extra: list[str] | None = None, extra_ascending: list[bool] | None = None) -> pd.DataFrame:
-    """Order rows by dataset, rho (descending), method (METHOD_ORDER first), then `extra` columns."""
+    """Order rows by dataset, rho (descending), method (coral.methods' order first), then `extra` columns."""
     df = df.assign(_rank=df["method"].map(_method_rank))
     by = ["dataset", "rho", "_rank", "method"] + (extra or [])
     ascending = [True, False, True, True] + (extra_ascending or [])

@@ -41,3 +41,30 @@ def test_a_jobs_threads_cap_torch_and_the_blas_pools():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     threads = json.loads(out.stdout)
     assert len(threads) >= 2 and set(threads) == {1}, (threads, out.stderr[-2000:])
+
+
+def test_stages_read_their_settings_dataset_overrides(tmp_path, monkeypatch):
+    """A stage run by hand sees a setting's config as the workflow does: its dataset's overrides merged in."""
+    from coral import cli
+    from coral.config import deep_merge, load_yaml
+    overrides = {"dataset_overrides": {"animals": {"sample": {"batch_size": 7}, "evaluate": {"kid_subsets": 3},
+                                                   "latent": {"per_class": 2}, "classifier": {"width": 8}}}}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(deep_merge(load_yaml(REPO / "config.yaml"), overrides)))
+    seen = {}
+    monkeypatch.setattr("coral.sample.sample", lambda checkpoint, cfg, *rest: seen.update(sample=cfg["batch_size"]))
+    monkeypatch.setattr("coral.metrics.evaluate", lambda samples, ref, split, clf, cfg, *rest:
+                        seen.update(evaluate=cfg["kid_subsets"]))
+    monkeypatch.setattr("coral.latent.run_latent", lambda checkpoint, split, ref, cfg, *rest:
+                        seen.update(latent=cfg["per_class"]))
+    monkeypatch.setattr("coral.classifier.train_classifier", lambda ref, cfg, *rest: seen.update(classifier=cfg["width"]))
+    common = ["--config", str(config), "--preset", "smoke", "--setting", "animals-rho0.1"]
+    for argv in (["sample", "--checkpoint", "c", "--out-npz", "o", "--out-png", "p"],
+                 ["evaluate", "--samples", "s", "--reference", "r", "--split", "x", "--classifier", "c",
+                  "--out-json", "j", "--out-per-class", "p"],
+                 ["latent", "--checkpoint", "c", "--split", "x", "--reference", "r", "--out-npz", "o",
+                  "--out-json", "j", "--out-png", "p"],
+                 ["train-classifier", "--reference", "r", "--out-checkpoint", "c", "--out-json", "j"]):
+        args = cli.build_parser().parse_args(argv[:1] + common + argv[1:])
+        args.func(args)
+    assert seen == {"sample": 7, "evaluate": 3, "latent": 2, "classifier": 8}

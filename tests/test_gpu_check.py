@@ -11,7 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from coral.config import load, run_config
 from coral.diffusion import Diffusion
-from coral.gpu_check import OBJECTIVES, VARIANTS, _TrainingLoop
+from coral.gpu_check import VARIANTS, _TrainingLoop
+from coral.methods import NAMES as OBJECTIVES
 from coral.sample import denoise
 from coral.train import build_model
 

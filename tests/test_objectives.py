@@ -1,4 +1,4 @@
-"""Objectives against hand-worked cases and closed forms (SPEC section 4)."""
+"""Objectives against hand-worked cases and closed forms (docs/method.md §4)."""
 import math
 
 import numpy as np
@@ -170,3 +170,10 @@ def test_dropped_labels_keep_true_labels_for_the_network_only():
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="'dppm'"):
         build_objective("dppm", {}, DIFFUSION, torch.ones(10), small_unet())
+
+
+def test_every_registered_method_has_its_objective_and_no_other():
+    """coral.methods is the one list of methods; coral.objectives implements exactly those."""
+    from coral.methods import NAMES
+    from coral.objectives import OBJECTIVES
+    assert list(OBJECTIVES) == list(NAMES)

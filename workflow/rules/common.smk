@@ -89,6 +89,14 @@ def evaluate_params(wildcards):
     return coral_config.setting_config(CFG, wildcards.setting)["evaluate"]
 
 
+def latent_params(wildcards):
+    return coral_config.setting_config(CFG, wildcards.setting)["latent"]
+
+
+def classifier_params(wildcards):
+    return coral_config.setting_config(CFG, coral_config.dataset_setting(CFG, wildcards.dataset))["classifier"]
+
+
 def study_metrics(study):
     """Metrics JSONs of every point and seed of an ablation study, in table order."""
     return [f"results/metrics/{ABLATION_SETTING}/{row['variant']}/seed{seed}/{tag(row['omega'])}.json"
@@ -174,7 +182,7 @@ def feature_weights_of(wildcards):
 
 def reference_features_params(wildcards):
     evaluate = dataset_evaluate(wildcards)
-    return {key: evaluate[key] for key in ("feature_extractor", "batch_size")}
+    return {key: evaluate[key] for key in coral_config.EXTRACTOR_KEYS}
 
 
 def reference_features_of(wildcards):

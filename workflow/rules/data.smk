@@ -1,5 +1,5 @@
 rule subsample:
-    """The long-tailed training set of a setting (SPEC section 1): images, labels, class counts."""
+    """The long-tailed training set of a setting (docs/method.md §1): images, labels, class counts."""
     output:
         split="results/data/{setting}/split.npz",
         counts="results/data/{setting}/class_counts.csv",
@@ -17,7 +17,7 @@ rule subsample:
 
 
 rule reference:
-    """The balanced set a dataset's samples are compared with (SPEC section 6)."""
+    """The balanced set a dataset's samples are compared with (docs/method.md §6)."""
     output:
         reference="results/data/{dataset}/reference.npz",
     params:
@@ -44,7 +44,7 @@ rule train_classifier:
         summary="results/classifier/{dataset}/classifier.json",
     params:
         hflip=lambda wildcards: dataset_data(wildcards)["hflip"],
-        classifier=CFG["classifier"],
+        classifier=classifier_params,
     threads: planned_threads("train_classifier")
     resources:
         gpu=1,

@@ -9,7 +9,7 @@ rule latent:
         separation=f"results/latent/{RUN}/separation.json",
         plot=f"results/latent/{RUN}/tsne.png",
     params:
-        latent=CFG["latent"],
+        latent=latent_params,
     threads: planned_threads("latent")
     resources:
         gpu=1,
