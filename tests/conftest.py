@@ -10,7 +10,7 @@ from slurm_cluster import missing_requirements
 torch.set_num_threads(1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cluster_requirements():
     """Skip a test that needs a local SLURM cluster where none can start (fail under CI, which installs one)."""
     reason = missing_requirements()
@@ -18,3 +18,15 @@ def cluster_requirements():
         if os.environ.get("CI"):
             pytest.fail(f"no SLURM cluster can be started: {reason}")
         pytest.skip(reason)
+
+
+# The longest modules (seconds on the 2-core reference machine) start first, so that the other worker
+# is not left with one long module at the end.
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_rehearsal.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: each module keeps its own order

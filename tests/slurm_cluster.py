@@ -134,3 +134,14 @@ def _cluster(workdir: Path, timeout: float) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        _remove_config()
+
+
+def _remove_config() -> None:
+    """Remove the config this module wrote. Left behind, it points every `scontrol` at a controller that
+    is gone: the SLURM executor plugin runs `scontrol show config` whenever Snakemake starts (any
+    executor), and each call would wait 9 s for its timeout."""
+    for name in ("slurm.conf", "gres.conf"):
+        path = CONF_DIR / name
+        if path.exists() and MARKER in path.read_text():
+            path.unlink()

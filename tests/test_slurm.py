@@ -1,4 +1,13 @@
-"""The smoke preset through the SLURM profile on a real one-node SLURM cluster on this machine."""
+"""The workflow on a real one-node SLURM cluster on this machine: the smoke preset through the profile as
+shipped, and one training spread over several jobs by its time limit.
+
+Both run on one cluster started once for the module (`cluster_runs`), and each test checks its own.
+The training's partition limit is one minute (cluster.max_runtime_min: 1): each job reads the time it
+has left from SLURM, stops with a checkpoint before the limit and exits 75; Snakemake resubmits it
+(the train rule's retries) until the run is done. The weights must equal those of one uninterrupted
+run. One local cluster runs at a time on a machine (slurm_cluster's lock)."""
+import json
+import math
 import re
 import subprocess
 import sys
@@ -6,8 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import pytest
+import torch
 import yaml
 
+from coral.checkpoint import load as load_checkpoint
+from coral.config import deep_merge, load_yaml
 from slurm_cluster import local_slurm_cluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +39,117 @@ def planned_jobs(output: str) -> list[tuple[str, dict]]:
         if match and resources:
             jobs.append((match.group(1), dict(item.split("=", 1) for item in resources.group(1).split(", "))))
     return jobs
+
+
+RUN = "results/runs/animals-rho0.1/ddpm/seed0"
+# A one-minute job trains for at most 40 s (it stops 20 s before the limit, after a start of several
+# seconds), so a training of 90 s needs three jobs or more on any machine. Its steps come from this
+# machine's measured speed.
+TRAINING_SECONDS = 90
+OVERLAY = {"preset": "smoke", "cluster": {"max_runtime_min": 1, "max_mem_gb": 8, "spare_attempts": 12},
+           "presets": {"smoke": {"train": {"checkpoint_every": 100000, "log_every": 100}}}}
+# Statuses from squeue (a cluster without accounting, no sacct), checked from the first second.
+STATUS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
+
+
+def write_config(path: Path, steps: int) -> Path:
+    overlay = deep_merge(OVERLAY, {"presets": {"smoke": {"train": {"steps": steps}}}})
+    path.write_text(yaml.safe_dump(deep_merge(load_yaml(REPO / "config.yaml"), overlay), sort_keys=False))
+    return path
+
+
+def steps_per_second(tmp_path: Path, split: Path) -> float:
+    """This machine's smoke training speed at its fastest (the safe side), from a 400-step run's stats."""
+    config = write_config(tmp_path / "calibrate.yaml", 400)
+    subprocess.run([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
+                    "--method", "ddpm", "--split", str(split), "--run-dir", str(tmp_path / "calibrate")],
+                   check=True, timeout=300)
+    stats = [json.loads(line) for line in (tmp_path / "calibrate/stats.jsonl").read_text().splitlines()]
+    batch_size = load_yaml(config)["presets"]["smoke"]["train"]["batch_size"]
+    return max(record["img_per_s"] for record in stats[1:]) / batch_size  # the first 100 steps warm up
+
+
+def spread_training_config(folder: Path) -> Path:
+    """The split and config of a training that needs three jobs or more of one minute."""
+    split = folder / "split.npz"
+    subprocess.run([sys.executable, "-m", "coral", "subsample", "--config", str(REPO / "config.yaml"),
+                    "--preset", "smoke", "--out-split", str(split), "--out-counts", str(folder / "counts.csv")],
+                   check=True, timeout=300)
+    # at least the steps an idle 2-core machine needs (about 31 steps/s): a calibration slowed by other
+    # work must not shrink the training below three jobs once that work is done
+    steps = max(2800, 100 * math.ceil(steps_per_second(folder, split) * TRAINING_SECONDS / 100))
+    return write_config(folder / "config.yaml", steps)
+
+
+def snakemake_in_background(workdir: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """Snakemake on `workdir`, its output going to a file beside it (no pipe to fill while it runs)."""
+    workdir.mkdir(parents=True)
+    output = workdir.parent / f"{workdir.name}.out"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    with open(output, "w") as sink:
+        return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT), output
+
+
+@pytest.fixture(scope="module")
+def cluster_runs(tmp_path_factory, cluster_requirements) -> dict:
+    """Both workflows of the module on one cluster, one after the other (the training first, while the
+    machine runs as fast as its calibration measured); per name, (return code, output, workdir)."""
+    root = tmp_path_factory.mktemp("slurm")
+    (root / "spread").mkdir()
+    config = spread_training_config(root / "spread")
+    reference = subprocess.Popen([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
+                                  "--method", "ddpm", "--split", str(root / "spread/split.npz"),
+                                  "--run-dir", str(root / "spread/uninterrupted")])
+    runs = {}
+    with local_slurm_cluster(root / "cluster"):
+        for name, workdir, args in [
+                ("spread", root / "spread/work", ["--configfile", str(config), "--latency-wait", "5", f"{RUN}/final.pt"]),
+                # what a new user runs: the profile as shipped (the default partition and account)
+                ("smoke", root / "smoke", ["--configfile", str(REPO / "config.yaml"), "--slurm-keep-successful-logs",
+                                           "results/tables/main.csv", "--config", "preset=smoke"])]:
+            process, output = snakemake_in_background(workdir, "--workflow-profile", str(PROFILE), *STATUS,
+                                                      "--verbose", *args)
+            try:
+                code = process.wait(timeout=1200)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+            runs[name] = (code, output.read_text(), workdir)
+    assert reference.wait(timeout=600) == 0
+    runs["uninterrupted"] = root / "spread/uninterrupted/final.pt"
+    return runs
+
+
+def test_smoke_preset_completes_on_slurm_with_the_unmodified_profile(cluster_runs):
+    code, output, workdir = cluster_runs["smoke"]
+    assert code == 0, output[-4000:]
+    main = pd.read_csv(workdir / "results" / "tables" / "main.csv")
+    assert main["method"].tolist() == ["ddpm", "cbdm", "t2h", "coral"]
+    slurm_logs = list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert any("rule_train" in str(path) for path in slurm_logs)
+    calls = [line for line in output.splitlines() if "sbatch call:" in line]
+    gpu_calls = Counter(re.search(r"rule_(\w+?)(?:_wildcards|\W|$)", line).group(1) for line in calls
+                        if "--gpus=1" in line)
+    assert {rule: gpu_calls[rule] for rule in ("train", "sample", "evaluate", "train_classifier")} == \
+        {"train": 4, "sample": 4, "evaluate": 4, "train_classifier": 1}
+    assert set(gpu_calls) <= GPU_RULES
+    assert len(calls) > sum(gpu_calls.values())  # subsample, reference and the table ask for no GPU
+    assert all(re.search(r" -t 1[05] ", line) and "--cpus-per-task=1" in line for line in calls), calls[:3]
+
+
+def test_training_spans_jobs_by_its_time_limit(cluster_runs):
+    code, output, workdir = cluster_runs["spread"]
+    assert code == 0, output[-4000:]
+    train_calls = [line for line in output.splitlines() if "sbatch call:" in line and "rule_train" in line]
+    assert len(train_calls) >= 3, output[-4000:]
+    # each job stopped itself before the limit (exit 75), none was killed at it, no final.pt was thrown away
+    assert "SLURM status is: 'TIMEOUT'" not in output and "Removing output files of failed job" not in output
+    assert all(re.search(r"(-t|--time) ?=?1\b", line) for line in train_calls), train_calls
+    log = (workdir / "results/logs/train/animals-rho0.1/ddpm/seed0.log").read_text()  # the last job's log
+    assert "resuming" in log
+    whole, spread = load_checkpoint(cluster_runs["uninterrupted"]), load_checkpoint(workdir / RUN / "final.pt")
+    for name, tensor in whole["ema"].items():
+        assert torch.equal(tensor, spread["ema"][name]), name
 
 
 def test_every_job_is_sized_by_the_plan_and_gpu_rules_declare_a_gpu(tmp_path):
@@ -48,29 +172,3 @@ def test_every_job_is_sized_by_the_plan_and_gpu_rules_declare_a_gpu(tmp_path):
         assert int(resources["mem_mb"]) <= 8 * 1024 and ("gpu_mem_gb" in resources) == (rule in GPU_RULES)
     assert {rule for rule, gpu in gpu_by_rule.items() if gpu == {True}} == GPU_RULES, dry_run.stdout[-3000:]
     assert gpu_by_rule["subsample"] == {False} and gpu_by_rule["main_table"] == {False}
-
-
-def test_smoke_preset_completes_on_slurm_with_the_unmodified_profile(tmp_path, cluster_requirements):
-    # What a new user runs: the profile as shipped (the cluster's default partition and the user's
-    # default account), plus the status command of a cluster without accounting (no sacct).
-    workdir = tmp_path / "work"
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(REPO / "config.yaml"), "--config", "preset=smoke",
-               "--workflow-profile", str(PROFILE), "--slurm-status-command", "squeue",
-               "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs", "--verbose",
-               "results/tables/main.csv"]
-    with local_slurm_cluster(tmp_path / "cluster"):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    main = pd.read_csv(workdir / "results" / "tables" / "main.csv")
-    assert main["method"].tolist() == ["ddpm", "cbdm", "t2h", "coral"]
-    slurm_logs = list((workdir / ".snakemake" / "slurm_logs").rglob("*.log"))
-    assert any("rule_train" in str(path) for path in slurm_logs)
-    calls = [line for line in (result.stdout + result.stderr).splitlines() if "sbatch call:" in line]
-    gpu_calls = Counter(re.search(r"rule_(\w+?)(?:_wildcards|\W|$)", line).group(1) for line in calls
-                        if "--gpus=1" in line)
-    assert {rule: gpu_calls[rule] for rule in ("train", "sample", "evaluate", "train_classifier")} == \
-        {"train": 4, "sample": 4, "evaluate": 4, "train_classifier": 1}
-    assert set(gpu_calls) <= GPU_RULES
-    assert len(calls) > sum(gpu_calls.values())  # subsample, reference and the table ask for no GPU
-    assert all(re.search(r" -t 1[05] ", line) and "--cpus-per-task=1" in line for line in calls), calls[:3]
