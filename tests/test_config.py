@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from coral.config import (ConfigError, deep_merge, from_command_line, load, resolve, run_config, setting_config,
-                          settings, study_rows, variants)
+                          schema, settings, study_rows, variants)
 
 BASE = yaml.safe_load(open("config.yaml"))
 
@@ -147,3 +147,15 @@ def test_command_line_strings_become_the_numbers_the_schema_wants():
     raw["train"]["label_drop"] = "1"  # a string key stays a string: the enum refuses it
     with pytest.raises(ConfigError, match="train.label_drop: '1' is not allowed"):
         resolve(from_command_line(raw))
+
+
+def test_the_schema_holds_no_defaults_config_yaml_holds_them():
+    """config.yaml is the one home of every default value: a `default` in the schema would be a second one."""
+    def defaults(node, path=""):
+        if isinstance(node, dict):
+            found = [path] if "default" in node else []
+            return found + [p for key, value in node.items() for p in defaults(value, f"{path}/{key}")]
+        if isinstance(node, list):
+            return [p for i, value in enumerate(node) for p in defaults(value, f"{path}/{i}")]
+        return []
+    assert defaults(schema()) == []
