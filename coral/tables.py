@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -215,21 +215,19 @@ def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | o
     return table
 
 
-def ablation_table(study: str, key: str | None, metrics_jsons: Sequence[str | os.PathLike],
-                   points: Sequence[dict], out_csv: str | os.PathLike) -> pd.DataFrame:
-    """One ablation study over seeds. points[i] = {"method", "value"} of metrics_jsons[i]: the
+def ablation_table(study: str, key: str | None, points: Mapping[str | os.PathLike, dict],
+                   out_csv: str | os.PathLike) -> pd.DataFrame:
+    """One ablation study over seeds. `points` maps each metrics JSON to its {"method", "value"}: the
     objective and the value of `key` (for a study without key, the value is the method).
 
     Columns: study, key, dataset, rho, method, value, run (the run folder's name), num_seeds, then
     `<m>_mean`, `<m>_std` for the main-table metrics, then the sampling columns. Rows keep the
     order of `points` (methods, then values as configured). Writes out_csv atomically.
     """
-    if len(metrics_jsons) != len(points):
-        raise ValueError(f"ablation_table: {len(metrics_jsons)} metrics JSONs but {len(points)} points")
-    if not metrics_jsons:
+    if not points:
         raise ValueError(f"ablation_table {study}: no metrics JSON files given")
     records = []
-    for path, point in zip(metrics_jsons, points):
+    for path, point in points.items():
         record = _metrics_record(path)
         records.append({**record, "run": record["method"], "method": point["method"], "value": str(point["value"])})
     records = pd.DataFrame(records)
@@ -238,7 +236,7 @@ def ablation_table(study: str, key: str | None, metrics_jsons: Sequence[str | os
     table.insert(1, "key", key or "method")
     front = ["study", "key", "dataset", "rho", "method", "value", "run", "num_seeds"]
     table = table[front + [c for c in table.columns if c not in front]]
-    _write_table(table, out_csv, "ablation_table", metrics_jsons)
+    _write_table(table, out_csv, "ablation_table", list(points))
     return table
 
 

@@ -203,12 +203,11 @@ def test_tsne_and_samples_figures(tmp_path):
 # ---------------------------------------------------------------- ablations and published numbers
 
 def test_ablation_table_rows_follow_points_and_average_seeds(tmp_path):
-    files, points = [], []
+    points = {}
     for value, variant, fids in [(0.05, "coral~tau_sc=0.05", [4.0, 6.0]), (0.1, "coral", [3.0, 5.0])]:
         for seed, fid in enumerate(fids):
-            files.append(metrics_json(tmp_path, "toy", 0.01, variant, seed, fid))
-            points.append({"method": "coral", "value": value})
-    table = ablation_table("tau_sc", "objectives.coral.tau_sc", files, points, tmp_path / "ablation.csv")
+            points[metrics_json(tmp_path, "toy", 0.01, variant, seed, fid)] = {"method": "coral", "value": value}
+    table = ablation_table("tau_sc", "objectives.coral.tau_sc", points, tmp_path / "ablation.csv")
     assert table["value"].tolist() == ["0.05", "0.1"] and table["run"].tolist() == ["coral~tau_sc=0.05", "coral"]
     assert table["fid_mean"].tolist() == [5.0, 4.0]
     assert table["fid_std"].tolist() == pytest.approx([math.sqrt(2), math.sqrt(2)])
@@ -221,9 +220,9 @@ def test_ablation_table_rows_follow_points_and_average_seeds(tmp_path):
 
 
 def test_ablation_figure_of_a_method_comparison(tmp_path):
-    files = [metrics_json(tmp_path, "toy", 0.01, m, 0, fid) for m, fid in [("coral", 3.0), ("coral_ambient", 4.0)]]
-    points = [{"method": "coral", "value": "coral"}, {"method": "coral_ambient", "value": "coral_ambient"}]
-    table = ablation_table("latent_vs_ambient", None, files, points, tmp_path / "a.csv")
+    points = {metrics_json(tmp_path, "toy", 0.01, m, 0, fid): {"method": m, "value": m}
+              for m, fid in [("coral", 3.0), ("coral_ambient", 4.0)]}
+    table = ablation_table("latent_vs_ambient", None, points, tmp_path / "a.csv")
     assert table["key"].tolist() == ["method", "method"] and table["fid_mean"].tolist() == [3.0, 4.0]
     ablation_figure(tmp_path / "a.csv", tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 1000

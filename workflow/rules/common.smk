@@ -97,16 +97,32 @@ def classifier_params(wildcards):
     return coral_config.setting_config(CFG, coral_config.dataset_setting(CFG, wildcards.dataset))["classifier"]
 
 
-def study_metrics(study):
-    """Metrics JSONs of every point and seed of an ablation study, in table order."""
-    return [f"results/metrics/{ABLATION_SETTING}/{row['variant']}/seed{seed}/{tag(row['omega'])}.json"
-            for row in coral_config.study_rows(CFG, study) for seed in SEEDS]
-
-
 def study_points(study):
-    """(method, value) of each file of study_metrics(study)."""
-    return [{"method": row["method"], "value": row["value"]}
-            for row in coral_config.study_rows(CFG, study) for _ in SEEDS]
+    """{metrics JSON: {"method", "value"}} of every point and seed of an ablation study, in table order."""
+    return {f"results/metrics/{ABLATION_SETTING}/{row['variant']}/seed{seed}/{tag(row['omega'])}.json":
+            {"method": row["method"], "value": row["value"]}
+            for row in coral_config.study_rows(CFG, study) for seed in SEEDS}
+
+
+def study_metrics_of(wildcards):
+    return list(study_points(wildcards.study))
+
+
+def study_points_of(wildcards):
+    return study_points(wildcards.study)
+
+
+def study_key_of(wildcards):
+    """The dotted key a study varies (None: a comparison of methods)."""
+    return CFG["ablations"]["studies"][wildcards.study].get("key")
+
+
+def classifier_hflip(wildcards):
+    return dataset_data(wildcards)["hflip"]
+
+
+def run_dir(wildcards, output):
+    return os.path.dirname(output.final)
 
 
 CHECKPOINTS = runs(f"results/runs/{RUN}/final.pt")

@@ -43,7 +43,7 @@ rule train_classifier:
         checkpoint="results/classifier/{dataset}/classifier.pt",
         summary="results/classifier/{dataset}/classifier.json",
     params:
-        hflip=lambda wildcards: dataset_data(wildcards)["hflip"],
+        hflip=classifier_hflip,
         classifier=classifier_params,
     threads: planned_threads("train_classifier")
     resources:

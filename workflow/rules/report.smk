@@ -67,12 +67,12 @@ rule paper_vs_ours:
 rule ablation_table:
     """One ablation study: a row per method and value, over seeds."""
     input:
-        metrics=lambda wildcards: study_metrics(wildcards.study),
+        metrics=study_metrics_of,
     output:
         report("results/tables/ablation_{study}.csv", caption="../report/ablation_table.rst", category="Ablations"),
     params:
-        points=lambda wildcards: study_points(wildcards.study),
-        key=lambda wildcards: CFG["ablations"]["studies"][wildcards.study].get("key"),
+        points=study_points_of,
+        key=study_key_of,
     resources:
         **planned_resources("ablation_table"),
     log:

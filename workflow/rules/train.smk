@@ -6,7 +6,7 @@ rule train:
         final=f"results/runs/{RUN}/final.pt",
     params:
         run=run_params,
-        run_dir=lambda wildcards, output: os.path.dirname(output.final),
+        run_dir=run_dir,
     threads: planned_threads("train")
     resources:
         gpu=1,
