@@ -156,18 +156,23 @@ def long_tail_counts(n_max: int, rho: float, num_classes: int) -> list[int]:
     return [int(n_max * rho ** (i / (num_classes - 1))) for i in range(num_classes)]
 
 
-def long_tail_indices(labels: np.ndarray, rho: float, seed: int) -> np.ndarray:
-    """Indices of the long-tailed subset of a balanced label array, as docs/method.md §1 selects them."""
+def class_subset_indices(labels: np.ndarray, counts: list[int], seed: int) -> np.ndarray:
+    """counts[c] images of each class c: per class in label order, one RandomState(seed) shuffles the
+    class's indices and keeps the first counts[c] (docs/method.md §1). int64 indices, grouped by class."""
     labels = np.asarray(labels)
-    num_classes = int(labels.max()) + 1
-    n_max = len(labels) // num_classes
     rng = np.random.RandomState(seed)
     chosen = []
-    for c, n in enumerate(long_tail_counts(n_max, rho, num_classes)):
+    for c, n in enumerate(counts):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         chosen.append(idx[:n])
     return np.concatenate(chosen).astype(np.int64)
+
+
+def long_tail_indices(labels: np.ndarray, rho: float, seed: int) -> np.ndarray:
+    """Indices of the long-tailed subset of a balanced label array (docs/method.md §1)."""
+    num_classes = int(np.max(labels)) + 1
+    return class_subset_indices(labels, long_tail_counts(len(labels) // num_classes, rho, num_classes), seed)
 
 
 def class_groups(class_counts) -> list[str]:

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from coral.data import class_subset_indices
 from coral.io import DatasetError
 from coral.sources import CELEBA_FILES, IMAGENET_FOLDER, IMAGENET_LT_FILES
 
@@ -168,17 +169,10 @@ def _celeba5_train(folder: Path) -> tuple[list[str], np.ndarray]:
 
 
 def balanced_indices(labels: np.ndarray, seed: int) -> np.ndarray:
-    """n_min = the smallest class count; per class, in label order, one RandomState(seed) shuffles the class's
-    indices and keeps the first n_min. Returns int64 indices (C * n_min,), grouped by class."""
+    """The smallest class count of images of every class, chosen as class_subset_indices does."""
     num_classes = int(labels.max()) + 1
-    n_min = np.bincount(labels, minlength=num_classes).min()
-    rng = np.random.RandomState(seed)
-    chosen = []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        chosen.append(idx[:n_min])
-    return np.concatenate(chosen).astype(np.int64)
+    n_min = int(np.bincount(labels, minlength=num_classes).min())
+    return class_subset_indices(labels, [n_min] * num_classes, seed)
 
 
 def load_celeba5(data_cfg: dict, part: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
