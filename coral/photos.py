@@ -6,7 +6,6 @@ evaluation compares against.
 """
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -95,12 +94,14 @@ class _ImageFiles(Dataset):
 
 
 def decode_images(paths: list[Path], size: int, crop: int | None, desc: str) -> torch.Tensor:
-    """uint8 (N, 3, size, size), decoded by worker processes with a progress bar on stderr."""
+    """uint8 (N, 3, size, size), decoded by one worker process per thread of the job (torch's thread
+    count, which a rule's `threads` set through cli.setup_job), with a progress bar on stderr."""
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(f"{missing[0]}: no such image file ({len(missing)} of the {len(paths)} listed "
                            "images are missing)")
-    workers = min(8, len(os.sched_getaffinity(0))) if len(paths) >= MIN_IMAGES_FOR_WORKERS else 0
+    threads = torch.get_num_threads()
+    workers = threads if threads > 1 and len(paths) >= MIN_IMAGES_FOR_WORKERS else 0
     loader = DataLoader(_ImageFiles([str(p) for p in paths], size, crop), batch_size=BATCH_SIZE,
                         num_workers=workers)
     images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)

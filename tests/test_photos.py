@@ -243,3 +243,26 @@ def test_worker_processes_decode_and_report_errors(tmp_path, monkeypatch):
     bad.write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(DatasetError, match=re.escape(f"{bad}: cannot use this image")):
         load_imagenet_lt(imagenet_cfg(tmp_path), "train")
+
+
+@pytest.mark.parametrize("threads,workers", [(1, 0), (3, 3)])
+def test_decoding_uses_one_worker_per_thread_of_the_job(tmp_path, monkeypatch, threads, workers):
+    """A rule's `threads` (torch's thread count in a job) set the decoding processes, not the machine's cores."""
+    paths = []
+    for i in range(photos.MIN_IMAGES_FOR_WORKERS):
+        paths.append(tmp_path / f"{i}.jpg")
+        save_jpeg(paths[-1], solid(8, 8, (i % 256, 128, 255 - i % 256)))
+    asked = []
+
+    def data_loader(dataset, num_workers, **kwargs):  # records the ask, decodes in this process
+        asked.append(num_workers)
+        return torch.utils.data.DataLoader(dataset, num_workers=0, **kwargs)
+
+    monkeypatch.setattr(photos, "DataLoader", data_loader)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        images = photos.decode_images(paths, 8, None, "test")
+    finally:
+        torch.set_num_threads(previous)
+    assert asked == [workers] and images.shape == (len(paths), 3, 8, 8)
