@@ -220,6 +220,12 @@ def test_one_figure_builds_only_what_it_needs(tmp_path):
     assert planned_jobs(result) == {"subsample": 1, "train": 1, "sample": 1, "samples_figure": 1}
 
 
+def test_a_target_with_another_sampler_than_the_configured_one_has_no_rule(tmp_path):
+    target = "results/samples/animals-rho0.1/ddpm/seed0/ddim9-w1.0.npz"  # the smoke preset samples with ddim5
+    result = snakemake(tmp_path, "-n", target, "--config", "preset=smoke")
+    assert result.returncode != 0 and f"No rule to produce {target}" in result.stderr + result.stdout
+
+
 def test_paper_preset_plans_the_training_grid(tmp_path):
     standins.touch_paper_layout(tmp_path / "data")
     result = snakemake(tmp_path, "-n", "results/tables/main.csv", "--config", "preset=paper")
