@@ -56,6 +56,39 @@ CONFIG_CASES = [
     (edited(evaluate__feature_extractor="inception-v3-compat"),
      "evaluate.inception_weights_path: None is not a file; inception-v3-compat needs"),
     (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, paper, rehearsal, smoke"),
+    # schema and cross-key checks (every bad-config case has its one home in this table)
+    (lambda c: c["train"].update(steps="many"), "train.steps: 'many' is not of type 'integer'"),
+    (lambda c: c["train"].update(lr=-1), "train.lr: -1"),
+    (lambda c: c.update(methods=["ddpm", "coarl"]), "methods[1]: 'coarl' is not allowed; allowed: ddpm, cbdm"),
+    (lambda c: c["data"].update(settings=[{"dataset": "cifar"}]), "data.settings[0].dataset: 'cifar' is not allowed"),
+    (lambda c: c["data"].update(settings=[{"dataset": "cifar10"}]), "data.settings[0].rho: missing; cifar10 is balanced"),
+    (lambda c: c["data"].update(settings=[{"dataset": "celeba5", "rho": 0.1}]),
+     "data.settings[0].rho: 0.1 is not allowed for celeba5"),
+    (lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 0.1}, {"dataset": "animals", "rho": 0.1}]),
+     "lists a setting twice"),
+    (lambda c: c.update(dataset_overrides={"cifar": {}}), "dataset_overrides: 'cifar' is not allowed"),
+    (lambda c: c.update(dataset_overrides={"animals": {"model": {"ch": 40}}}),
+     "model.ch: 40 is not a multiple of 32 (in dataset_overrides.animals)"),
+    (lambda c: c["ablations"].update(setting="cifar10-rho0.01"), "ablations.setting: 'cifar10-rho0.01' is not one of"),
+    (lambda c: c["ablations"]["studies"]["tau_sc"].update(key="objectives.coral.tau_sd"),
+     "ablations.studies.tau_sc.key: 'objectives.coral.tau_sd' is not a config key"),
+    (lambda c: c["ablations"]["studies"]["tau_sc"].update(values=[0.1, -1]),
+     "ablations.studies.tau_sc.values: -1 is not a valid objectives.coral.tau_sc"),
+    (lambda c: c["ablations"]["studies"]["omega"].update(key="latent.seed"),
+     "ablations.studies.omega.key: 'latent.seed' cannot be ablated"),
+    (lambda c: c["ablations"]["studies"]["tau_sc"].update(methods=["coral", "dpm"]),
+     "ablations.studies.tau_sc.methods[1]: 'dpm' is not allowed"),
+    (lambda c: c["presets"]["smoke"]["train"].update(stpes=1), "unknown key train.stpes"),
+    (lambda c: c["train"].update(label_drop="row"), "train.label_drop: 'row' is not allowed; allowed: batch, sample"),
+    # names that become file names: nothing may land outside results/
+    (lambda c: c["ablations"]["studies"].update({"../../../../escaped": {"methods": ["coral"]}}),
+     "ablations.studies: '../../../../escaped' cannot be part of a file name"),
+    (lambda c: c["ablations"]["studies"].update({"a/b": {"methods": ["coral"]}}),
+     "ablations.studies: 'a/b' cannot be part of a file name"),
+    # a tail class needs one image: int(1000 x rho) >= 1 for the 1000 images per class of animals
+    (lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 1e-300}]),
+     "data.settings[0].rho: 1e-300 leaves the tail class of animals with int(1000 x 1e-300) = 0 images; "
+     "allowed: 0.001 <= rho <= 1"),
 ]
 
 
@@ -80,7 +113,9 @@ def run_cli(args, capfd):
 @pytest.mark.parametrize("edit,expected", CONFIG_CASES)
 def test_bad_config_value(edit, expected, finished_result, capfd):
     path = finished_result.parents[2] / "config.yaml"
-    path.write_text(yaml.safe_dump(edit(copy.deepcopy(BASE))))
+    cfg = copy.deepcopy(BASE)
+    edit(cfg)  # edits in place
+    path.write_text(yaml.safe_dump(cfg))
     code, lines = run_cli(["check-config", "--config", str(path)], capfd)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("config error: ")
     assert expected in lines[0], lines[0]
