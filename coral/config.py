@@ -293,14 +293,15 @@ def setting_config(cfg: dict, name: str) -> dict:
     return merged
 
 
-def dataset_setting(cfg: dict, dataset: str) -> str:
-    """The first setting of a dataset: its reference set and classifier take their config from it."""
-    return next(n for n, s in settings(cfg).items() if s["dataset"] == dataset)
+def dataset_section(cfg: dict, dataset: str, section: str) -> dict:
+    """One config section of a dataset (for its reference set, features and classifier), from its first setting."""
+    first = next(name for name, s in settings(cfg).items() if s["dataset"] == dataset)
+    return setting_config(cfg, first)[section]
 
 
 def dataset_config(cfg: dict, dataset: str) -> dict:
-    """The data config of a dataset (for its reference set and classifier), from its first setting."""
-    return {k: v for k, v in setting_config(cfg, dataset_setting(cfg, dataset))["data"].items() if k != "rho"}
+    """The data config of a dataset, without the rho of its first setting."""
+    return {k: v for k, v in dataset_section(cfg, dataset, "data").items() if k != "rho"}
 
 
 def ablation_setting(cfg: dict) -> str:

@@ -419,7 +419,7 @@ class CostModel:
 
     def _train_classifier(self, dataset: str) -> JobCost:
         data = config_module.dataset_config(self.cfg, dataset)
-        clf = config_module.setting_config(self.cfg, config_module.dataset_setting(self.cfg, dataset))["classifier"]
+        clf = config_module.dataset_section(self.cfg, dataset, "classifier")
         net = _classifier(in_channels(dataset), NUM_CLASSES[dataset], clf["width"], data["image_size"],
                           clf["batch_size"])
         fp32 = {"train": {"bf16_autocast": False, "channels_last": False}}  # the classifier trains in fp32, NCHW

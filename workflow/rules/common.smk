@@ -92,7 +92,7 @@ def latent_params(wildcards):
 
 
 def classifier_params(wildcards):
-    return coral_config.setting_config(CFG, coral_config.dataset_setting(CFG, wildcards.dataset))["classifier"]
+    return coral_config.dataset_section(CFG, wildcards.dataset, "classifier")
 
 
 def study_points(study):
@@ -182,8 +182,7 @@ def planned_threads(rule):
 # ---------------------------------------------------------------- reference features (rule reference_features)
 def dataset_evaluate(wildcards):
     """The evaluate config of a dataset (the same in each of its settings), from its first setting."""
-    setting = next(name for name, s in SETTINGS.items() if s["dataset"] == wildcards.dataset)
-    return coral_config.setting_config(CFG, setting)["evaluate"]
+    return coral_config.dataset_section(CFG, wildcards.dataset, "evaluate")
 
 
 def feature_weights_of(wildcards):
