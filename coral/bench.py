@@ -29,7 +29,9 @@ from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.methods import PAPER_METHODS
 from coral.sample import generate
-from coral.train import build_model, build_training, default_device, training_step
+from coral.tensors import default_device
+from coral.train import build_training, training_step
+from coral.unet import build_unet
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ def bench_naive_training(cfg: dict, settings: dict, device: torch.device, warmup
     """The baseline loop: fp32, DataLoader over PIL images, Python-loop EMA, plain Adam, DDPM loss."""
     run = _run_cfg(cfg, settings, "ddpm")
     diffusion = Diffusion.from_config(run["diffusion"])
-    model = build_model(run, settings["in_channels"], settings["num_classes"]).to(device).train()
+    model = build_unet(run["model"], settings["in_channels"], settings["num_classes"]).to(device).train()
     ema = copy.deepcopy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=run["train"]["lr"], foreach=False)
     rng = np.random.default_rng(0)
@@ -207,7 +209,7 @@ def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps:
     from the time per step (all steps of a schedule cost the same).
     """
     run = _run_cfg(cfg, settings, "ddpm")
-    model = build_model(run, settings["in_channels"], settings["num_classes"]).to(device).eval()
+    model = build_unet(run["model"], settings["in_channels"], settings["num_classes"]).to(device).eval()
     if settings["train"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     batch = settings["sample_batch_size"]

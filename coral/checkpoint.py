@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes with a SHA-256 sidecar, step checkpoints, the newest intact one.
+"""Checkpoint files: atomic writes with a SHA-256 sidecar, step checkpoints, the newest intact one,
+and the trained model of a run's checkpoint.
 
 A checkpoint `X.pt` is written first, then `X.pt.sha256`, each atomically: a checkpoint without a
 matching checksum was interrupted or damaged, and resuming skips it for the one before.
@@ -10,7 +11,11 @@ from pathlib import Path
 
 import torch
 
+from coral import lineage
+from coral.diffusion import Diffusion
 from coral.io import atomic_path, checksum_path, sha256_file
+from coral.tensors import default_device
+from coral.unet import UNet, build_unet
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +68,20 @@ def prune(folder: Path, keep: int) -> None:
     paths = step_checkpoints(folder)
     for old in paths[:len(paths) - keep] if keep > 0 else paths:
         remove(old)
+
+
+def model_from_state(state: dict, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
+    """The EMA network of a loaded run checkpoint (eval mode), its diffusion and its run config."""
+    run_cfg = state["config"]
+    model = build_unet(run_cfg["model"], state["in_channels"], len(state["class_names"]))
+    model.load_state_dict(state["ema"])
+    model.eval().requires_grad_(False)
+    device = device or default_device()
+    return model.to(device), Diffusion.from_config(run_cfg["diffusion"]).to(device), run_cfg
+
+
+def load_model(path: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
+    """The EMA network of a run's checkpoint file, verified against its lineage record (see model_from_state)."""
+    with lineage.reading(path, "the trained model", "train"):
+        state = load(path)
+    return model_from_state(state, device)

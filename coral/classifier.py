@@ -26,7 +26,8 @@ from tqdm import tqdm
 from coral import checkpoint, lineage
 from coral.data import load_reference
 from coral.io import provenance, sha256_file, write_json
-from coral.train import DeviceBatches, default_device
+from coral.tensors import default_device, uint8_to_unit
+from coral.train import DeviceBatches
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ _KEEP_CHECKPOINTS = 2  # step checkpoints kept while training: the newest may be
 _CHECKPOINT_KEYS = ("state_dict", "in_channels", "num_classes", "width", "image_size", "class_names",
                     "test_accuracy")
 _GROUPS = 8  # GroupNorm groups; every channel count is a multiple of it
-
-
-def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, C, H, W) in [0, 255] -> float32 in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
 
 
 class _ResBlock(nn.Module):

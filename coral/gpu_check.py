@@ -30,7 +30,9 @@ from coral.data import long_tail_counts
 from coral.io import provenance, write_json
 from coral.sample import denoise
 from coral.sources import NUM_CLASSES
-from coral.train import DeviceBatches, build_model, build_training, default_device, training_step
+from coral.tensors import default_device
+from coral.train import DeviceBatches, build_training, training_step
+from coral.unet import build_unet
 
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks
 VARIANTS = [("fp32", "channels_last"), ("fp32", "nchw"), ("bf16", "channels_last"), ("bf16", "nchw")]
@@ -187,7 +189,7 @@ def check_sampling(cfg: dict, device: torch.device, started: float, warmup: int,
             _free(device)
             model = None
             try:
-                model = build_model(run, 3, NUM_CLASSES[dataset]).to(device).eval().requires_grad_(False)
+                model = build_unet(run["model"], 3, NUM_CLASSES[dataset]).to(device).eval().requires_grad_(False)
                 if layout == "channels_last":
                     model = model.to(memory_format=torch.channels_last)
                 diffusion = _probe_diffusion(run, device, steps=2)

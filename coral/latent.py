@@ -30,7 +30,8 @@ from coral.data import class_groups, load_reference, load_split
 from coral.diffusion import Diffusion
 from coral.figures import tsne_figure
 from coral.io import atomic_path, provenance, write_json
-from coral.train import load_model, to_model_range
+from coral.checkpoint import load_model
+from coral.tensors import uint8_to_unit
 
 METRIC = "cosine"
 GROUPS = ("head", "medium", "tail")
@@ -68,7 +69,7 @@ def bottleneck_features(model: torch.nn.Module, diffusion: Diffusion, images_uin
     features = []
     for start in range(0, len(images), batch_size):
         stop = start + batch_size
-        x0 = to_model_range(images[start:stop]).to(device)
+        x0 = uint8_to_unit(images[start:stop]).to(device)
         t = torch.full((len(x0),), t_value, dtype=torch.int64, device=device)
         x_t = diffusion.q_sample(x0, t, noise[start:stop].to(device))
         _, bottleneck = model(x_t, t, labels[start:stop].to(device), return_bottleneck=True)

@@ -31,6 +31,7 @@ from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
 from coral.config import EXTRACTOR_KEYS
 from coral.data import class_groups, load_reference, load_split
 from coral.io import atomic_path, provenance, sha256_file, write_json
+from coral.tensors import default_device
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,6 @@ GROUP_METRICS = ("fid", "kid_mean", "precision", "recall", "accuracy")
 _BLOCK = 4096                # rows (and columns) of a distance block
 _FID_BATCH_ELEMENTS = 2 ** 25  # float64 elements of the per-class features stacked into one FID batch
 _KMEANS_BATCH = 2048         # points of one mini-batch k-means step
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------- FID
@@ -88,7 +85,7 @@ def _psd_sqrt(s: torch.Tensor) -> torch.Tensor:
 
 def frechet_distance(gen: torch.Tensor, real: torch.Tensor) -> float:
     """FID of generated (N1, D) vs real (N2, D) features, in float64 on the GPU when there is one."""
-    device = _device()
+    device = default_device()
     return float(_frechet_batch(gen.to(device, torch.float64)[None], real.to(device, torch.float64)[None])[0])
 
 
@@ -108,7 +105,7 @@ def class_frechet_distances(gen: torch.Tensor, gen_labels: torch.Tensor, real: t
     by_shape: dict[tuple[int, int], list[int]] = {}
     for c in range(num_classes):
         by_shape.setdefault((len(gen_members[c]), len(real_members[c])), []).append(c)
-    device, dims = _device(), gen.shape[1]
+    device, dims = default_device(), gen.shape[1]
     fids = [math.nan] * num_classes
     for (n_gen, n_real), classes in by_shape.items():
         per_class = (n_gen + n_real) * dims + (2 * dims ** 2 if min(n_gen, n_real) >= dims else n_gen * n_real)
@@ -174,7 +171,7 @@ def precision_recall(gen: torch.Tensor, real: torch.Tensor, k: int) -> tuple[flo
     generated ball. Faster than torch-fidelity yet exact: a set's distances to itself are computed
     once per pair of blocks, and one pass over the generated-real distances gives both fractions.
     """
-    device = _device()
+    device = default_device()
     gen, real = gen.to(device, torch.float32), real.to(device, torch.float32)
     gen_radii, real_radii = _knn_radii(gen, k), _knn_radii(real, k)
     gen_inside = torch.zeros(len(gen), dtype=torch.bool, device=device)
@@ -278,7 +275,7 @@ def prd_scores(gen_features, real_features, num_clusters: int, num_angles: int =
     ImageNet-LT's 100k features of 2048 dims took ~136 h on 2 CPU cores; benchmarks/metrics_bench.py
     measures the effect on F_8 and F_1/8 (benchmarks/results/metrics-cpu.json, "prd_effect").
     """
-    device = _device()
+    device = default_device()
     gen = torch.as_tensor(np.asarray(gen_features), dtype=torch.float32)
     real = torch.as_tensor(np.asarray(real_features), dtype=torch.float32)
     union = torch.cat([gen, real]).to(device)

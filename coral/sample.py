@@ -22,7 +22,7 @@ from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, exclusive, provenance
 from coral import checkpoint as checkpoints
-from coral.train import default_device, model_from_state
+from coral.tensors import default_device, unit_to_uint8
 from coral.unet import UNet
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids:
              image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
     """One batch of uint8 images (B, C, H, W) on the CPU (see denoise)."""
     x = denoise(model, diffusion, labels, image_ids, sample_cfg, image_shape, batched_guidance)
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return unit_to_uint8(x).cpu()
 
 
 def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path,
@@ -138,7 +138,7 @@ def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: st
             time_budget: float | None) -> None:
     with lineage.reading(checkpoint, "the trained model", "train") as checkpoint_sha256:
         state = checkpoints.load(checkpoint)
-    model, diffusion, run_cfg = model_from_state(state, default_device())
+    model, diffusion, run_cfg = checkpoints.model_from_state(state, default_device())
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]
     image_shape = (model.head.in_channels, image_size, image_size)

@@ -27,6 +27,7 @@ from coral.diffusion import Diffusion
 from coral import checkpoint
 from coral.io import atomic_path, exclusive, provenance, write_json
 from coral.objectives import build_objective, drop_labels
+from coral.tensors import default_device, uint8_to_unit
 from coral.unet import UNet, build_unet
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images_uint8.float() / 127.5 - 1.0
 
 
 def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
@@ -89,27 +81,6 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
 
 
-def build_model(run_cfg: dict, in_channels: int, num_classes: int) -> UNet:
-    return build_unet(run_cfg["model"], in_channels, num_classes)
-
-
-def model_from_state(state: dict, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
-    """The EMA network of a loaded checkpoint (eval mode), its diffusion and its run config."""
-    run_cfg = state["config"]
-    model = build_model(run_cfg, state["in_channels"], len(state["class_names"]))
-    model.load_state_dict(state["ema"])
-    model.eval().requires_grad_(False)
-    device = device or default_device()
-    return model.to(device), Diffusion.from_config(run_cfg["diffusion"]).to(device), run_cfg
-
-
-def load_model(path: str | Path, device: torch.device | None = None) -> tuple[UNet, Diffusion, dict]:
-    """The EMA network of a run's checkpoint file (eval mode), its diffusion and its run config."""
-    with lineage.reading(path, "the trained model", "train"):
-        state = checkpoint.load(path)
-    return model_from_state(state, device)
-
-
 @dataclass
 class TrainingSetup:
     """Everything one optimisation step touches."""
@@ -129,7 +100,7 @@ def build_training(run_cfg: dict, class_counts: torch.Tensor, in_channels: int, 
     """Model, EMA copy, objective, Adam with linear warm-up, on `device`."""
     tcfg = run_cfg["train"]
     diffusion = Diffusion.from_config(run_cfg["diffusion"]).to(device)
-    model = build_model(run_cfg, in_channels, num_classes).to(device)
+    model = build_unet(run_cfg["model"], in_channels, num_classes).to(device)
     if tcfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(run_cfg["objective"]["name"], run_cfg["objective"]["hparams"], diffusion,
@@ -153,7 +124,7 @@ def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Ten
     Nothing here waits for the device: the returned tensors stay where they were computed.
     """
     tcfg, device = run_cfg["train"], images_uint8.device
-    x0 = to_model_range(images_uint8)
+    x0 = uint8_to_unit(images_uint8)
     if run_cfg["data"]["hflip"]:
         x0 = random_hflip(x0)
     if tcfg["channels_last"]:

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import coral.classifier as classifier_module
 from coral.checkpoint import is_intact
 from coral.classifier import _augment, load_classifier_checkpoint, train_classifier
-from coral.train import default_device
+from coral.tensors import default_device
 
 CFG = {"steps": 12, "batch_size": 16, "lr": 2e-3, "width": 8, "test_fraction": 0.1, "seed": 0,
        "checkpoint_every": 4}

@@ -14,7 +14,7 @@ from coral.diffusion import Diffusion
 from coral.gpu_check import VARIANTS, _TrainingLoop
 from coral.methods import NAMES as OBJECTIVES
 from coral.sample import denoise
-from coral.train import build_model
+from coral.unet import build_unet
 
 REPO = Path(__file__).resolve().parent.parent
 # Ops that copy a device value to the host (item(), bool(), int(), data-dependent shapes): each one
@@ -64,7 +64,7 @@ def test_training_loop_never_waits_for_the_device(smoke, objective):
 
 def test_sampling_loop_never_waits_for_the_device(smoke):
     run = run_config(smoke, "animals-rho0.1", "ddpm", 0)
-    model = build_model(run, 1, 10).eval()
+    model = build_unet(run["model"], 1, 10).eval()
     for sampler in ("ddpm", "ddim"):
         cfg = {**smoke["sample"], "sampler": sampler, "steps": 3, "eta": 1.0, "omega": 1.0}
         with FailOnSync():

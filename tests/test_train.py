@@ -9,7 +9,8 @@ from coral.config import load, run_config, setting_config
 from coral.data import write_split
 from coral.checkpoint import load as load_checkpoint
 from coral.deadline import OutOfTime
-from coral.train import DeviceBatches, batch_indices, ema_update, load_model, train
+from coral.checkpoint import load_model
+from coral.train import DeviceBatches, batch_indices, ema_update, train
 
 
 @pytest.fixture(scope="module")
