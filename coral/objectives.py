@@ -80,7 +80,7 @@ class CBDM(Objective):
         y_prime = torch.multinomial(self.prior, len(y), replacement=True)
         eps, eps_prime = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y_in, y_prime])).float().chunk(2)
         base = mse(eps, noise)
-        weight = (t.float() / self.diffusion.T * self.tau * labelled.float()).reshape(-1, 1, 1, 1)
+        weight = Diffusion.per_sample(t.float() / self.diffusion.T * self.tau * labelled.float(), x_t.ndim)
         reg = (weight * (eps - eps_prime.detach()).pow(2)).mean()
         commit = (weight * (eps.detach() - eps_prime).pow(2)).mean()
         return {"loss": base + reg + self.gamma * commit, "mse": base, "cb_reg": reg, "cb_commit": commit}
@@ -94,7 +94,7 @@ def t2h_targets(diffusion: Diffusion, x0: torch.Tensor, x_t: torch.Tensor, t: to
     Returns (targets like x0, chosen index j (B,), posterior weights (B, B)). Where the gate
     keeps j = i the target is exactly the true noise.
     """
-    abar = diffusion.alphas_bar[t].double()
+    abar = diffusion.alpha_bar(t).double()
     flat_c = (x_t.double().flatten(1) / abar.sqrt()[:, None])  # c_i = x0_i + sigma_i eps_i
     sigma2 = 1.0 / abar - 1.0
     dist2 = torch.cdist(flat_c, x0.double().flatten(1), compute_mode="donot_use_mm_for_euclid_dist").pow(2)
@@ -112,10 +112,8 @@ def t2h_targets(diffusion: Diffusion, x0: torch.Tensor, x_t: torch.Tensor, t: to
     else:
         raise ValueError(f"objectives.t2h.mode: {mode!r} is not one of 't2h', 'h2t', 'full'")
     j = torch.where(accept, j, self_index)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    transferred = (x_t - diffusion.sqrt_alphas_bar[t].reshape(shape) * x0[j]) \
-        / diffusion.sqrt_one_minus_alphas_bar[t].reshape(shape)
-    targets = torch.where((j == self_index).reshape(shape), noise, transferred)
+    transferred = diffusion.predict_eps(x_t, t, x0[j])  # the noise that takes x0_j to x_t
+    targets = torch.where(Diffusion.per_sample(j == self_index, x0.ndim), noise, transferred)
     return targets, j, weights
 
 

@@ -127,6 +127,19 @@ def test_t2h_target_is_true_noise_when_gate_rejects():
             assert torch.allclose(targets[i].double(), expected, atol=1e-4)
 
 
+def test_t2h_target_noises_the_chosen_image_to_x_t():
+    """eps~_i = predict_eps(x_t^i, t_i, x_0^j): noising x_0^j with it gives back x_t^i."""
+    torch.manual_seed(6)
+    x0, y = torch.rand(8, 1, 4, 4) * 2 - 1, torch.arange(8)
+    t, noise = torch.tensor([0, 5, 50, 200, 400, 600, 800, 999]), torch.randn(8, 1, 4, 4)
+    x_t = DIFFUSION.q_sample(x0, t, noise)
+    targets, j, _ = t2h_targets(DIFFUSION, x0, x_t, t, y, noise, torch.ones(8) / 8, "full")
+    kept = (j == torch.arange(8)).reshape(-1, 1, 1, 1)
+    assert not kept.all()  # some targets were transferred
+    assert torch.equal(targets, torch.where(kept, noise, DIFFUSION.predict_eps(x_t, t, x0[j])))
+    assert torch.allclose(DIFFUSION.q_sample(x0[j], t, targets), x_t, atol=1e-5)
+
+
 def test_t2h_choice_frequencies_match_posterior():
     torch.manual_seed(4)
     x0 = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, -0.5]]).reshape(3, 1, 1, 2)
