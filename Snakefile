@@ -13,10 +13,10 @@
 #   results/runs/{run}/config.json, stats.jsonl, checkpoints/, final.pt
 #   results/samples/{run}/{tag}.npz, {tag}.png                  uint8 images + labels, preview grid
 #   results/metrics/{run}/{tag}.json, {tag}_per_class.csv
-#   results/latent/{run}/features.npz, separation.json, tsne.png
+#   results/latent/{run}/features.npz, separation.json
 #   results/tables/main.csv, per_class.csv, latent.csv, paper_vs_ours.csv/.md, ablation_{study}.csv
 #   results/figures/per_class_fid_{setting}.png, tsne_{setting}.png, samples_{setting}_{method}.png,
-#                   ablation_{study}.png
+#                   ablation_{study}.png, tsne/{run}.png
 #   results/logs/<rule>/..., results/benchmarks/<rule>/...; every artifact has a .lineage.json sidecar
 from snakemake.utils import min_version
 

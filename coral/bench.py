@@ -9,6 +9,7 @@ depend on their content, and the paper-scale datasets need not be on disk.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import logging
 import platform
@@ -24,11 +25,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from coral.config import run_config, settings as config_settings
+from coral.config import preset_config, run_config, setting_config, settings as config_settings
+from coral.data import long_tail_counts
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.methods import PAPER_METHODS
+from coral.sources import IN_CHANNELS, NUM_CLASSES
 from coral.sample import generate
+from coral.sections import SampleConfig
 from coral.tensors import default_device
 from coral.train import build_training, training_step
 from coral.unet import build_unet
@@ -37,9 +41,6 @@ log = logging.getLogger(__name__)
 
 # Dense bf16 tensor-core peaks (FLOP/s) of cards MFU is reported against.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-# The paper's network (docs/method.md §2) on CIFAR-sized inputs: what the paper preset trains.
-PAPER_SIZE = {"model": {"ch": 128, "ch_mult": [1, 2, 2, 2], "attn": [1], "num_res_blocks": 2, "dropout": 0.1},
-              "image_size": 32, "in_channels": 3, "num_classes": 10, "batch_size": 128, "sample_batch_size": 500}
 TARGETS = {"coral_over_ddpm_step": ("<=", 1.05), "t2h_over_ddpm_step": ("<=", 1.15),
            "cbdm_over_ddpm_step": ("<=", 2.1), "batched_guidance_speedup": (">=", 1.5),
            "training_speedup_over_naive": (">=", 2.0)}
@@ -86,30 +87,30 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.devi
     return {name: float(np.median(values)) for name, values in times.items()}
 
 
-def bench_settings(cfg: dict, preset: str, device: torch.device, cpu_batch: int | None) -> dict:
-    """Model, shapes and batch sizes of the benchmark; `paper` uses the paper's network on 32x32x3."""
-    if preset == "paper":
-        settings = {**PAPER_SIZE, "model": dict(PAPER_SIZE["model"])}
-        paper_train = cfg["presets"]["paper"]["train"]  # on a GPU, the precision and layout the preset trains in
-        train = {**cfg["train"], "batch_size": PAPER_SIZE["batch_size"],
-                 "bf16_autocast": device.type == "cuda" and paper_train["bf16_autocast"],
-                 "channels_last": device.type == "cuda" and paper_train["channels_last"]}
-    else:
-        settings = {"model": dict(cfg["model"]), "image_size": cfg["data"]["image_size"], "in_channels": 1,
-                    "num_classes": 10, "batch_size": cfg["train"]["batch_size"],
-                    "sample_batch_size": cfg["sample"]["batch_size"]}
-        train = dict(cfg["train"])
-    if device.type == "cpu" and cpu_batch:
-        settings["batch_size"] = train["batch_size"] = cpu_batch
-        settings["sample_batch_size"] = cpu_batch
-    settings["train"] = train
-    return settings
+def bench_settings(raw: dict, preset: str, device: torch.device, cpu_batch: int | None) -> tuple[dict, dict]:
+    """The config of `preset` (a raw config's preset; its datasets need not exist) and the benchmark's
+    shapes and batch sizes: those of the preset's first setting ('paper': CIFAR10-LT, the paper's network
+    on 32x32x3). On a GPU training runs in the precision, layout and compilation the preset trains in;
+    on a CPU in fp32, NCHW, uncompiled, with batches of `cpu_batch` where given."""
+    cfg = preset_config(raw, preset)
+    setting = setting_config(cfg, next(iter(config_settings(cfg))))
+    dataset = setting["data"]["dataset"]
+    train = dict(setting["train"])
+    sample_batch = setting["sample"]["batch_size"]
+    if device.type != "cuda":
+        train.update(bf16_autocast=False, channels_last=False, compile=False)
+        if cpu_batch:
+            train["batch_size"] = sample_batch = cpu_batch
+    settings = {"setting": setting, "model": setting["model"], "image_size": setting["data"]["image_size"],
+                "in_channels": IN_CHANNELS[dataset], "num_classes": NUM_CLASSES[dataset],
+                "batch_size": train["batch_size"], "sample_batch_size": sample_batch, "train": train}
+    return cfg, settings
 
 
 def _run_cfg(cfg: dict, settings: dict, method: str) -> dict:
-    bench_cfg = {**cfg, "model": settings["model"], "train": settings["train"], "methods": [method],
-                 "data": {**cfg["data"], "image_size": settings["image_size"]}}
-    return run_config(bench_cfg, next(iter(config_settings(bench_cfg))), method, 0)
+    """The run config of `method` on the benchmark's setting, with the benchmark's training settings."""
+    run = run_config({**cfg, "methods": [method]}, next(iter(config_settings(cfg))), method, 0)
+    return {**run, "train": settings["train"]}
 
 
 def _random_batch(settings: dict, device: torch.device, generator: torch.Generator):
@@ -124,7 +125,7 @@ def bench_training(cfg: dict, settings: dict, device: torch.device, warmup: int,
     """Seconds per optimisation step and img/s of each method's real training step."""
     generator = torch.Generator().manual_seed(0)
     images, labels = _random_batch(settings, device, generator)
-    counts = torch.tensor([int(1000 * 0.01 ** (i / 9)) for i in range(settings["num_classes"])])
+    counts = torch.tensor(long_tail_counts(1000, 0.01, settings["num_classes"]))  # the shape of a CIFAR10-LT prior
     steps = {}
     for method in PAPER_METHODS:
         run = _run_cfg(cfg, settings, method)
@@ -218,8 +219,8 @@ def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps:
     results = {}
     for sampler, full_steps in (("ddpm", 1000), ("ddim", 100)):
         diffusion = Diffusion(T=probe_steps) if sampler == "ddpm" else Diffusion.from_config(run["diffusion"])
-        sample_cfg = {**cfg["sample"], "sampler": sampler, "steps": probe_steps, "eta": 0.0, "omega": 1.0,
-                      "bf16_autocast": settings["train"]["bf16_autocast"]}
+        sample_cfg = dataclasses.replace(SampleConfig.of(settings["setting"]["sample"], "sample"), sampler=sampler, steps=probe_steps,
+                                         eta=0.0, omega=1.0, bf16_autocast=settings["train"]["bf16_autocast"])
         passes = {batched: (lambda batched=batched: generate(model, diffusion, labels, torch.arange(batch),
                                                               sample_cfg, shape, batched))
                   for batched in (True, False)}
@@ -234,7 +235,7 @@ def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps:
 
 def bench_features(settings: dict, device: torch.device, num_images: int) -> dict:
     """img/s of the classifier feature extraction through torch-fidelity, and the metric computation time."""
-    from coral.classifier import FEATURE_EXTRACTOR_NAME, SmallClassifier
+    from coral.classifier import FEATURE_EXTRACTOR_NAME, SmallClassifier, save_classifier
     from coral.metrics import compare_features, extract_features, prd_scores
 
     classifier = SmallClassifier(settings["in_channels"], settings["num_classes"], width=32)
@@ -242,9 +243,8 @@ def bench_features(settings: dict, device: torch.device, num_images: int) -> dic
     images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "classifier.pt"
-        torch.save({"state_dict": classifier.state_dict(), "in_channels": settings["in_channels"],
-                    "num_classes": settings["num_classes"], "width": 32, "image_size": settings["image_size"],
-                    "class_names": [str(c) for c in range(settings["num_classes"])], "test_accuracy": 0.0}, path)
+        save_classifier(path, classifier, settings["image_size"], [str(c) for c in range(settings["num_classes"])],
+                        test_accuracy=0.0)
         start = time.perf_counter()
         features = extract_features(images, FEATURE_EXTRACTOR_NAME, ["penultimate"], str(path), 250,
                                     "benchmark")["penultimate"]
@@ -277,14 +277,15 @@ def ratios(training: dict, naive: dict, sampling: dict) -> dict:
             for name, value in values.items()}
 
 
-def run_benchmark(cfg: dict, preset: str, out_dir: str | Path, cpu_batch: int | None = None,
+def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | None = None,
                   warmup: int = 2, repeats: int = 5, rounds: int = 5, probe_steps: int = 3,
                   feature_images: int = 4000) -> dict:
-    """Measure everything for one preset ('embedded' or 'paper') and write <out_dir>/<preset>-<device>.json/.csv."""
+    """Measure everything at the sizes of one preset of the raw config `raw` (e.g. 'embedded' or 'paper');
+    write <out_dir>/<preset>-<device>.json/.csv."""
     if probe_steps < 2:
         raise ValueError(f"probe_steps: {probe_steps}; allowed: 2 or more denoising steps")
     device = default_device()
-    settings = bench_settings(cfg, preset, device, cpu_batch)
+    cfg, settings = bench_settings(raw, preset, device, cpu_batch)
     training = bench_training(cfg, settings, device, warmup, repeats, rounds)
     naive = bench_naive_training(cfg, settings, device, warmup, repeats * rounds)
     flops = training_flops(cfg, settings, device)

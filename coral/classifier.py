@@ -26,13 +26,13 @@ from tqdm import tqdm
 from coral import checkpoint, lineage
 from coral.data import load_reference
 from coral.io import provenance, sha256_file, write_json
+from coral.sections import ClassifierConfig
 from coral.tensors import default_device, uint8_to_unit
 from coral.train import DeviceBatches
 
 log = logging.getLogger(__name__)
 
 FEATURE_EXTRACTOR_NAME = "coral-classifier"
-CLASSIFIER_KEYS = ("steps", "batch_size", "lr", "width", "test_fraction", "seed", "checkpoint_every")
 PROGRESS_EVERY = 50  # steps between progress-bar loss updates, the only host syncs of the loop
 _KEEP_CHECKPOINTS = 2  # step checkpoints kept while training: the newest may be damaged
 _CHECKPOINT_KEYS = ("state_dict", "in_channels", "num_classes", "width", "image_size", "class_names",
@@ -67,6 +67,7 @@ class SmallClassifier(nn.Module):
         super().__init__()
         if width <= 0 or width % _GROUPS:
             raise ValueError(f"classifier.width: got {width}; allowed: a positive multiple of {_GROUPS}")
+        self.in_channels, self.num_classes, self.width = in_channels, num_classes, width
         channels = [width, 2 * width, 4 * width]
         self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
         stages: list[nn.Module] = [_ResBlock(width)]
@@ -115,17 +116,6 @@ def _augment(images: torch.Tensor, hflip: bool) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)  # advanced indexing put the channel axis last
 
 
-def _check_classifier_cfg(clf_cfg: dict) -> None:
-    missing = [k for k in CLASSIFIER_KEYS if k not in clf_cfg]
-    if missing:
-        raise ValueError(f"classifier config: missing keys {missing}; required: {list(CLASSIFIER_KEYS)}")
-    if not 0.0 < clf_cfg["test_fraction"] < 1.0:
-        raise ValueError(f"classifier.test_fraction: got {clf_cfg['test_fraction']}; allowed: 0 < value < 1")
-    for key in ("steps", "batch_size", "checkpoint_every"):
-        if int(clf_cfg[key]) < 1:
-            raise ValueError(f"classifier.{key}: got {clf_cfg[key]}; allowed: an integer >= 1")
-
-
 def _train_step(model: SmallClassifier, optimizer: torch.optim.Optimizer, images_uint8: torch.Tensor,
                 labels: torch.Tensor, hflip: bool) -> torch.Tensor:
     """One Adam step on a uint8 batch; returns the loss, left on the device."""
@@ -148,7 +138,7 @@ def _deterministic_cudnn() -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark = saved
 
 
-def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_ckpt: str | Path,
+def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip: bool, out_ckpt: str | Path,
                      out_json: str | Path) -> None:
     """Train SmallClassifier on the balanced reference set minus a stratified held-out test part
     (random horizontal flips when `hflip`), on the GPU when there is one.
@@ -159,13 +149,12 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
     torch.load(weights_only=True), with a .sha256 sidecar) holding the state dict, the constructor
     arguments, image_size, class_names and test_accuracy, and a JSON summary.
     """
-    _check_classifier_cfg(clf_cfg)
     out_ckpt = Path(out_ckpt)
-    steps, batch_size, seed = int(clf_cfg["steps"]), int(clf_cfg["batch_size"]), int(clf_cfg["seed"])
+    steps, batch_size, seed = clf_cfg.steps, clf_cfg.batch_size, clf_cfg.seed
     device = default_device()
     data = load_reference(reference_npz)
     labels = data.labels.numpy()
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=clf_cfg["test_fraction"],
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=clf_cfg.test_fraction,
                                            stratify=labels, random_state=seed)
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     if len(train_idx) < batch_size:
@@ -174,11 +163,11 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
     y_train = data.labels[train_idx].to(device)
 
     torch.manual_seed(seed)
-    model = SmallClassifier(data.images.shape[1], data.num_classes, clf_cfg["width"]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=clf_cfg["lr"], fused=True)  # fused: no per-step .item()
+    model = SmallClassifier(data.images.shape[1], data.num_classes, clf_cfg.width).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=clf_cfg.lr, fused=True)  # fused: no per-step .item()
 
     # What the step checkpoints continue: resuming any other training would silently mix two.
-    trained = {k: v for k, v in clf_cfg.items() if k != "checkpoint_every"}
+    trained = {k: v for k, v in clf_cfg.as_dict().items() if k != "checkpoint_every"}
     inputs = {"classifier": trained, "hflip": bool(hflip), "reference_sha256": sha256_file(reference_npz)}
     folder = out_ckpt.parent / "checkpoints"
     start = 0
@@ -216,7 +205,7 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
             if done % PROGRESS_EVERY == 0 or done == steps:
                 progress.set_postfix(loss=f"{float(loss_sum) / summed:.3f}", refresh=False)
                 loss_sum, summed = torch.zeros((), device=device), 0
-            if done % clf_cfg["checkpoint_every"] == 0 and done < steps:
+            if done % clf_cfg.checkpoint_every == 0 and done < steps:
                 checkpoint.save(checkpoint.step_path(folder, done), snapshot(done))
                 checkpoint.prune(folder, _KEEP_CHECKPOINTS)
     model.eval()
@@ -226,12 +215,7 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
         return float((predicted == data.labels[idx]).float().mean())
 
     train_accuracy, test_accuracy = accuracy(train_idx), accuracy(test_idx)
-    state_dict = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    classifier = {"state_dict": state_dict, "in_channels": int(data.images.shape[1]),
-                  "num_classes": data.num_classes, "width": int(clf_cfg["width"]),
-                  "image_size": int(data.images.shape[-1]), "class_names": list(data.class_names),
-                  "test_accuracy": test_accuracy}
-    checkpoint.save(out_ckpt, classifier)
+    save_classifier(out_ckpt, model, int(data.images.shape[-1]), list(data.class_names), test_accuracy)
     write_json(out_json, {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
                           "num_train": len(train_idx), "num_test": len(test_idx),
                           "steps": steps, "provenance": provenance()})
@@ -239,7 +223,17 @@ def train_classifier(reference_npz: str | Path, clf_cfg: dict, hflip: bool, out_
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     lineage.record([out_ckpt, out_json], "train_classifier", [reference_npz],
-                   {"hflip": hflip, "classifier": clf_cfg})
+                   {"hflip": hflip, "classifier": clf_cfg.as_dict()})
+
+
+def save_classifier(path: str | Path, model: SmallClassifier, image_size: int, class_names: list[str],
+                    test_accuracy: float) -> None:
+    """The classifier checkpoint (with its .sha256): weights on the CPU, the constructor arguments,
+    image_size, class_names and the held-out accuracy; load_classifier_checkpoint reads it."""
+    state_dict = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    checkpoint.save(Path(path), {"state_dict": state_dict, "in_channels": model.in_channels,
+                                 "num_classes": model.num_classes, "width": model.width, "image_size": image_size,
+                                 "class_names": class_names, "test_accuracy": test_accuracy})
 
 
 def load_classifier_checkpoint(path: str | Path) -> dict:

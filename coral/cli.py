@@ -12,6 +12,7 @@ import traceback
 from pathlib import Path
 
 from coral import config as config_module
+from coral import sections
 from coral.deadline import EXIT_RESUBMIT, OutOfTime
 from coral.io import DatasetError, Locked
 from coral.lineage import DamagedArtifact
@@ -63,10 +64,10 @@ def _setting(cfg: dict, name: str | None) -> str:
     return name
 
 
-def _setting_section(args, section: str) -> dict:
-    """One config section as the setting of --setting sees it (its dataset's overrides merged in)."""
+def _setting_section(args, section: str):
+    """One typed config section as the setting of --setting sees it (its dataset's overrides merged in)."""
     cfg = _config(args)
-    return config_module.setting_config(cfg, _setting(cfg, args.setting))[section]
+    return sections.of_setting(cfg, _setting(cfg, args.setting), section)
 
 
 def _cmd_subsample(args) -> None:
@@ -86,8 +87,9 @@ def _cmd_reference(args) -> None:
 def _cmd_train_classifier(args) -> None:
     from coral.classifier import train_classifier
     cfg = _config(args)
-    setting = config_module.setting_config(cfg, _setting(cfg, args.setting))
-    train_classifier(args.reference, setting["classifier"], setting["data"]["hflip"], args.out_checkpoint,
+    setting = _setting(cfg, args.setting)
+    hflip = config_module.setting_config(cfg, setting)["data"]["hflip"]
+    train_classifier(args.reference, sections.of_setting(cfg, setting, "classifier"), hflip, args.out_checkpoint,
                      args.out_json)
 
 
@@ -109,9 +111,7 @@ def _cmd_sample(args) -> None:
 
 def _cmd_reference_features(args) -> None:
     from coral.metrics import write_reference_features
-    evaluate = _setting_section(args, "evaluate")
-    write_reference_features(args.reference, args.weights, {key: evaluate[key] for key in config_module.EXTRACTOR_KEYS},
-                             args.out)
+    write_reference_features(args.reference, args.weights, _setting_section(args, "evaluate").extractor, args.out)
 
 
 def _cmd_evaluate(args) -> None:
@@ -123,13 +123,12 @@ def _cmd_evaluate(args) -> None:
 def _cmd_latent(args) -> None:
     from coral.latent import run_latent
     run_latent(args.checkpoint, args.split, args.reference, _setting_section(args, "latent"), args.out_npz,
-               args.out_json, args.out_png)
+               args.out_json)
 
 
 def _cmd_bench(args) -> None:
     from coral.bench import run_benchmark
-    cfg = _config(args)
-    result = run_benchmark(cfg, args.size, args.out, cpu_batch=args.cpu_batch, warmup=args.warmup,
+    result = run_benchmark(config_module.load_yaml(args.config), args.size, args.out, cpu_batch=args.cpu_batch, warmup=args.warmup,
                            repeats=args.repeats, rounds=args.rounds)
     for name, ratio in result["ratios"].items():
         print(f"{name}: {ratio['value']:.3f} (target {ratio['target']}: {'met' if ratio['met'] else 'missed'})")
@@ -208,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True)
     p.add_argument("--out-npz", required=True)
     p.add_argument("--out-json", required=True)
-    p.add_argument("--out-png", required=True)
     p = sub.add_parser("audit", help="the lineage of an artifact back to its data split and checkpoints")
     p.add_argument("artifact", help="e.g. results/tables/main.csv")
     p.add_argument("--log", default=None, help=argparse.SUPPRESS)
@@ -220,8 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", default="benchmarks/results",
                    help="folder of the GPU check's gpu_check-<GPU>.json (default: benchmarks/results)")
     p = stage("bench", _cmd_bench, "measure training, sampling and metric throughput side by side")
-    p.add_argument("--size", choices=["embedded", "paper"], default="embedded",
-                   help="embedded: the config's model and batch; paper: the paper's 35.7M UNet on 32x32x3")
+    p.add_argument("--size", default="embedded", metavar="PRESET",
+                   help="the preset whose network, image size and batches are measured (default: embedded; "
+                        "paper: the paper's 35.7M UNet on 32x32x3); its datasets need not exist")
     p.add_argument("--out", default="benchmarks/results", help="folder of the JSON and CSV results")
     p.add_argument("--cpu-batch", type=int, default=None, help="smaller batch when no GPU is present")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")

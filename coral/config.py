@@ -192,8 +192,6 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
 
 # Ablation keys: sample.omega re-samples the trained checkpoints; keys under these sections retrain.
 TRAINING_SECTIONS = ("train", "objectives", "model", "diffusion")
-# The `evaluate` keys a dataset's reference features depend on, besides the extractor's weights.
-EXTRACTOR_KEYS = ("feature_extractor", "batch_size")
 SAMPLING_KEY = "sample.omega"
 
 
@@ -260,6 +258,16 @@ def resolve(raw: dict) -> dict:
             validate(deep_merge(raw, override), check_files=False)
         except ConfigError as err:
             raise ConfigError(f"{err} (in preset {name!r})") from None
+    return cfg
+
+
+def preset_config(raw: dict, preset: str) -> dict:
+    """A preset merged over the base keys of a raw config and validated, without looking for its
+    datasets or weights on disk (for sizing work on a machine that has neither)."""
+    if preset not in raw.get("presets", {}):
+        raise ConfigError(f"preset: {preset!r} is not defined under presets; allowed: {', '.join(raw.get('presets', {}))}")
+    cfg = deep_merge(raw, raw["presets"][preset])
+    validate(cfg, check_files=False)
     return cfg
 
 

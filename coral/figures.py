@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from coral import lineage
+from coral.config import setting_name
 from coral.images import save_grid_png
 from coral.io import atomic_path
 from coral.methods import COLOURS, NAMES
@@ -55,20 +56,33 @@ def _shade_groups(ax, groups: Sequence[str]) -> None:
                     ha="center", va="top", fontsize=9, color="#555555")
 
 
-def per_class_fid_figure(per_class: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike) -> None:
+def per_class_fid_figure(per_class: pd.DataFrame | str | os.PathLike, out_png: str | os.PathLike,
+                         setting: str | None = None) -> None:
     """Per-class FID, one panel per (dataset, rho), one line per method (band: +-1 std over seeds).
 
     per_class: the table of coral.tables.per_class_table, or its CSV (columns dataset, rho, method,
-    class, class_name, train_count, group, fid_mean, fid_std). Classes run head -> tail along x
-    (train_count descending); with many classes only about 30 tick labels are shown.
+    class, class_name, train_count, group, fid_mean, fid_std). setting: draw only that setting's
+    rows (its name as coral.config.setting_name gives it, e.g. cifar10-rho0.01; ValueError when the
+    table has none); None draws every setting. Classes run head -> tail along x (train_count
+    descending); with many classes only about 30 tick labels are shown.
     """
-    df = per_class if isinstance(per_class, pd.DataFrame) else pd.read_csv(per_class)
+    if isinstance(per_class, pd.DataFrame):
+        df = per_class
+    else:
+        with lineage.reading(per_class, "the per-class table", "per_class_table"):
+            df = pd.read_csv(per_class)
     per_class_csv = "per-class table" if isinstance(per_class, pd.DataFrame) else per_class
     required = ["dataset", "rho", "method", "class", "class_name", "train_count", "group", "fid_mean", "fid_std"]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{per_class_csv}: missing columns {missing}; expected the output of "
                          f"coral.tables.per_class_table with {required}")
+    if setting is not None:
+        names = [setting_name(dataset, None if pd.isna(rho) else rho) for dataset, rho in zip(df["dataset"], df["rho"])]
+        df = df[np.array([name == setting for name in names], dtype=bool)]
+        if df.empty:
+            raise ValueError(f"{per_class_csv}: no rows of setting {setting!r}; "
+                             f"it holds {sorted(set(names))}")
     df = df.assign(rho=df["rho"].fillna(-1.0))  # -1: a dataset long-tailed as published (no rho)
     settings = list(df[["dataset", "rho"]].drop_duplicates().itertuples(index=False, name=None))
     num_classes = df.groupby(["dataset", "rho"])["class"].nunique().max()
@@ -118,28 +132,31 @@ def _score_title(method: str, scores: dict | None) -> str:
             f"kNN purity {fmt('knn_purity')} (tail {fmt('knn_purity_tail')})")
 
 
-def tsne_figure(features_npzs: Sequence[str | os.PathLike], methods: Sequence[str], class_names: Sequence[str],
-                class_counts: Sequence[int], out_png: str | os.PathLike,
-                separation_jsons: Sequence[str | os.PathLike] | None = None) -> None:
-    """Side-by-side t-SNE panels, one per method, each class one colour in every panel.
+def tsne_figure(panels: Mapping[str, Mapping[str, str | os.PathLike]], class_names: Sequence[str],
+                class_counts: Sequence[int], out_png: str | os.PathLike) -> None:
+    """Side-by-side t-SNE panels, one per entry of `panels`, each class one colour in every panel.
 
-    features_npzs: files written by coral.latent.run_latent (tsne (N, 2), labels (N,), groups (C,),
-    class_names (C,)); methods: one panel title per file. Colours follow the class's rank by
-    class_counts (head -> tail); tail classes are drawn as larger triangles. With separation_jsons
-    (one per file) each title also shows silhouette and kNN purity, overall and tail.
+    panels: panel title (a method) -> {"features": a file written by coral.latent.run_latent (tsne
+    (N, 2), labels (N,), groups (C,), class_names (C,)), optionally "separation": that run's
+    separation JSON}, in panel order. Colours follow the class's rank by class_counts (head -> tail);
+    tail classes are drawn as larger triangles. A panel with a separation JSON also shows silhouette
+    and kNN purity, overall and tail, in its title.
     """
-    if len(methods) != len(features_npzs):
-        raise ValueError(f"tsne_figure: {len(features_npzs)} feature files but {len(methods)} method names")
-    if separation_jsons is not None and len(separation_jsons) != len(features_npzs):
-        raise ValueError(f"tsne_figure: {len(features_npzs)} feature files but "
-                         f"{len(separation_jsons)} separation JSONs")
+    if not isinstance(panels, Mapping) or not panels:
+        raise ValueError(f"tsne_figure: panels must be a non-empty mapping of title -> files, got {panels!r}")
+    for title, files in panels.items():
+        unknown = sorted(set(files) - {"features", "separation"})
+        if "features" not in files or unknown:
+            raise ValueError(f"tsne_figure: panel {title!r} needs a 'features' file (and at most a 'separation' "
+                             f"JSON), got keys {sorted(files)}")
     if len(class_counts) != len(class_names):
         raise ValueError(f"tsne_figure: {len(class_names)} class names but {len(class_counts)} class counts")
     colors = _class_colors(class_counts)
-    fig = Figure(figsize=(4.2 * len(features_npzs) + 1.8, 4.8))
-    axes = fig.subplots(1, len(features_npzs), squeeze=False)[0]
+    fig = Figure(figsize=(4.2 * len(panels) + 1.8, 4.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     groups = None
-    for i, (ax, path, method) in enumerate(zip(axes, features_npzs, methods)):
+    for ax, (method, files) in zip(axes, panels.items()):
+        path = files["features"]
         with lineage.reading(path, "the latent features file", "latent"), np.load(path, allow_pickle=False) as z:
             tsne, labels, groups, names = z["tsne"], z["labels"], z["groups"], z["class_names"]
         if [str(s) for s in names] != list(class_names):
@@ -147,8 +164,8 @@ def tsne_figure(features_npzs: Sequence[str | os.PathLike], methods: Sequence[st
         tail = groups[labels] == "tail"
         ax.scatter(*tsne[~tail].T, c=colors[labels[~tail]], s=6, marker="o", linewidths=0)
         ax.scatter(*tsne[tail].T, c=colors[labels[tail]], s=22, marker="^", linewidths=0)
-        scores = lineage.read_json_artifact(separation_jsons[i], "the latent scores file", "latent") \
-            if separation_jsons is not None else None
+        scores = lineage.read_json_artifact(files["separation"], "the latent scores file", "latent") \
+            if files.get("separation") is not None else None
         ax.set_title(_score_title(method, scores), fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -162,6 +179,21 @@ def tsne_figure(features_npzs: Sequence[str | os.PathLike], methods: Sequence[st
         fig.suptitle("colour: class rank head (dark) -> tail (yellow); triangles: tail classes", fontsize=9)
         fig.tight_layout()
     _save(fig, out_png)
+
+
+def tsne_run_figure(features_npz: str | os.PathLike, separation_json: str | os.PathLike,
+                    out_png: str | os.PathLike) -> None:
+    """The t-SNE scatter of one run (coral.latent.run_latent's features file and separation JSON):
+    one tsne_figure panel titled "<method> (<setting>, seed <seed>, t=<t>)" with the run's scores,
+    classes coloured by the rank of the split's class counts stored in the features file."""
+    with lineage.reading(features_npz, "the latent features file", "latent"), \
+            np.load(features_npz, allow_pickle=False) as z:
+        class_names, class_counts = [str(s) for s in z["class_names"]], z["class_counts"].tolist()
+        meta = json.loads(str(z["meta"]))
+    run = meta["run"]
+    title = f"{run['method']} ({run.get('setting', run['dataset'])}, seed {run['seed']}, t={meta['t']})"
+    tsne_figure({title: {"features": features_npz, "separation": separation_json}}, class_names, class_counts,
+                out_png)
 
 
 def samples_figure(samples_npz: str | os.PathLike, out_png: str | os.PathLike, per_row: int = 10) -> None:

@@ -13,6 +13,7 @@ warning is recorded. One JSON under benchmarks/results/ (`gpu_check-<gpu>.json`)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import time
@@ -25,10 +26,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from coral import methods
 from coral.bench import PEAK_BF16_FLOPS, machine_description
-from coral.config import deep_merge, load_yaml, run_config, validate
+from coral.config import deep_merge, load_yaml, preset_config, run_config, validate
 from coral.data import long_tail_counts
 from coral.io import provenance, write_json
 from coral.sample import denoise
+from coral.sections import SampleConfig
 from coral.sources import NUM_CLASSES
 from coral.tensors import default_device
 from coral.train import DeviceBatches, build_training, training_step
@@ -41,15 +43,15 @@ TIME_LIMIT_S = 240  # variants still unmeasured after this are recorded as skipp
 
 def paper_config(config_path: str | Path, dry_run: bool) -> dict:
     """The paper preset (datasets need not exist); with dry_run its sizes shrunk to a few ms per step."""
-    raw = load_yaml(config_path)
-    cfg = deep_merge(raw, raw["presets"]["paper"])
-    if dry_run:
-        cfg = deep_merge(cfg, {"model": {"ch": 32, "num_res_blocks": 1}, "train": {"batch_size": 4},
-                               "sample": {"batch_size": 4}, "diffusion": {"T": 10},
-                               "data": {"image_size": 8}, "dataset_overrides": {
-                                   "imagenet_lt": {"data": {"image_size": 16}}}})
-        cfg["data"]["settings"] = [s for s in cfg["data"]["settings"] if s["dataset"] != "imagenet_lt"] + [
-            {"dataset": "imagenet_lt"}]
+    cfg = preset_config(load_yaml(config_path), "paper")
+    if not dry_run:
+        return cfg
+    cfg = deep_merge(cfg, {"model": {"ch": 32, "num_res_blocks": 1}, "train": {"batch_size": 4},
+                           "sample": {"batch_size": 4}, "diffusion": {"T": 10},
+                           "data": {"image_size": 8}, "dataset_overrides": {
+                               "imagenet_lt": {"data": {"image_size": 16}}}})
+    cfg["data"]["settings"] = [s for s in cfg["data"]["settings"] if s["dataset"] != "imagenet_lt"] + [
+        {"dataset": "imagenet_lt"}]
     validate(cfg, check_files=False)
     return cfg
 
@@ -175,7 +177,7 @@ def check_training(cfg: dict, device: torch.device, started: float, warmup: int,
 def check_sampling(cfg: dict, device: torch.device, started: float, warmup: int, repeats: int) -> tuple[list, list]:
     rows, sync = [], []
     time_limit = TIME_LIMIT_S + 30 if device.type == "cuda" else float("inf")
-    sample_cfg = {**cfg["sample"], "sampler": "ddpm", "omega": 1.0, "seed": 0}
+    sample_cfg = dataclasses.replace(SampleConfig.of(cfg["sample"], "sample"), sampler="ddpm", omega=1.0, seed=0)
     for image_size, setting in SETTINGS.items():
         run = run_config(cfg, setting, "ddpm", 0)
         dataset, batch = run["run"]["dataset"], cfg["sample"]["batch_size"]
@@ -193,7 +195,7 @@ def check_sampling(cfg: dict, device: torch.device, started: float, warmup: int,
                 if layout == "channels_last":
                     model = model.to(memory_format=torch.channels_last)
                 diffusion = _probe_diffusion(run, device, steps=2)
-                step_cfg = {**sample_cfg, "bf16_autocast": dtype == "bf16"}
+                step_cfg = dataclasses.replace(sample_cfg, bf16_autocast=dtype == "bf16")
                 shape = (3, image_size, image_size)
                 two_steps = lambda: denoise(model, diffusion, labels, ids, step_cfg, shape)  # noqa: E731
                 row["ms_per_denoising_step"] = _time_ms(two_steps, device, warmup, repeats) / 2

@@ -28,14 +28,13 @@ from threadpoolctl import threadpool_limits
 from coral import lineage
 from coral.data import class_groups, load_reference, load_split
 from coral.diffusion import Diffusion
-from coral.figures import tsne_figure
 from coral.io import atomic_path, provenance, write_json
 from coral.checkpoint import load_model
+from coral.sections import LatentConfig
 from coral.tensors import uint8_to_unit
 
 METRIC = "cosine"
 GROUPS = ("head", "medium", "tail")
-LATENT_KEYS = ("t_fraction", "per_class", "seed", "perplexity", "knn_k", "batch_size")
 
 
 @torch.no_grad()
@@ -162,8 +161,8 @@ def _json_number(value: float) -> float | None:
 
 
 def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, reference_npz: str | os.PathLike,
-               latent_cfg: dict,
-               out_npz: str | os.PathLike, out_json: str | os.PathLike, out_png: str | os.PathLike) -> None:
+               latent_cfg: LatentConfig,
+               out_npz: str | os.PathLike, out_json: str | os.PathLike) -> None:
     """The latent stage for one run.
 
     latent_cfg: t_fraction, per_class (images per class from the balanced set), seed (selection,
@@ -173,12 +172,9 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
                  (N,) into the balanced set, class_names (C,), class_counts (C,) of the split, groups
                  (C,) head/medium/tail, meta (JSON string: run, checkpoint, t, metric, latent_cfg);
       out_json - {"run", silhouette*, knn_purity*, "metric", "knn_k", "t", "t_fraction", "num_points",
-                 "num_classes", "checkpoint", "latent_cfg", "provenance"} (NaN scores as null);
-      out_png  - the t-SNE scatter coloured by class, tail classes as larger triangles.
+                 "num_classes", "checkpoint", "latent_cfg", "provenance"} (NaN scores as null).
+    The stage draws nothing: coral.figures.tsne_run_figure plots a run from these two files.
     """
-    missing = [key for key in LATENT_KEYS if key not in latent_cfg]
-    if missing:
-        raise ValueError(f"latent config: missing keys {missing}; required: {list(LATENT_KEYS)}")
     model, diffusion, run_cfg = load_model(checkpoint)
     data = load_reference(reference_npz)
     split = load_split(split_npz, with_images=False)
@@ -188,26 +184,24 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
     groups = class_groups(split.class_counts)
 
     balanced_labels = data.labels.numpy()
-    indices = select_per_class(balanced_labels, latent_cfg["per_class"], latent_cfg["seed"])
+    indices = select_per_class(balanced_labels, latent_cfg.per_class, latent_cfg.seed)
     labels = balanced_labels[indices]
-    features = bottleneck_features(model, diffusion, data.images[indices], labels, latent_cfg["t_fraction"],
-                                   latent_cfg["seed"], latent_cfg["batch_size"])
-    scores = separation_scores(features, labels, groups, latent_cfg["knn_k"])
-    tsne = tsne_embedding(features, latent_cfg["seed"], latent_cfg["perplexity"])
-    t_value = int(latent_cfg["t_fraction"] * diffusion.T)
+    features = bottleneck_features(model, diffusion, data.images[indices], labels, latent_cfg.t_fraction,
+                                   latent_cfg.seed, latent_cfg.batch_size)
+    scores = separation_scores(features, labels, groups, latent_cfg.knn_k)
+    tsne = tsne_embedding(features, latent_cfg.seed, latent_cfg.perplexity)
+    t_value = int(latent_cfg.t_fraction * diffusion.T)
     run = run_cfg["run"]
 
-    meta = {"run": run, "checkpoint": str(checkpoint), "t": t_value, "metric": METRIC, "latent_cfg": latent_cfg}
+    meta = {"run": run, "checkpoint": str(checkpoint), "t": t_value, "metric": METRIC, "latent_cfg": latent_cfg.as_dict()}
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, features=features, tsne=tsne, labels=labels, indices=indices,
                      class_names=np.array(split.class_names), class_counts=np.asarray(split.class_counts),
                      groups=np.array(groups), meta=np.array(json.dumps(meta)))
     write_json(out_json, {"run": run, **{k: _json_number(v) for k, v in scores.items()},
-                          "metric": METRIC, "knn_k": latent_cfg["knn_k"], "t": t_value,
-                          "t_fraction": latent_cfg["t_fraction"], "num_points": len(labels),
+                          "metric": METRIC, "knn_k": latent_cfg.knn_k, "t": t_value,
+                          "t_fraction": latent_cfg.t_fraction, "num_points": len(labels),
                           "num_classes": len(split.class_names), "checkpoint": str(checkpoint),
-                          "latent_cfg": latent_cfg, "provenance": provenance()})
-    title = f"{run['method']} ({run.get('setting', run['dataset'])}, seed {run['seed']}, t={t_value})"
-    tsne_figure([out_npz], [title], split.class_names, split.class_counts, out_png, separation_jsons=[out_json])
-    lineage.record([out_npz, out_json, out_png], "latent", [checkpoint, split_npz, reference_npz], {"run": run, "latent": latent_cfg})
+                          "latent_cfg": latent_cfg.as_dict(), "provenance": provenance()})
+    lineage.record([out_npz, out_json], "latent", [checkpoint, split_npz, reference_npz], {"run": run, "latent": latent_cfg.as_dict()})

@@ -28,15 +28,13 @@ from tqdm import tqdm
 
 from coral import lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
-from coral.config import EXTRACTOR_KEYS
 from coral.data import class_groups, load_reference, load_split
 from coral.io import atomic_path, provenance, sha256_file, write_json
+from coral.sections import EvaluateConfig, ExtractorConfig
 from coral.tensors import default_device
 
 log = logging.getLogger(__name__)
 
-EVAL_KEYS = ("feature_extractor", "batch_size", "prc_neighborhood", "kid_subsets", "kid_subset_size",
-             "prd_clusters_per_class", "prd_max_clusters", "prd_kmeans_steps", "prd_angles", "prd_runs")
 # eval.feature_extractor -> (torch-fidelity name, layer for FID/KID/PRC/PRD, layer for IS)
 FEATURE_EXTRACTORS = {
     "classifier": (FEATURE_EXTRACTOR_NAME, "penultimate", "logits"),
@@ -207,9 +205,9 @@ def max_f_beta(precision: np.ndarray, recall: np.ndarray, beta: float) -> float:
     return float(f_beta.max())
 
 
-def prd_num_clusters(eval_cfg: dict, num_classes: int) -> int:
+def prd_num_clusters(eval_cfg: EvaluateConfig, num_classes: int) -> int:
     """PRD's clusters: prd_clusters_per_class x C (the reference 20 x C), capped at prd_max_clusters."""
-    return min(eval_cfg["prd_clusters_per_class"] * num_classes, eval_cfg["prd_max_clusters"])
+    return min(eval_cfg.prd_clusters_per_class * num_classes, eval_cfg.prd_max_clusters)
 
 
 def _nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -346,10 +344,10 @@ class ReferenceFeatures:
         return len(self.class_names)
 
 
-def feature_weights(eval_cfg: dict, classifier_ckpt: str | Path) -> str:
+def feature_weights(eval_cfg: EvaluateConfig, classifier_ckpt: str | Path) -> str:
     """The weights file of the feature extractor: the classifier checkpoint or the Inception file."""
-    if eval_cfg["feature_extractor"] == "inception-v3-compat":
-        return str(eval_cfg["inception_weights_path"])
+    if eval_cfg.feature_extractor == "inception-v3-compat":
+        return str(eval_cfg.inception_weights_path)
     return str(classifier_ckpt)
 
 
@@ -363,7 +361,7 @@ def _check_classifier_fits(classifier_ckpt: str | Path, image_shape: tuple[int, 
     return checkpoint
 
 
-def write_reference_features(reference_npz: str | Path, weights: str | Path, extractor_cfg: dict,
+def write_reference_features(reference_npz: str | Path, weights: str | Path, extractor: ExtractorConfig,
                              out_npz: str | Path) -> None:
     """Features of the balanced reference set, written once per dataset and read by every evaluation.
 
@@ -371,17 +369,16 @@ def write_reference_features(reference_npz: str | Path, weights: str | Path, ext
     out_npz holds features (N, D) float32, labels, class_names, image_shape and meta (extractor,
     layer, weights file and its SHA-256, which evaluate checks against its own extractor).
     """
-    _check_extractor_cfg(extractor_cfg)
     if not Path(weights).is_file():
-        raise ValueError(f"weights: {str(weights)!r} is not a file; expected the {extractor_cfg['feature_extractor']} "
+        raise ValueError(f"weights: {str(weights)!r} is not a file; expected the {extractor.feature_extractor} "
                          "feature extractor's weights (classifier checkpoint or Inception weights file)")
     real = load_reference(reference_npz)
-    fidelity_name, layer, _ = FEATURE_EXTRACTORS[extractor_cfg["feature_extractor"]]
+    fidelity_name, layer, _ = FEATURE_EXTRACTORS[extractor.feature_extractor]
     if fidelity_name == FEATURE_EXTRACTOR_NAME:
         _check_classifier_fits(weights, tuple(real.images.shape[1:]), real.num_classes, reference_npz)
-    features = extract_features(real.images, fidelity_name, [layer], weights, extractor_cfg["batch_size"],
+    features = extract_features(real.images, fidelity_name, [layer], weights, extractor.batch_size,
                                 "reference")[layer]
-    meta = {"feature_extractor": extractor_cfg["feature_extractor"], "layer": layer, "weights": str(weights),
+    meta = {"feature_extractor": extractor.feature_extractor, "layer": layer, "weights": str(weights),
             "weights_sha256": sha256_file(weights)}
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as f:
@@ -389,7 +386,7 @@ def write_reference_features(reference_npz: str | Path, weights: str | Path, ext
                      class_names=np.array(real.class_names), image_shape=np.array(real.images.shape[1:]),
                      meta=np.array(json.dumps(meta)))
     lineage.record([out_npz], "reference_features", [reference_npz, weights],
-                   {"evaluate": {key: extractor_cfg[key] for key in EXTRACTOR_KEYS}})
+                   {"evaluate": extractor.as_dict()})
 
 
 def load_reference_features(path: str | Path) -> ReferenceFeatures:
@@ -408,40 +405,16 @@ def load_reference_features(path: str | Path) -> ReferenceFeatures:
 
 # ---------------------------------------------------------------- inputs
 
-def _check_extractor_cfg(cfg: dict) -> None:
-    missing = [k for k in EXTRACTOR_KEYS if k not in cfg]
-    if missing:
-        raise ValueError(f"eval config: missing keys {missing}; required: {list(EXTRACTOR_KEYS)}")
-    if cfg["feature_extractor"] not in FEATURE_EXTRACTORS:
-        raise ValueError(f"eval.feature_extractor: got {cfg['feature_extractor']!r}; "
-                         f"allowed: {sorted(FEATURE_EXTRACTORS)}")
-
-
-def _check_eval_cfg(eval_cfg: dict) -> None:
-    missing = [k for k in EVAL_KEYS if k not in eval_cfg]
-    if missing:
-        raise ValueError(f"eval config: missing keys {missing}; required: {list(EVAL_KEYS)}")
-    _check_extractor_cfg(eval_cfg)
-    if eval_cfg["feature_extractor"] == "inception-v3-compat":
-        path = eval_cfg.get("inception_weights_path")
-        if not path or not Path(path).is_file():
-            raise ValueError(f"eval.inception_weights_path: got {path!r}; inception-v3-compat needs an existing "
-                             "local file with torch-fidelity's Inception weights (nothing is downloaded)")
-    for key in ("prd_max_clusters", "prd_kmeans_steps", "prc_neighborhood", "kid_subsets", "kid_subset_size"):
-        if int(eval_cfg[key]) < 1:
-            raise ValueError(f"eval.{key}: got {eval_cfg[key]}; allowed: an integer >= 1")
-
-
-def _check_reference_features(path: str | Path, real: ReferenceFeatures, eval_cfg: dict, weights: str) -> None:
+def _check_reference_features(path: str | Path, real: ReferenceFeatures, eval_cfg: EvaluateConfig, weights: str) -> None:
     """The reference features must come from the extractor and weights this evaluation uses."""
-    if eval_cfg["feature_extractor"] == "classifier":
+    if eval_cfg.feature_extractor == "classifier":
         sha = lineage.verify(weights, "the classifier", "train_classifier")
     else:
         sha = sha256_file(weights)
-    if (real.meta.get("feature_extractor"), real.meta.get("weights_sha256")) != (eval_cfg["feature_extractor"], sha):
+    if (real.meta.get("feature_extractor"), real.meta.get("weights_sha256")) != (eval_cfg.feature_extractor, sha):
         raise lineage.DamagedArtifact(f"{path}: features of {real.meta.get('feature_extractor')!r} with weights "
                          f"{real.meta.get('weights')} (sha256 {real.meta.get('weights_sha256')}), but this evaluation "
-                         f"uses {eval_cfg['feature_extractor']!r} with {weights} (sha256 {sha}); write them again "
+                         f"uses {eval_cfg.feature_extractor!r} with {weights} (sha256 {sha}); write them again "
                          "(rule reference_features)")
 
 
@@ -462,9 +435,9 @@ def _load_samples(samples_npz: str | Path, num_classes: int, image_shape: tuple[
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)), meta
 
 
-def _check_per_class_counts(labels: torch.Tensor, num_classes: int, eval_cfg: dict, what: str) -> None:
+def _check_per_class_counts(labels: torch.Tensor, num_classes: int, eval_cfg: EvaluateConfig, what: str) -> None:
     """Per-class precision/recall needs prc_neighborhood + 1 features per class (FID and KID need 2)."""
-    needed = max(2, eval_cfg["prc_neighborhood"] + 1)
+    needed = max(2, eval_cfg.prc_neighborhood + 1)
     counts = torch.bincount(labels, minlength=num_classes)
     short = [c for c in range(num_classes) if counts[c] < needed]
     if short:
@@ -476,7 +449,7 @@ def _check_per_class_counts(labels: torch.Tensor, num_classes: int, eval_cfg: di
 # ---------------------------------------------------------------- evaluate
 
 def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_npz: str | Path,
-             classifier_ckpt: str | Path, eval_cfg: dict, out_json: str | Path, out_per_class_csv: str | Path) -> dict:
+             classifier_ckpt: str | Path, eval_cfg: EvaluateConfig, out_json: str | Path, out_per_class_csv: str | Path) -> dict:
     """Metrics of generated samples against the balanced reference set: overall, per class, per group.
 
     reference_features_npz: the reference set's features (write_reference_features) from the
@@ -484,7 +457,6 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
     `out_per_class_csv` (one row per class) and returns the JSON dict. A meaningless spread (see
     kernel_distance) is null in the JSON and an empty cell in the CSV.
     """
-    _check_eval_cfg(eval_cfg)
     weights = feature_weights(eval_cfg, classifier_ckpt)
     real = load_reference_features(reference_features_npz)
     _check_reference_features(reference_features_npz, real, eval_cfg, weights)
@@ -498,8 +470,8 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
                          f"{reference_features_npz} has {num_classes} classes")
     checkpoint = _check_classifier_fits(classifier_ckpt, real.image_shape, num_classes, reference_features_npz)
 
-    fidelity_name, feature_layer, isc_layer = FEATURE_EXTRACTORS[eval_cfg["feature_extractor"]]
-    batch_size = eval_cfg["batch_size"]
+    fidelity_name, feature_layer, isc_layer = FEATURE_EXTRACTORS[eval_cfg.feature_extractor]
+    batch_size = eval_cfg.batch_size
     gen = extract_features(gen_images, fidelity_name, [feature_layer, isc_layer], weights, batch_size, "generated")
     gen_features = gen[feature_layer]
     # classifier accuracy always uses the coral classifier's logits
@@ -512,7 +484,7 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
 
     overall = _overall_metrics(gen_features, real.features, gen[isc_layer], correct, num_classes, eval_cfg)
     rows = _per_class_rows(gen_features, gen_labels, real, correct, split.class_counts, eval_cfg)
-    extractor_label = eval_cfg["feature_extractor"]
+    extractor_label = eval_cfg.feature_extractor
     if fidelity_name == FEATURE_EXTRACTOR_NAME:
         extractor_label = f"{FEATURE_EXTRACTOR_NAME} (not comparable with Inception FID)"
     result = {
@@ -524,7 +496,7 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
         "num_real": len(real.labels),
         "overall": overall,
         "groups": _group_means(rows),
-        "eval_config": dict(eval_cfg),
+        "eval_config": eval_cfg.as_dict(),
         "provenance": provenance(),
     }
     _warn_non_finite(overall, rows)
@@ -536,29 +508,29 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
             writer.writerows(rows)  # None (a meaningless spread) is written as an empty cell
     lineage.record([out_json, out_per_class_csv], "evaluate",
                    [samples_npz, reference_features_npz, split_npz, classifier_ckpt],
-                   {"run": meta["run"], "evaluate": eval_cfg})
+                   {"run": meta["run"], "evaluate": eval_cfg.as_dict()})
     return result
 
 
 def _overall_metrics(gen_features: torch.Tensor, real_features: torch.Tensor, gen_isc_logits: torch.Tensor,
-                     correct: torch.Tensor, num_classes: int, eval_cfg: dict) -> dict[str, float | None]:
+                     correct: torch.Tensor, num_classes: int, eval_cfg: EvaluateConfig) -> dict[str, float | None]:
     """Overall metrics of features (N_gen, D) vs (N_real, D); IS from logits (N_gen, K); correct (N_gen,) 0/1."""
     log.info("overall metrics")
-    pair = compare_features(gen_features, real_features, eval_cfg["kid_subsets"], eval_cfg["kid_subset_size"],
-                            eval_cfg["prc_neighborhood"])
+    pair = compare_features(gen_features, real_features, eval_cfg.kid_subsets, eval_cfg.kid_subset_size,
+                            eval_cfg.prc_neighborhood)
     isc = isc_features_to_metric(gen_isc_logits, splits=10)
     clusters = prd_num_clusters(eval_cfg, num_classes)
-    log.info("PRD with %d clusters, %d runs of %d k-means steps", clusters, eval_cfg["prd_runs"],
-             eval_cfg["prd_kmeans_steps"])
-    prd_f8, prd_f1_8 = prd_scores(gen_features, real_features, clusters, eval_cfg["prd_angles"],
-                                  eval_cfg["prd_runs"], eval_cfg["prd_kmeans_steps"])
+    log.info("PRD with %d clusters, %d runs of %d k-means steps", clusters, eval_cfg.prd_runs,
+             eval_cfg.prd_kmeans_steps)
+    prd_f8, prd_f1_8 = prd_scores(gen_features, real_features, clusters, eval_cfg.prd_angles,
+                                  eval_cfg.prd_runs, eval_cfg.prd_kmeans_steps)
     return {"fid": pair["fid"], "isc_mean": isc[KEY_METRIC_ISC_MEAN], "isc_std": isc[KEY_METRIC_ISC_STD],
             "kid_mean": pair["kid_mean"], "kid_std": pair["kid_std"], "precision": pair["precision"],
             "recall": pair["recall"], "prd_f8": prd_f8, "prd_f1_8": prd_f1_8, "accuracy": float(correct.mean())}
 
 
 def _per_class_rows(gen_features: torch.Tensor, gen_labels: torch.Tensor, real: ReferenceFeatures,
-                    correct: torch.Tensor, class_counts: np.ndarray, eval_cfg: dict) -> list[dict]:
+                    correct: torch.Tensor, class_counts: np.ndarray, eval_cfg: EvaluateConfig) -> list[dict]:
     """One row per class c (columns PER_CLASS_COLUMNS): generated with label c vs real class c."""
     num_classes = real.num_classes
     log.info("per-class FID of %d classes", num_classes)
@@ -568,8 +540,8 @@ def _per_class_rows(gen_features: torch.Tensor, gen_labels: torch.Tensor, real: 
     rows = []
     for c in tqdm(range(num_classes), desc="per-class KID, precision/recall", file=sys.stderr):
         gen_c, real_c = gen_features[gen_members[c]], real.features[real_members[c]]
-        kid_mean, kid_std = kernel_distance(gen_c, real_c, eval_cfg["kid_subsets"], eval_cfg["kid_subset_size"])
-        precision, recall = precision_recall(gen_c, real_c, eval_cfg["prc_neighborhood"])
+        kid_mean, kid_std = kernel_distance(gen_c, real_c, eval_cfg.kid_subsets, eval_cfg.kid_subset_size)
+        precision, recall = precision_recall(gen_c, real_c, eval_cfg.prc_neighborhood)
         rows.append({"class": c, "class_name": real.class_names[c], "train_count": int(class_counts[c]),
                      "group": groups[c], "num_generated": len(gen_c), "num_real": len(real_c), "fid": fids[c],
                      "kid_mean": kid_mean, "kid_std": kid_std, "precision": precision, "recall": recall,

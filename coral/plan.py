@@ -29,7 +29,7 @@ import yaml
 
 from coral import config as config_module
 from coral.config import ConfigError
-from coral.sources import BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, dataset_files
+from coral.sources import BALANCED_PER_CLASS, IN_CHANNELS, NATURALLY_LONG_TAILED, NUM_CLASSES, dataset_files
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "Snakefile"
@@ -67,13 +67,6 @@ PRC_ROWS = 2048                      # coral.metrics._PRC_BATCH_SIZE: rows of a 
 # CelebA's training partition (its five-hair-colour subset is smaller).
 PUBLISHED_IMAGES = {"celeba5": {"train": 162_770, "reference": 162_770},
                     "imagenet_lt": {"train": 115_846, "reference": 50_000}}
-GRAY_DATASETS = {"animals"}
-
-
-def in_channels(dataset: str) -> int:
-    return 1 if dataset in GRAY_DATASETS else 3
-
-
 def image_count(data: dict, part: str) -> int:
     """Images of a dataset's long-tailed split (part 'train') or its reference set."""
     from coral.data import long_tail_counts
@@ -90,7 +83,7 @@ def image_count(data: dict, part: str) -> int:
 
 
 def image_bytes(data: dict) -> int:
-    return in_channels(data["dataset"]) * data["image_size"] ** 2
+    return IN_CHANNELS[data["dataset"]] * data["image_size"] ** 2
 
 
 # ---------------------------------------------------------------- FLOPs and memory on the meta device
@@ -420,7 +413,7 @@ class CostModel:
     def _train_classifier(self, dataset: str) -> JobCost:
         data = config_module.dataset_config(self.cfg, dataset)
         clf = config_module.dataset_section(self.cfg, dataset, "classifier")
-        net = _classifier(in_channels(dataset), NUM_CLASSES[dataset], clf["width"], data["image_size"],
+        net = _classifier(IN_CHANNELS[dataset], NUM_CLASSES[dataset], clf["width"], data["image_size"],
                           clf["batch_size"])
         fp32 = {"train": {"bf16_autocast": False, "channels_last": False}}  # the classifier trains in fp32, NCHW
         rate, source, _ = self.training_rate(self._want("training", fp32, data["image_size"], clf["batch_size"],
@@ -440,7 +433,7 @@ class CostModel:
         FLOPs at the nearest entry's FLOP/s, and parameters, optimiser states and saved activations."""
         run = self._run(setting, method)
         data, train = run["data"], run["train"]
-        channels, classes = in_channels(data["dataset"]), NUM_CLASSES[data["dataset"]]
+        channels, classes = IN_CHANNELS[data["dataset"]], NUM_CLASSES[data["dataset"]]
         rate, source, exact = self.training_rate(self._want("training", run, data["image_size"], train["batch_size"],
                                                             objective=run["objective"]["name"]))
         model, extra = parameter_bytes(run, channels, classes)
@@ -464,7 +457,7 @@ class CostModel:
     def _sample(self, setting: str, method: str, omega: float) -> JobCost:
         run, sample = self._run(setting, method), config_module.setting_config(self.cfg, setting)["sample"]
         data, layout = run["data"], {"train": run["train"], "sample": sample}
-        size, batch, channels = data["image_size"], sample["batch_size"], in_channels(data["dataset"])
+        size, batch, channels = data["image_size"], sample["batch_size"], IN_CHANNELS[data["dataset"]]
         images = batch * (2 if omega != 0 else 1)  # guidance: one forward of the doubled batch
         net = unet_forward(json.dumps(run["model"]), size, channels, images)
         rate, source, exact = self.inference_rate(self._want("sampling", layout, size, batch, guided=omega != 0),
@@ -486,7 +479,7 @@ class CostModel:
         beside Inception's features), feature dims, live batch bytes, and the inference rate."""
         scfg = config_module.setting_config(self.cfg, setting)
         data, ev, clf = scfg["data"], scfg["evaluate"], scfg["classifier"]
-        classes, channels, size = NUM_CLASSES[data["dataset"]], in_channels(data["dataset"]), data["image_size"]
+        classes, channels, size = NUM_CLASSES[data["dataset"]], IN_CHANNELS[data["dataset"]], data["image_size"]
         classifier = _classifier(channels, classes, clf["width"], size, ev["batch_size"])
         if ev["feature_extractor"] == "inception-v3-compat":
             net = {"flops_per_image": INCEPTION_FLOPS + classifier["forward_flops_per_image"], "dim": 2048,
@@ -542,7 +535,7 @@ class CostModel:
     def _latent(self, setting: str, method: str) -> JobCost:
         run, latent = self._run(setting, method), config_module.setting_config(self.cfg, setting)["latent"]
         data = run["data"]
-        classes, channels = NUM_CLASSES[data["dataset"]], in_channels(data["dataset"])
+        classes, channels = NUM_CLASSES[data["dataset"]], IN_CHANNELS[data["dataset"]]
         points = min(latent["per_class"] * classes, image_count(data, "reference"))
         net = unet_forward(json.dumps(run["model"]), data["image_size"], channels, latent["batch_size"])
         rate, source, _ = self.inference_rate(self._want("sampling", config_module.setting_config(self.cfg, setting),

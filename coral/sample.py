@@ -22,6 +22,7 @@ from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, exclusive, provenance
 from coral import checkpoint as checkpoints
+from coral.sections import SampleConfig
 from coral.tensors import default_device, unit_to_uint8
 from coral.unet import UNet
 
@@ -83,7 +84,7 @@ class _PerImageNoise:
 
 
 @torch.no_grad()
-def denoise(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
+def denoise(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: SampleConfig,
             image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
     """The sampler's loop: labels (B,), image_ids (B,) -> images (B, C, H, W) in about [-1, 1], on the
     model's device. Nothing in it waits for the device.
@@ -91,36 +92,36 @@ def denoise(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: 
     batched_guidance=False runs the two guidance passes separately (for benchmarks).
     """
     device = next(model.parameters()).device
-    noise = _PerImageNoise(image_ids, sample_cfg["seed"], image_shape, device)
+    noise = _PerImageNoise(image_ids, sample_cfg.seed, image_shape, device)
     y = (labels.pin_memory() if device.type == "cuda" else labels).to(device, non_blocking=True)
     x = noise.draw()
-    omega = sample_cfg["omega"]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sample_cfg["bf16_autocast"])
-    if sample_cfg["sampler"] == "ddpm":
+    omega = sample_cfg.omega
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sample_cfg.bf16_autocast)
+    if sample_cfg.sampler == "ddpm":
         for step in reversed(range(diffusion.T)):
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
             with autocast:
                 eps = guided_eps(model, x, t, y, omega, batched_guidance)
             x = diffusion.ancestral_step(x, t, eps, noise.draw() if step > 0 else torch.zeros_like(x))
     else:
-        timesteps = ddim_timesteps(diffusion.T, sample_cfg["steps"])
+        timesteps = ddim_timesteps(diffusion.T, sample_cfg.steps)
         for step, step_prev in zip(timesteps, timesteps[1:] + [-1]):
             t = torch.full((len(y),), step, device=device, dtype=torch.long)
             with autocast:
                 eps = guided_eps(model, x, t, y, omega, batched_guidance)
-            step_noise = noise.draw() if sample_cfg["eta"] > 0 else torch.zeros_like(x)
-            x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg["eta"], step_noise)
+            step_noise = noise.draw() if sample_cfg.eta > 0 else torch.zeros_like(x)
+            x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg.eta, step_noise)
     return x
 
 
-def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: dict,
+def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: SampleConfig,
              image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
     """One batch of uint8 images (B, C, H, W) on the CPU (see denoise)."""
     x = denoise(model, diffusion, labels, image_ids, sample_cfg, image_shape, batched_guidance)
     return unit_to_uint8(x).cpu()
 
 
-def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_png: str | Path,
+def sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: str | Path, out_png: str | Path,
            time_budget: float | None = None) -> None:
     """Generate sample.num_samples images from a run's EMA model; write them (uint8 + labels) and a preview grid.
 
@@ -134,7 +135,7 @@ def sample(checkpoint: str | Path, sample_cfg: dict, out_npz: str | Path, out_pn
         _sample(checkpoint, sample_cfg, out_npz, out_png, time_budget)
 
 
-def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: str | Path,
+def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out_png: str | Path,
             time_budget: float | None) -> None:
     with lineage.reading(checkpoint, "the trained model", "train") as checkpoint_sha256:
         state = checkpoints.load(checkpoint)
@@ -142,14 +143,14 @@ def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: st
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]
     image_shape = (model.head.in_channels, image_size, image_size)
-    labels = sample_labels(sample_cfg["num_samples"], num_classes, sample_cfg["labels"], sample_cfg["seed"])
+    labels = sample_labels(sample_cfg.num_samples, num_classes, sample_cfg.labels, sample_cfg.seed)
     ids = torch.arange(len(labels))
-    partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg,
+    partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg.as_dict(),
                                                                 "checkpoint_sha256": checkpoint_sha256})
     batch_seconds = 0.0
     batches = []
     with Deadline.for_this_job(time_budget) as deadline:
-        for start in tqdm(range(0, len(labels), sample_cfg["batch_size"]), desc=f"sample {checkpoint}", mininterval=5):
+        for start in tqdm(range(0, len(labels), sample_cfg.batch_size), desc=f"sample {checkpoint}", mininterval=5):
             if partial.has(start):
                 batches.append(partial.load(start))
                 continue
@@ -157,20 +158,20 @@ def _sample(checkpoint: str | Path, sample_cfg: dict, out_npz: Path, out_png: st
                 raise OutOfTime(f"{out_npz}: stopped after {start} of {len(labels)} images before the job's time "
                                 f"limit; finished batches are kept, run the job again to continue")
             batch_start = time.perf_counter()
-            batch = slice(start, start + sample_cfg["batch_size"])
+            batch = slice(start, start + sample_cfg.batch_size)
             batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
             partial.save(start, batches[-1])
             batch_seconds = time.perf_counter() - batch_start
     images = torch.cat(batches)
     class_names = state["class_names"]
-    steps = diffusion.T if sample_cfg["sampler"] == "ddpm" else sample_cfg["steps"]  # denoising steps run
-    meta = {"run": run_cfg["run"], **sample_cfg, "steps": steps, "num_classes": num_classes, "class_names": class_names,
+    steps = diffusion.T if sample_cfg.sampler == "ddpm" else sample_cfg.steps  # denoising steps run
+    meta = {"run": run_cfg["run"], **sample_cfg.as_dict(), "steps": steps, "num_classes": num_classes, "class_names": class_names,
             "checkpoint": str(checkpoint), "provenance": provenance()}
     with atomic_path(out_npz) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
     save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png, class_names=class_names)
-    lineage.record([out_npz, out_png], "sample", [checkpoint], {"run": run_cfg["run"], "sample": sample_cfg})
+    lineage.record([out_npz, out_png], "sample", [checkpoint], {"run": run_cfg["run"], "sample": sample_cfg.as_dict()})
     partial.remove()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 NUM_CLASSES = {"animals": 10, "cifar10": 10, "cifar100": 100, "celeba5": 5, "imagenet_lt": 1000}
+IN_CHANNELS = {"animals": 1, "cifar10": 3, "cifar100": 3, "celeba5": 3, "imagenet_lt": 3}  # grey or RGB
 
 # Balanced sources are made long-tailed by rho (docs/method.md §1); these two are long-tailed as published
 # and take no rho.

@@ -165,9 +165,10 @@ def _per_class_records(json_path: str | os.PathLike, csv_path: str | os.PathLike
     return frame.assign(**{k: run[k] for k in SETTING + ["seed"] + list(SAMPLING)}, file=str(csv_path))
 
 
-def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: Sequence[str | os.PathLike],
+def per_class_table(metrics_of: Mapping[str | os.PathLike, str | os.PathLike],
                     out_csv: str | os.PathLike | None) -> pd.DataFrame:
-    """Per-class metrics over seeds. metrics_jsons[i] names the run of per_class_csvs[i].
+    """Per-class metrics over seeds. metrics_of maps each per-class CSV to the metrics JSON of its run
+    (the evaluate stage writes the two side by side).
 
     Columns: dataset, rho, method, class, class_name, train_count, group, num_seeds, then
     `<m>_mean`, `<m>_std` over seeds for m in fid, kid, precision, recall, accuracy (kid is each
@@ -175,20 +176,19 @@ def per_class_table(metrics_jsons: Sequence[str | os.PathLike], per_class_csvs: 
     tail (train_count descending, ties by class id). Class info and sampling settings must agree
     across seeds. Writes out_csv atomically (unless None) and returns the table.
     """
-    if len(metrics_jsons) != len(per_class_csvs):
-        raise ValueError(f"per_class_table: {len(metrics_jsons)} metrics JSONs but "
-                         f"{len(per_class_csvs)} per-class CSVs; they must pair one to one")
-    if not metrics_jsons:
+    if not isinstance(metrics_of, Mapping):
+        raise TypeError(f"per_class_table: expected a mapping of per-class CSV -> metrics JSON, "
+                        f"got {type(metrics_of).__name__}")
+    if not metrics_of:
         raise ValueError("per_class_table: no files given")
-    records = pd.concat([_per_class_records(j, c) for j, c in zip(metrics_jsons, per_class_csvs)],
-                        ignore_index=True)
+    records = pd.concat([_per_class_records(j, c) for c, j in metrics_of.items()], ignore_index=True)
     table = _aggregate(records, SETTING + ["class"], PER_CLASS_METRICS, CLASS_INFO + list(SAMPLING))
     table = table.drop(columns=list(SAMPLING))
     table = table[SETTING + ["class"] + CLASS_INFO + [c for c in table.columns
                                                        if c not in SETTING + ["class"] + CLASS_INFO]]
     table = _sort(table, ["train_count", "class"], [False, True])
     if out_csv is not None:
-        _write_table(table, out_csv, "per_class_table", [*metrics_jsons, *per_class_csvs])
+        _write_table(table, out_csv, "per_class_table", [*metrics_of.values(), *metrics_of])
     return table
 
 

@@ -27,6 +27,7 @@ from coral.diffusion import Diffusion
 from coral import checkpoint
 from coral.io import atomic_path, exclusive, provenance, write_json
 from coral.objectives import build_objective, drop_labels
+from coral.sections import TrainConfig
 from coral.tensors import default_device, uint8_to_unit
 from coral.unet import UNet, build_unet
 
@@ -92,16 +93,17 @@ class TrainingSetup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: list[torch.nn.Parameter]
     diffusion: Diffusion
+    config: TrainConfig
     forward: Callable  # the objective, compiled when train.compile is set
 
 
 def build_training(run_cfg: dict, class_counts: torch.Tensor, in_channels: int, num_classes: int,
                    device: torch.device) -> TrainingSetup:
     """Model, EMA copy, objective, Adam with linear warm-up, on `device`."""
-    tcfg = run_cfg["train"]
+    tcfg = TrainConfig.of(run_cfg["train"], "train")
     diffusion = Diffusion.from_config(run_cfg["diffusion"]).to(device)
     model = build_unet(run_cfg["model"], in_channels, num_classes).to(device)
-    if tcfg["channels_last"]:
+    if tcfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective = build_objective(run_cfg["objective"]["name"], run_cfg["objective"]["hparams"], diffusion,
                                 class_counts, model).to(device)
@@ -109,12 +111,12 @@ def build_training(run_cfg: dict, class_counts: torch.Tensor, in_channels: int, 
     params = list(model.parameters()) + list(objective.parameters())
     # One fused kernel on GPUs; multi-tensor (foreach) updates on CPUs.
     fused = device.type == "cuda"
-    optimizer = torch.optim.Adam(params, lr=tcfg["lr"], fused=fused, foreach=not fused)
-    warmup = tcfg["warmup"]
+    optimizer = torch.optim.Adam(params, lr=tcfg.lr, fused=fused, foreach=not fused)
+    warmup = tcfg.warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0)
-    forward = torch.compile(objective) if tcfg["compile"] else objective
-    return TrainingSetup(model, ema, objective, optimizer, scheduler, params, diffusion, forward)
+    forward = torch.compile(objective) if tcfg.compile else objective
+    return TrainingSetup(model, ema, objective, optimizer, scheduler, params, diffusion, tcfg, forward)
 
 
 def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Tensor,
@@ -123,23 +125,23 @@ def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Ten
 
     Nothing here waits for the device: the returned tensors stay where they were computed.
     """
-    tcfg, device = run_cfg["train"], images_uint8.device
+    tcfg, device = setup.config, images_uint8.device
     x0 = uint8_to_unit(images_uint8)
     if run_cfg["data"]["hflip"]:
         x0 = random_hflip(x0)
-    if tcfg["channels_last"]:
+    if tcfg.channels_last:
         x0 = x0.contiguous(memory_format=torch.channels_last)
     t = torch.randint(0, setup.diffusion.T, (len(y),), device=device)
     noise = torch.randn_like(x0)
-    y_in = drop_labels(y, tcfg["label_drop"], tcfg["p_uncond"])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg["bf16_autocast"]):
+    y_in = drop_labels(y, tcfg.label_drop, tcfg.p_uncond)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16_autocast):
         terms = setup.forward(setup.model, x0, y, y_in, t, noise)
     setup.optimizer.zero_grad(set_to_none=True)
     terms["loss"].backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(setup.params, tcfg["grad_clip"])
+    grad_norm = torch.nn.utils.clip_grad_norm_(setup.params, tcfg.grad_clip)
     setup.optimizer.step()
     setup.scheduler.step()
-    ema_update(setup.ema, setup.model, tcfg["ema_decay"])
+    ema_update(setup.ema, setup.model, tcfg.ema_decay)
     return {**terms, "grad_norm": grad_norm}
 
 
@@ -156,14 +158,14 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budge
 
 
 def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None) -> Path:
-    tcfg, seed = run_cfg["train"], run_cfg["run"]["seed"]
+    tcfg, seed = TrainConfig.of(run_cfg["train"], "train"), run_cfg["run"]["seed"]
     device = default_device()
 
     split = load_split(split_path)
     images = split.images.to(device)  # uint8, resident
     labels = torch.from_numpy(split.labels).to(device)
-    if len(images) < tcfg["batch_size"]:
-        raise ValueError(f"train.batch_size: {tcfg['batch_size']} exceeds the {len(images)} training images")
+    if len(images) < tcfg.batch_size:
+        raise ValueError(f"train.batch_size: {tcfg.batch_size} exceeds the {len(images)} training images")
 
     torch.manual_seed(seed)
     setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], len(split.class_names), device)
@@ -199,7 +201,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
         return state
 
     model.train()
-    batches = DeviceBatches(len(images), tcfg["batch_size"], seed, device)
+    batches = DeviceBatches(len(images), tcfg.batch_size, seed, device)
     sums: dict[str, torch.Tensor] = {}
     accumulated = 0  # steps in `sums`
     tick = time.perf_counter()
@@ -207,7 +209,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
     # written at a cautious 100 MB/s.
     state_bytes = 4 * sum(p.numel() * p.element_size() for p in setup.params)
     step_seconds, save_seconds = 0.0, 1.0 + state_bytes / 100e6
-    progress = tqdm(range(start, tcfg["steps"]), initial=start, total=tcfg["steps"], desc=f"train {run_dir}",
+    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=f"train {run_dir}",
                     mininterval=5, dynamic_ncols=True)
     with Deadline.for_this_job(time_budget) as deadline:
         for step in progress:
@@ -219,11 +221,11 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
             accumulated += 1
 
             done = step + 1
-            if done % tcfg["log_every"] == 0 or done == tcfg["steps"]:
+            if done % tcfg.log_every == 0 or done == tcfg.steps:
                 record = {"step": done, "lr": scheduler.get_last_lr()[0]}
                 record.update({name: float(total) / accumulated for name, total in sums.items()})
                 now = time.perf_counter()
-                record["img_per_s"] = accumulated * tcfg["batch_size"] / (now - tick)
+                record["img_per_s"] = accumulated * tcfg.batch_size / (now - tick)
                 step_seconds = (now - tick) / accumulated
                 tick, sums, accumulated = now, {}, 0
                 if not math.isfinite(record["loss"]):
@@ -233,28 +235,28 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                 with open(run_dir / "stats.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
-            out_of_time = done < tcfg["steps"] and deadline.must_stop(
+            out_of_time = done < tcfg.steps and deadline.must_stop(
                 2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds)
-            if done % tcfg["checkpoint_every"] == 0 or done == tcfg["steps"] or out_of_time:
+            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or out_of_time:
                 save_start = time.perf_counter()
                 checkpoint.save(checkpoint.step_path(run_dir / "checkpoints", done), snapshot(done))
-                checkpoint.prune(run_dir / "checkpoints", tcfg["keep_checkpoints"])
+                checkpoint.prune(run_dir / "checkpoints", tcfg.keep_checkpoints)
                 save_seconds = time.perf_counter() - save_start
             if out_of_time:
                 progress.close()
-                raise OutOfTime(f"{run_dir}: stopped at step {done} of {tcfg['steps']} before the job's time limit; "
+                raise OutOfTime(f"{run_dir}: stopped at step {done} of {tcfg.steps} before the job's time limit; "
                                 f"saved a checkpoint, run the job again to continue")
 
-        final = snapshot(tcfg["steps"])
+        final = snapshot(tcfg.steps)
         for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
             final.pop(key, None)
         final["provenance"] = provenance()
         checkpoint.save(run_dir / "final.pt", final)
         # A job past its time limit may be counted failed (SLURM: TIMEOUT) and its final.pt deleted by
         # Snakemake: then the step checkpoints let the next job rewrite it at once.
-        if tcfg["prune_after_final"] and not deadline.must_stop(0):
+        if tcfg.prune_after_final and not deadline.must_stop(0):
             checkpoint.prune(run_dir / "checkpoints", 0)
-        elif tcfg["prune_after_final"]:
+        elif tcfg.prune_after_final:
             log.warning("%s: kept the step checkpoints, this job is at its time limit", run_dir)
     lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
     return run_dir / "final.pt"

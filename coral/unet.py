@@ -7,10 +7,13 @@ the bottleneck: the middle blocks' output, global-average-pooled to (B, C_mid).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from coral.sections import ModelConfig
 
 NORM_GROUPS = 32
 
@@ -130,7 +133,8 @@ class UNet(nn.Module):
         return (eps, bottleneck) if return_bottleneck else eps
 
 
-def build_unet(model_cfg: dict, in_channels: int, num_classes: int) -> UNet:
-    return UNet(in_channels=in_channels, num_classes=num_classes, ch=model_cfg["ch"],
-                ch_mult=list(model_cfg["ch_mult"]), attn=list(model_cfg["attn"]),
-                num_res_blocks=model_cfg["num_res_blocks"], dropout=model_cfg["dropout"])
+def build_unet(model_cfg: Mapping, in_channels: int, num_classes: int) -> UNet:
+    """The UNet of a run record's `model` section."""
+    model = ModelConfig.of(model_cfg, "model")
+    return UNet(in_channels=in_channels, num_classes=num_classes, ch=model.ch, ch_mult=list(model.ch_mult),
+                attn=list(model.attn), num_res_blocks=model.num_res_blocks, dropout=model.dropout)

@@ -6,14 +6,13 @@ import pytest
 import torch
 
 from coral.bench import interleaved_seconds, run_benchmark
-from coral.config import load
+from coral.config import load_yaml
 
 
 def test_benchmark_writes_every_ratio(tmp_path):
-    cfg = load("config.yaml", preset="smoke")
-    result = run_benchmark(cfg, "embedded", tmp_path, warmup=1, repeats=1, rounds=1, probe_steps=2,
+    result = run_benchmark(load_yaml("config.yaml"), "smoke", tmp_path, warmup=1, repeats=1, rounds=1, probe_steps=2,
                            feature_images=200)
-    written = json.loads(next(tmp_path.glob("embedded-cpu.json")).read_text())
+    written = json.loads(next(tmp_path.glob("smoke-cpu.json")).read_text())
     assert written["ratios"].keys() == {"coral_over_ddpm_step", "t2h_over_ddpm_step", "cbdm_over_ddpm_step",
                                         "batched_guidance_speedup", "training_speedup_over_naive"}
     training = result["training"]
@@ -25,7 +24,7 @@ def test_benchmark_writes_every_ratio(tmp_path):
     assert result["compute"]["flops_per_ddpm_step"] > 0 and result["compute"]["mfu_vs_bf16_peak"] is None
     assert set(result["sampling"]) == {"ddpm1000_batched", "ddpm1000_two_pass", "ddim100_batched",
                                        "ddim100_two_pass"}
-    assert (tmp_path / "embedded-cpu.csv").read_text().startswith("kind,name,value,target\n")
+    assert (tmp_path / "smoke-cpu.csv").read_text().startswith("kind,name,value,target\n")
 
 
 def test_flop_counter_matches_hand_count_for_a_linear_layer():

@@ -1,4 +1,5 @@
 """Classifier training: device placement, augmentation, no per-step host sync, checkpoints and resume."""
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import coral.classifier as classifier_module
 from coral.checkpoint import is_intact
 from coral.classifier import _augment, load_classifier_checkpoint, train_classifier
+from coral.sections import ClassifierConfig
 from coral.tensors import default_device
 
-CFG = {"steps": 12, "batch_size": 16, "lr": 2e-3, "width": 8, "test_fraction": 0.1, "seed": 0,
-       "checkpoint_every": 4}
+CFG = ClassifierConfig(steps=12, batch_size=16, lr=2e-3, width=8, test_fraction=0.1, seed=0, checkpoint_every=4)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_augment_is_an_edge_replicated_shift_and_maybe_a_flip(hflip):
 def test_trains_on_the_default_device_and_writes_the_classifier(reference, tmp_path, monkeypatch):
     seen = _count_steps(monkeypatch)
     train_classifier(reference, CFG, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
-    assert seen["calls"] == CFG["steps"]
+    assert seen["calls"] == CFG.steps
     assert {d.type for d in seen["devices"]} == {default_device().type} and seen["dtype"] == torch.uint8
     checkpoint = torch.load(tmp_path / "classifier.pt", weights_only=True)  # the format other modules read
     assert {"state_dict", "in_channels", "num_classes", "width", "image_size", "class_names",
@@ -121,7 +122,7 @@ def test_no_host_sync_between_progress_updates(reference, tmp_path, monkeypatch)
             return _original(tensor, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, method, reading)
 
-    cfg = {**CFG, "checkpoint_every": 100}
+    cfg = dataclasses.replace(CFG, checkpoint_every=100)
     with RecordHostReads():
         train_classifier(reference, cfg, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
     assert 5 in synced_after and 10 in synced_after  # the progress updates are seen ...
@@ -136,7 +137,7 @@ def test_interrupted_run_resumes_to_identical_weights(reference, uninterrupted, 
     assert not out.exists() and (tmp_path / "checkpoints" / "step-00000004.pt").exists()
     seen = _count_steps(monkeypatch)
     train_classifier(reference, CFG, True, out, tmp_path / "classifier.json")
-    assert seen["calls"] == CFG["steps"] - 4
+    assert seen["calls"] == CFG.steps - 4
     _assert_same_weights(uninterrupted, load_classifier_checkpoint(out))
     assert not (tmp_path / "checkpoints").exists()
 
@@ -153,7 +154,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference, uninter
     with caplog.at_level("WARNING"):
         train_classifier(reference, CFG, True, out, tmp_path / "classifier.json")
     assert "step-00000008.pt does not match its checksum" in caplog.text
-    assert seen["calls"] == CFG["steps"] - 4  # resumed from step 4
+    assert seen["calls"] == CFG.steps - 4  # resumed from step 4
     _assert_same_weights(uninterrupted, load_classifier_checkpoint(out))
 
 
@@ -162,20 +163,20 @@ def test_checkpoint_of_another_config_refuses(reference, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_classifier(reference, CFG, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
     with pytest.raises(ValueError, match="another config or reference set"):
-        train_classifier(reference, {**CFG, "lr": 1e-2}, True, tmp_path / "classifier.pt",
+        train_classifier(reference, dataclasses.replace(CFG, lr=1e-2), True, tmp_path / "classifier.pt",
                          tmp_path / "classifier.json")
 
 
 def test_sigkill_mid_run_then_rerun_gives_identical_weights(reference, tmp_path):
     """`coral train-classifier` killed with SIGKILL and started again ends with the uninterrupted weights."""
-    cfg = {**CFG, "steps": 600, "checkpoint_every": 25}
+    cfg = dataclasses.replace(CFG, steps=600, checkpoint_every=25)
     whole = tmp_path / "whole"
     train_classifier(reference, cfg, False, whole / "classifier.pt", whole / "classifier.json")
 
     config = tmp_path / "config.yaml"  # the smoke preset with this test's classifier
     config.write_text(open("config.yaml").read() + "\n".join([
         "", "  smoke_classifier:", "    data: {image_size: 8, hflip: false, settings: [{dataset: animals, rho: 0.1}]}",
-        "    classifier: {" + ", ".join(f"{k}: {v}" for k, v in cfg.items()) + "}", ""]))
+        "    classifier: {" + ", ".join(f"{k}: {v}" for k, v in cfg.as_dict().items()) + "}", ""]))
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "coral", "train-classifier", "--config", str(config),
                "--preset", "smoke_classifier", "--threads", "1", "--reference", str(reference),

@@ -52,18 +52,18 @@ def test_stages_read_their_settings_dataset_overrides(tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(deep_merge(load_yaml(REPO / "config.yaml"), overrides)))
     seen = {}
-    monkeypatch.setattr("coral.sample.sample", lambda checkpoint, cfg, *rest: seen.update(sample=cfg["batch_size"]))
+    monkeypatch.setattr("coral.sample.sample", lambda checkpoint, cfg, *rest: seen.update(sample=cfg.batch_size))
     monkeypatch.setattr("coral.metrics.evaluate", lambda samples, ref, split, clf, cfg, *rest:
-                        seen.update(evaluate=cfg["kid_subsets"]))
+                        seen.update(evaluate=cfg.kid_subsets))
     monkeypatch.setattr("coral.latent.run_latent", lambda checkpoint, split, ref, cfg, *rest:
-                        seen.update(latent=cfg["per_class"]))
-    monkeypatch.setattr("coral.classifier.train_classifier", lambda ref, cfg, *rest: seen.update(classifier=cfg["width"]))
+                        seen.update(latent=cfg.per_class))
+    monkeypatch.setattr("coral.classifier.train_classifier", lambda ref, cfg, *rest: seen.update(classifier=cfg.width))
     common = ["--config", str(config), "--preset", "smoke", "--setting", "animals-rho0.1"]
     for argv in (["sample", "--checkpoint", "c", "--out-npz", "o", "--out-png", "p"],
                  ["evaluate", "--samples", "s", "--reference", "r", "--split", "x", "--classifier", "c",
                   "--out-json", "j", "--out-per-class", "p"],
                  ["latent", "--checkpoint", "c", "--split", "x", "--reference", "r", "--out-npz", "o",
-                  "--out-json", "j", "--out-png", "p"],
+                  "--out-json", "j"],
                  ["train-classifier", "--reference", "r", "--out-checkpoint", "c", "--out-json", "j"]):
         args = cli.build_parser().parse_args(argv[:1] + common + argv[1:])
         args.func(args)

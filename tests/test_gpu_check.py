@@ -14,6 +14,7 @@ from coral.diffusion import Diffusion
 from coral.gpu_check import VARIANTS, _TrainingLoop
 from coral.methods import NAMES as OBJECTIVES
 from coral.sample import denoise
+from coral.sections import SampleConfig
 from coral.unet import build_unet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +67,6 @@ def test_sampling_loop_never_waits_for_the_device(smoke):
     run = run_config(smoke, "animals-rho0.1", "ddpm", 0)
     model = build_unet(run["model"], 1, 10).eval()
     for sampler in ("ddpm", "ddim"):
-        cfg = {**smoke["sample"], "sampler": sampler, "steps": 3, "eta": 1.0, "omega": 1.0}
+        cfg = SampleConfig.of({**smoke["sample"], "sampler": sampler, "steps": 3, "eta": 1.0, "omega": 1.0}, "sample")
         with FailOnSync():
             denoise(model, Diffusion(5), torch.arange(4) % 10, torch.arange(4), cfg, (1, 8, 8))

@@ -7,10 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+import coral.figures as figures
 import coral.latent as latent
 from coral.diffusion import Diffusion
 from coral.latent import (bottleneck_features, knn_purity_per_point, run_latent, select_per_class,
                           separation_scores, tsne_embedding)
+from coral.sections import LatentConfig
 from coral.unet import build_unet
 
 SMALL_UNET = {"ch": 32, "ch_mult": [1, 2], "attn": [], "num_res_blocks": 1, "dropout": 0.0}
@@ -177,7 +179,7 @@ def test_select_per_class_counts_and_determinism():
 
 # ---------------------------------------------------------------- the latent stage
 
-def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
+def test_run_latent_writes_features_and_scores_that_the_run_figure_draws(tmp_path, monkeypatch):
     class_names = [f"c{i}" for i in range(10)]
     images, labels = toy_images(n=60, seed=1)  # 6 balanced images per class
     run = {"dataset": "toy", "rho": 0.1, "method": "coral", "seed": 0}
@@ -188,9 +190,8 @@ def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
     counts = np.array([6, 6, 5, 5, 4, 3, 3, 2, 2, 1])
     np.savez(tmp_path / "split.npz", images=images.numpy()[:37], indices=np.arange(37),
              labels=np.repeat(np.arange(10), counts), class_counts=counts, class_names=np.array(class_names))
-    cfg = {"t_fraction": 0.1, "per_class": 4, "seed": 0, "perplexity": 30, "knn_k": 3, "batch_size": 16}
-    out = {"out_npz": tmp_path / "features.npz", "out_json": tmp_path / "separation.json",
-           "out_png": tmp_path / "tsne.png"}
+    cfg = LatentConfig(t_fraction=0.1, per_class=4, seed=0, perplexity=30, knn_k=3, batch_size=16)
+    out = {"out_npz": tmp_path / "features.npz", "out_json": tmp_path / "separation.json"}
     checkpoint = tmp_path / "final.pt"  # load_model is replaced; the file only feeds the lineage record
     checkpoint.write_bytes(b"stand-in checkpoint")
     run_latent(checkpoint, tmp_path / "split.npz", tmp_path / "reference.npz", cfg, **out)
@@ -203,11 +204,14 @@ def test_run_latent_writes_features_scores_and_plot(tmp_path, monkeypatch):
     scores = json.loads(out["out_json"].read_text())
     assert scores["run"] == run and scores["t"] == 10 and scores["num_points"] == 40
     assert 0 <= scores["knn_purity_tail"] <= 1 and -1 <= scores["silhouette"] <= 1
-    with Image.open(out["out_png"]) as picture:
-        assert picture.width > 100 and picture.height > 100
+    assert not list(tmp_path.glob("*.png"))  # the stage draws nothing
+    # The figure rule draws the run from these two files alone: its title, classes and scores.
+    panels = []
+    original = figures.tsne_figure
+    monkeypatch.setattr(figures, "tsne_figure", lambda p, *rest: panels.append(p) or original(p, *rest))
+    figures.tsne_run_figure(out["out_npz"], out["out_json"], tmp_path / "figure" / "tsne.png")
+    assert panels == [{"coral (toy, seed 0, t=10)": {"features": out["out_npz"], "separation": out["out_json"]}}]
+    with Image.open(tmp_path / "figure" / "tsne.png") as picture:
+        assert picture.format == "PNG" and picture.width > 100 and picture.height > 100
     lineage = json.loads((tmp_path / "separation.json.lineage.json").read_text())
     assert lineage["stage"] == "latent" and str(checkpoint) in lineage["inputs"]
-
-    with pytest.raises(ValueError, match="missing keys \\['knn_k'\\]"):
-        run_latent(checkpoint, tmp_path / "split.npz", tmp_path / "reference.npz",
-                   {k: v for k, v in cfg.items() if k != "knn_k"}, **out)

@@ -1,4 +1,5 @@
 """Diffusion maths against closed forms; samplers: shapes, per-image seeding, guidance."""
+import dataclasses
 import math
 
 import numpy as np
@@ -7,10 +8,12 @@ import torch
 
 from coral.diffusion import Diffusion
 from coral.sample import ddim_timesteps, generate, guided_eps, sample_labels
+from coral.sections import SampleConfig
 from coral.unet import build_unet
 
 DIFFUSION = Diffusion()
-CFG = {"sampler": "ddim", "steps": 5, "eta": 0.0, "omega": 0.0, "seed": 7, "bf16_autocast": False}
+CFG = SampleConfig(sampler="ddim", steps=5, eta=0.0, omega=0.0, num_samples=4, labels="stratified", seed=7,
+                   batch_size=4, bf16_autocast=False)
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +57,14 @@ def test_stratified_labels_exact_counts():
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_shapes_and_determinism_across_batch_sizes(model, sampler):
     diffusion = Diffusion(T=20) if sampler == "ddpm" else DIFFUSION
-    cfg = {**CFG, "sampler": sampler, "eta": 0.5, "omega": 1.0}
+    cfg = dataclasses.replace(CFG, sampler=sampler, eta=0.5, omega=1.0)
     labels, ids = torch.tensor([0, 3, 5, 9]), torch.arange(4)
     whole = generate(model, diffusion, labels, ids, cfg, (1, 8, 8))
     assert whole.shape == (4, 1, 8, 8) and whole.dtype == torch.uint8
     halves = torch.cat([generate(model, diffusion, labels[:2], ids[:2], cfg, (1, 8, 8)),
                         generate(model, diffusion, labels[2:], ids[2:], cfg, (1, 8, 8))])
     assert (whole.int() - halves.int()).abs().max() <= 1  # equal up to float rounding at the uint8 edge
-    other_seed = generate(model, diffusion, labels, ids, {**cfg, "seed": 8}, (1, 8, 8))
+    other_seed = generate(model, diffusion, labels, ids, dataclasses.replace(cfg, seed=8), (1, 8, 8))
     assert not torch.equal(whole, other_seed)
 
 
@@ -103,7 +106,7 @@ def test_interrupted_sampling_resumes_to_identical_images(tmp_path, monkeypatch)
     cfg = load("config.yaml", preset="smoke")
     write_split(setting_config(cfg, "animals-rho0.1")["data"], 0.1, tmp_path / "split.npz", tmp_path / "counts.csv")
     checkpoint = train(run_config(cfg, "animals-rho0.1", "ddpm", 0), tmp_path / "split.npz", tmp_path / "run")
-    sample_cfg = {**cfg["sample"], "num_samples": 40, "batch_size": 10}
+    sample_cfg = SampleConfig.of({**cfg["sample"], "num_samples": 40, "batch_size": 10}, "sample")
     sample_module.sample(checkpoint, sample_cfg, tmp_path / "whole.npz", tmp_path / "whole.png")
 
     original, calls = sample_module.generate, {"n": 0}

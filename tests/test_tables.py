@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from coral.figures import ablation_figure, per_class_fid_figure, samples_figure, tsne_figure
+from coral.figures import ablation_figure, per_class_fid_figure, samples_figure, tsne_figure, tsne_run_figure
 from coral.images import image_grid, save_grid_png
 from coral.tables import ablation_table, latent_table, main_table, markdown, paper_vs_ours, per_class_table
 
@@ -92,7 +92,8 @@ def test_per_class_table_means_and_head_to_tail_order(tmp_path):
              metrics_json(tmp_path, "toy", 0.01, "ddpm", 0, 7.0)]
     csvs = [per_class_csv(tmp_path, "a.csv", [10.0, 20.0, 30.0]), per_class_csv(tmp_path, "b.csv", [12.0, 24.0, 36.0]),
             per_class_csv(tmp_path, "c.csv", [1.0, 2.0, 3.0])]
-    table = per_class_table(jsons, csvs, tmp_path / "per_class.csv")
+    # In reverse order: each CSV is paired with its run's JSON by key, not by position.
+    table = per_class_table(dict(reversed(list(zip(csvs, jsons)))), tmp_path / "per_class.csv")
     assert list(zip(table["method"], table["class_name"])) == [
         ("ddpm", "cat"), ("ddpm", "ant"), ("ddpm", "bee"), ("coral", "cat"), ("coral", "ant"), ("coral", "bee")]
     coral = table[table["method"] == "coral"].set_index("class_name")
@@ -102,8 +103,10 @@ def test_per_class_table_means_and_head_to_tail_order(tmp_path):
     assert coral.loc["ant", "group"] == "medium" and coral.loc["ant", "train_count"] == 50
     assert list(table.columns[:8]) == ["dataset", "rho", "method", "class", "class_name", "train_count",
                                        "group", "num_seeds"]
-    with pytest.raises(ValueError, match="pair one to one"):
-        per_class_table(jsons, csvs[:2], tmp_path / "per_class.csv")
+    with pytest.raises(TypeError, match="mapping of per-class CSV -> metrics JSON"):
+        per_class_table(csvs, tmp_path / "per_class.csv")  # a list cannot say which run each CSV is
+    with pytest.raises(ValueError, match="no files given"):
+        per_class_table({}, tmp_path / "per_class.csv")
 
 
 # ---------------------------------------------------------------- latent table
@@ -166,13 +169,35 @@ def test_save_grid_png_writes_image(tmp_path):
 
 # ---------------------------------------------------------------- figures
 
-def test_per_class_fid_figure(tmp_path):
-    jsons = [metrics_json(tmp_path, "toy", 0.01, m, 0, 4.0) for m in ("coral", "ddpm")]
-    csvs = [per_class_csv(tmp_path, f"{m}.csv", [10.0, 20.0, 30.0]) for m in ("coral", "ddpm")]
-    per_class_table(jsons, csvs, tmp_path / "per_class.csv")
-    per_class_fid_figure(tmp_path / "per_class.csv", tmp_path / "fid.png")
-    with Image.open(tmp_path / "fid.png") as picture:
-        assert picture.format == "PNG" and picture.width > 200 and picture.height > 200
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a file that must be a valid PNG."""
+    with Image.open(path) as picture:
+        assert picture.format == "PNG", path
+        picture.verify()
+        return picture.size
+
+
+def test_per_class_fid_figure_draws_the_rows_of_one_setting(tmp_path):
+    def runs(settings):
+        return {per_class_csv(tmp_path, f"{dataset}-{rho}-{m}.csv", [10.0, 20.0, 30.0] if rho else [5.0, 6.0, 7.0]):
+                metrics_json(tmp_path, dataset, rho, m, 0, 4.0) for dataset, rho in settings for m in ("coral", "ddpm")}
+
+    settings = [("toy", 0.01), ("toy", 0.001), ("nat", None)]  # nat: long-tailed as published, no rho
+    per_class_table(runs(settings), tmp_path / "per_class.csv")
+    per_class_table(runs(settings[:1]), tmp_path / "only_toy.csv")
+    per_class_fid_figure(tmp_path / "per_class.csv", tmp_path / "fid.png", setting="toy-rho0.01")
+    per_class_fid_figure(tmp_path / "only_toy.csv", tmp_path / "only_toy.png", setting="toy-rho0.01")
+    per_class_fid_figure(tmp_path / "per_class.csv", tmp_path / "all.png")
+    width, height = png_size(tmp_path / "fid.png")
+    assert width > 200 and height > 200
+    assert png_size(tmp_path / "all.png")[1] > 2.5 * height  # every setting: three panels; a setting: one
+    # the other settings' rows leave no trace: the same picture as from a table of that setting alone
+    assert (tmp_path / "fid.png").read_bytes() == (tmp_path / "only_toy.png").read_bytes()
+    per_class_fid_figure(tmp_path / "per_class.csv", tmp_path / "nat.png", setting="nat")
+    assert png_size(tmp_path / "nat.png")[1] < 1.5 * height
+    with pytest.raises(ValueError, match="no rows of setting 'toy-rho0.1'"):
+        per_class_fid_figure(tmp_path / "per_class.csv", tmp_path / "none.png", setting="toy-rho0.1")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_tsne_and_samples_figures(tmp_path):
@@ -186,11 +211,19 @@ def test_tsne_and_samples_figures(tmp_path):
         jsons.append(tmp_path / f"{method}.json")
         jsons[-1].write_text(json.dumps({"silhouette": 0.1, "silhouette_tail": None,
                                          "knn_purity": 0.5, "knn_purity_tail": 0.4}))
-    tsne_figure(npzs, ["ddpm", "coral"], names, [100, 10, 1], tmp_path / "tsne.png", separation_jsons=jsons)
-    with Image.open(tmp_path / "tsne.png") as picture:
-        assert picture.format == "PNG" and picture.width > picture.height > 100
+    panels = {"ddpm": {"features": npzs[0], "separation": jsons[0]}, "coral": {"features": npzs[1], "separation": jsons[1]}}
+    tsne_figure(panels, names, [100, 10, 1], tmp_path / "tsne.png")
+    width, height = png_size(tmp_path / "tsne.png")
+    assert width > height > 100
+    tsne_figure({"coral": {"features": npzs[1]}}, names, [100, 10, 1], tmp_path / "one.png")  # no scores
+    assert png_size(tmp_path / "one.png")[0] < width / 1.5
     with pytest.raises(ValueError, match="class names"):
-        tsne_figure(npzs, ["ddpm", "coral"], ["x", "y", "z"], [100, 10, 1], tmp_path / "bad.png")
+        tsne_figure(panels, ["x", "y", "z"], [100, 10, 1], tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        tsne_figure(npzs, names, [100, 10, 1], tmp_path / "bad.png")  # a list cannot say which method is which
+    with pytest.raises(ValueError, match="needs a 'features' file"):
+        tsne_figure({"coral": {"separation": jsons[1]}}, names, [100, 10, 1], tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
 
     images = rng.integers(0, 256, (12, 3, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "samples.npz", images=images, labels=np.arange(12) % 3,
@@ -198,6 +231,26 @@ def test_tsne_and_samples_figures(tmp_path):
     samples_figure(tmp_path / "samples.npz", tmp_path / "samples.png")
     with Image.open(tmp_path / "samples.png") as picture:
         assert picture.size == (10 * 33 + 1, 3 * 33 + 1)  # 8x8 upscaled to 32, 10 per row, 3 classes
+
+
+def test_tsne_run_figure_is_the_panel_of_one_run(tmp_path):
+    """A run's own t-SNE: its features file alone gives the classes, their counts and the title."""
+    rng = np.random.default_rng(1)
+    names, counts = ["ant", "bee", "cat"], [100, 10, 1]
+    run = {"dataset": "toy", "rho": 0.01, "method": "coral", "seed": 2}
+    np.savez(tmp_path / "features.npz", tsne=rng.normal(size=(30, 2)), labels=np.arange(30) % 3,
+             groups=np.array(["head", "medium", "tail"]), class_names=np.array(names), class_counts=np.array(counts),
+             meta=np.array(json.dumps({"run": run, "t": 100})))
+    (tmp_path / "separation.json").write_text(json.dumps({"silhouette": 0.1, "silhouette_tail": -0.2,
+                                                          "knn_purity": 0.5, "knn_purity_tail": 0.4}))
+    tsne_run_figure(tmp_path / "features.npz", tmp_path / "separation.json", tmp_path / "run" / "seed2.png")
+    width, height = png_size(tmp_path / "run" / "seed2.png")
+    assert 300 < width < 1000 and 300 < height < 1000  # one 4.2-inch panel and the legend at 120 dpi
+    # the same picture as one panel of tsne_figure titled by the run (what the latent stage drew before)
+    tsne_figure({"coral (toy, seed 2, t=100)": {"features": tmp_path / "features.npz",
+                                                "separation": tmp_path / "separation.json"}},
+                names, counts, tmp_path / "panel.png")
+    assert (tmp_path / "run" / "seed2.png").read_bytes() == (tmp_path / "panel.png").read_bytes()
 
 
 # ---------------------------------------------------------------- ablations and published numbers

@@ -91,6 +91,10 @@ def test_smoke_produces_tables_and_figures(smoke_run):
     assert len(per_class) == 4 * 10
     for name in ["per_class_fid_animals-rho0.1", "tsne_animals-rho0.1", "samples_animals-rho0.1_coral"]:
         assert (results / "figures" / f"{name}.png").stat().st_size > 1000
+    # each run's own t-SNE is a figure; the latent stage writes only its features and scores
+    for method in ["ddpm", "cbdm", "t2h", "coral"]:
+        assert (results / "figures" / "tsne" / "animals-rho0.1" / method / "seed0.png").stat().st_size > 1000
+    assert not list((results / "latent").rglob("*.png"))
     for study, rows in STUDY_ROWS.items():
         table = pd.read_csv(results / "tables" / f"ablation_{study}.csv")
         assert len(table) == rows and table["fid_mean"].notna().all(), study
@@ -122,7 +126,7 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
         shutil.move(backup, final)
     assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
-                    "samples_figure": 1, "all": 1}, dry_run.stdout + dry_run.stderr
+                    "tsne_run_figure": 1, "samples_figure": 1, "all": 1}, dry_run.stdout + dry_run.stderr
 
 
 def test_a_damaged_checkpoint_stops_its_sample_job_with_one_line_on_the_console(smoke_run, tmp_path):
@@ -207,6 +211,8 @@ def test_report_contains_every_figure(smoke_run):
     assert len(figures) == 1 + 1 + 4 + len(STUDY_ROWS)  # per-class FID, t-SNE, 4 sample grids, ablations
     for figure in figures:
         assert any(name.endswith(f"/{figure}") for name in names), figure  # report/data/raw/<hash>/<name>
+    runs = list((smoke_run / "results" / "figures" / "tsne").rglob("*.png"))  # each run's t-SNE: seed0.png
+    assert len(runs) == 4 and sum(name.endswith("/seed0.png") for name in names) == len(runs)
     for table in ["main.csv", "paper_vs_ours.csv", "ablation_tau_r.csv"]:
         assert any(name.endswith(f"/{table}") for name in names), table
 
@@ -218,6 +224,12 @@ def test_one_figure_builds_only_what_it_needs(tmp_path):
                     "sample": 2, "evaluate": 2, "ablation_table": 1, "ablation_figure": 1}, result.stdout + result.stderr
     result = snakemake(tmp_path, "-n", "results/figures/samples_animals-rho0.1_t2h.png", "--config", "preset=smoke")
     assert planned_jobs(result) == {"subsample": 1, "train": 1, "sample": 1, "samples_figure": 1}
+    result = snakemake(tmp_path, "-n", "results/figures/tsne/animals-rho0.1/t2h/seed0.png", "--config", "preset=smoke")
+    assert planned_jobs(result) == {"subsample": 1, "reference": 1, "train": 1, "latent": 1, "tsne_run_figure": 1}
+    result = snakemake(tmp_path, "-n", "results/figures/per_class_fid_animals-rho0.1.png", "--config", "preset=smoke")
+    assert planned_jobs(result) == {"subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1,
+                                    "train": 4, "sample": 4, "evaluate": 4, "per_class_table": 1,
+                                    "per_class_fid_figure": 1}, result.stdout + result.stderr
 
 
 def test_a_target_with_another_sampler_than_the_configured_one_has_no_rule(tmp_path):

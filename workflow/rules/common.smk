@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from coral import config as coral_config
+from coral import sections as coral_sections
 from coral.config import ConfigError
 
 try:
@@ -115,6 +116,28 @@ def study_key_of(wildcards):
     return CFG["ablations"]["studies"][wildcards.study].get("key")
 
 
+def per_class_metrics():
+    """{per-class CSV: the metrics JSON of the same run} of every run of the experiment grid."""
+    return {f"results/metrics/{run}/{TAG}_per_class.csv": f"results/metrics/{run}/{TAG}.json" for run in runs(RUN)}
+
+
+def tsne_panels(setting):
+    """{method: {"features", "separation"}} of a setting's first seed: the panels of its t-SNE figure, in
+    the order of `methods`."""
+    return {method: {"features": f"results/latent/{setting}/{method}/seed{SEEDS[0]}/features.npz",
+                     "separation": f"results/latent/{setting}/{method}/seed{SEEDS[0]}/separation.json"}
+            for method in METHODS}
+
+
+def tsne_panels_of(wildcards):
+    return tsne_panels(wildcards.setting)
+
+
+def tsne_files_of(wildcards):
+    """Every file of the panels of a setting's t-SNE figure."""
+    return [path for files in tsne_panels(wildcards.setting).values() for path in files.values()]
+
+
 def classifier_hflip(wildcards):
     return dataset_data(wildcards)["hflip"]
 
@@ -125,7 +148,8 @@ def run_dir(wildcards, output):
 
 CHECKPOINTS = runs(f"results/runs/{RUN}/final.pt")
 METRICS = runs(f"results/metrics/{RUN}/{TAG}.json")
-PER_CLASS = runs(f"results/metrics/{RUN}/{TAG}_per_class.csv")
+PER_CLASS_METRICS = per_class_metrics()
+PER_CLASS = list(PER_CLASS_METRICS)
 SEPARATION = runs(f"results/latent/{RUN}/separation.json")
 ABLATION_CHECKPOINTS = [f"results/runs/{ABLATION_SETTING}/{variant}/seed{seed}/final.pt"
                         for study in STUDIES for variant in dict.fromkeys(
@@ -133,6 +157,7 @@ ABLATION_CHECKPOINTS = [f"results/runs/{ABLATION_SETTING}/{variant}/seed{seed}/f
 FIGURES = [
     *expand("results/figures/per_class_fid_{setting}.png", setting=SETTINGS),
     *expand("results/figures/tsne_{setting}.png", setting=SETTINGS),
+    *runs(f"results/figures/tsne/{RUN}.png"),  # each run's own t-SNE (rule tsne_run_figure)
     *expand("results/figures/samples_{setting}_{method}.png", setting=SETTINGS, method=METHODS),
     *expand("results/figures/ablation_{study}.png", study=STUDIES),
 ]
@@ -194,8 +219,7 @@ def feature_weights_of(wildcards):
 
 
 def reference_features_params(wildcards):
-    evaluate = dataset_evaluate(wildcards)
-    return {key: evaluate[key] for key in coral_config.EXTRACTOR_KEYS}
+    return coral_sections.of_dataset(CFG, wildcards.dataset, "evaluate").extractor.as_dict()
 
 
 def reference_features_of(wildcards):

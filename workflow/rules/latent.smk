@@ -1,5 +1,6 @@
 rule latent:
-    """Bottleneck features of real balanced images at t = 0.1 T, their t-SNE and separation scores."""
+    """Bottleneck features of real balanced images at t = 0.1 T, their t-SNE and separation scores (drawn
+    by rule tsne_run_figure)."""
     input:
         checkpoint=f"results/runs/{RUN}/final.pt",
         split="results/data/{setting}/split.npz",
@@ -7,7 +8,6 @@ rule latent:
     output:
         features=f"results/latent/{RUN}/features.npz",
         separation=f"results/latent/{RUN}/separation.json",
-        plot=f"results/latent/{RUN}/tsne.png",
     params:
         latent=latent_params,
     threads: planned_threads("latent")

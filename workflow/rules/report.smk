@@ -15,11 +15,14 @@ rule main_table:
 
 
 rule per_class_table:
+    """A row per setting, method and class: per-class metrics as mean and std over seeds."""
     input:
         metrics=METRICS,
         per_class=PER_CLASS,
     output:
         report("results/tables/per_class.csv", caption="../report/per_class_table.rst", category="Tables"),
+    params:
+        metrics_of=PER_CLASS_METRICS,  # each per-class CSV -> the metrics JSON of its run
     resources:
         **planned_resources("per_class_table"),
     log:
@@ -99,10 +102,9 @@ rule ablation_figure:
 
 
 rule per_class_fid_figure:
-    """Per-class FID of one setting, from that setting's runs only."""
+    """Per-class FID of one setting: that setting's rows of the per-class table."""
     input:
-        metrics=runs(f"results/metrics/{RUN}/{TAG}.json", settings=["{setting}"]),
-        per_class=runs(f"results/metrics/{RUN}/{TAG}_per_class.csv", settings=["{setting}"]),
+        table="results/tables/per_class.csv",
     output:
         report("results/figures/per_class_fid_{setting}.png", caption="../report/per_class_fid.rst",
                category="Figures", subcategory="{setting}"),
@@ -119,14 +121,13 @@ rule per_class_fid_figure:
 rule tsne_figure:
     """t-SNE panels of one setting's first seed, one per method."""
     input:
-        features=runs(f"results/latent/{RUN}/features.npz", settings=["{setting}"], seeds=SEEDS[:1]),
-        separation=runs(f"results/latent/{RUN}/separation.json", settings=["{setting}"], seeds=SEEDS[:1]),
+        latent=tsne_files_of,
         split="results/data/{setting}/split.npz",
     output:
         report("results/figures/tsne_{setting}.png", caption="../report/tsne_bottleneck.rst",
                category="Figures", subcategory="{setting}"),
     params:
-        methods=METHODS,
+        panels=tsne_panels_of,  # method -> its features and separation files
     resources:
         **planned_resources("tsne_figure"),
     log:
@@ -135,6 +136,24 @@ rule tsne_figure:
         ENV
     script:
         "../scripts/tsne_figure.py"
+
+
+rule tsne_run_figure:
+    """The t-SNE of one run, as its latent stage computed it, with its separation scores."""
+    input:
+        features=f"results/latent/{RUN}/features.npz",
+        separation=f"results/latent/{RUN}/separation.json",
+    output:
+        report(f"results/figures/tsne/{RUN}.png", caption="../report/tsne_run.rst", category="t-SNE of each run",
+               subcategory="{setting}", labels={"method": "{method}", "seed": "{seed}"}),
+    resources:
+        **planned_resources("tsne_run_figure"),
+    log:
+        f"results/logs/figures/tsne/{RUN}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/tsne_run_figure.py"
 
 
 rule samples_figure:

@@ -4,5 +4,4 @@ from coral.figures import tsne_figure
 
 setup_job(snakemake.log[0], None)
 split = load_split(snakemake.input.split, with_images=False)
-tsne_figure(snakemake.input.features, snakemake.params.methods, split.class_names, split.class_counts,
-            snakemake.output[0], separation_jsons=snakemake.input.separation)
+tsne_figure(snakemake.params.panels, split.class_names, split.class_counts, snakemake.output[0])
