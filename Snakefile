@@ -5,8 +5,8 @@
 #   snakemake --cores all results/figures/ablation_tau_sc.png   # one figure and only what it needs
 #   snakemake --cores all results/tables/main.csv --config preset=paper   # the paper's matrix (GPUs, datasets)
 #
-# Artifacts ({setting} = <dataset>-rho<rho> or <dataset>; {run} = {setting}/{method}/seed{seed}, where
-# {method} is a method or an ablation run such as coral~tau_sc=0.5; {tag} = {sampler}-w{omega}):
+# Artifacts ({setting} = <dataset>-rho<rho> or <dataset>; {run} = {setting}/{variant}/seed{seed}, where
+# {variant} is a method or an ablation variant such as coral~tau_sc=0.5; {tag} = {sampler}-w{omega}):
 #   results/data/{setting}/split.npz, class_counts.csv          long-tailed training images + labels
 #   results/data/{dataset}/reference.npz                        balanced reference images + labels
 #   results/classifier/{dataset}/classifier.pt, .json           evaluation classifier
@@ -15,7 +15,7 @@
 #   results/metrics/{run}/{tag}.json, {tag}_per_class.csv
 #   results/latent/{run}/features.npz, separation.json
 #   results/tables/main.csv, per_class.csv, latent.csv, paper_vs_ours.csv/.md, ablation_{study}.csv
-#   results/figures/per_class_fid_{setting}.png, tsne_{setting}.png, samples_{setting}_{method}.png,
+#   results/figures/per_class_fid_{setting}.png, tsne_{setting}.png, samples_{setting}_{variant}.png,
 #                   ablation_{study}.png, tsne/{run}.png
 #   results/logs/<rule>/..., results/benchmarks/<rule>/...; every artifact has a .lineage.json sidecar
 from snakemake.utils import min_version

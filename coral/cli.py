@@ -97,10 +97,10 @@ def _cmd_train(args) -> None:
     from coral.train import train
     cfg = _config(args)
     variants = config_module.variants(cfg)
-    if args.method not in variants:
-        raise config_module.ConfigError(f"--method: {args.method!r} is not a configured method or ablation run; "
+    if args.variant not in variants:
+        raise config_module.ConfigError(f"--variant: {args.variant!r} is not a configured method or ablation variant; "
                                         f"allowed: {', '.join(variants)}")
-    run_cfg = config_module.run_config(cfg, _setting(cfg, args.setting), args.method, args.seed)
+    run_cfg = config_module.run_config(cfg, _setting(cfg, args.setting), args.variant, args.seed)
     train(run_cfg, args.split, args.run_dir)
 
 
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", required=True)
     p = stage("train", _cmd_train, "train (or resume) one diffusion run")
     p.add_argument("--setting", default=None, help=setting_help)
-    p.add_argument("--method", required=True, help="a method, or an ablation run such as coral~tau_sc=0.5")
+    p.add_argument("--variant", required=True, help="a method, or an ablation variant such as coral~tau_sc=0.5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", required=True)
     p.add_argument("--run-dir", required=True)

@@ -365,8 +365,8 @@ def run_config(cfg: dict, setting: str, variant: str, seed: int) -> dict:
         run_cfg = _with_value(run_cfg, key, value)
     data = {k: v for k, v in run_cfg["data"].items() if k not in ("data_root", "download")}  # where, not what
     return {
-        "run": {"setting": setting, "dataset": data["dataset"], "rho": data["rho"], "method": variant,
-                "seed": seed},
+        "run": {"setting": setting, "dataset": data["dataset"], "rho": data["rho"], "method": method,
+                "variant": variant, "seed": seed},
         "data": data,
         "model": run_cfg["model"],
         "diffusion": run_cfg["diffusion"],

@@ -191,7 +191,7 @@ def tsne_run_figure(features_npz: str | os.PathLike, separation_json: str | os.P
         class_names, class_counts = [str(s) for s in z["class_names"]], z["class_counts"].tolist()
         meta = json.loads(str(z["meta"]))
     run = meta["run"]
-    title = f"{run['method']} ({run.get('setting', run['dataset'])}, seed {run['seed']}, t={meta['t']})"
+    title = f"{run['variant']} ({run['setting']}, seed {run['seed']}, t={meta['t']})"
     tsne_figure({title: {"features": features_npz, "separation": separation_json}}, class_names, class_counts,
                 out_png)
 

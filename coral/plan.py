@@ -384,15 +384,15 @@ class CostModel:
         if rule == "train_classifier":
             return self._train_classifier(w["dataset"])
         if rule == "train":
-            return self._train(w["setting"], w["method"])
+            return self._train(w["setting"], w["variant"])
         if rule == "sample":
-            return self._sample(w["setting"], w["method"], float(w.get("omega", self.cfg["sample"]["omega"])))
+            return self._sample(w["setting"], w["variant"], float(w.get("omega", self.cfg["sample"]["omega"])))
         if rule == "reference_features":
             return self._reference_features(w["dataset"])
         if rule == "evaluate":
             return self._evaluate(w["setting"])
         if rule == "latent":
-            return self._latent(w["setting"], w["method"])
+            return self._latent(w["setting"], w["variant"])
         return JobCost(rule, gpu=False, cpu_seconds=LIGHT_JOB_SECONDS, host_memory_gb=HOST_BASE_GB["cpu"],
                        sources=("tables, figures and unmodelled rules: a light CPU job",))
 
@@ -425,13 +425,13 @@ class CostModel:
                          host_memory_gb=HOST_BASE_GB["gpu"] + image_count(data, "reference") * image_bytes(data) / GB,
                          disk_gb=states / GB, sources=(f"classifier at the UNet's training FLOP/s: {source}",))
 
-    def _run(self, setting: str, method: str) -> dict:
-        return config_module.run_config(self.cfg, setting, method, 0)
+    def _run(self, setting: str, variant: str) -> dict:
+        return config_module.run_config(self.cfg, setting, variant, 0)
 
-    def _train(self, setting: str, method: str) -> JobCost:
+    def _train(self, setting: str, variant: str) -> JobCost:
         """Measured step time and memory when the benchmark has this exact step; otherwise the step's
         FLOPs at the nearest entry's FLOP/s, and parameters, optimiser states and saved activations."""
-        run = self._run(setting, method)
+        run = self._run(setting, variant)
         data, train = run["data"], run["train"]
         channels, classes = IN_CHANNELS[data["dataset"]], NUM_CLASSES[data["dataset"]]
         rate, source, exact = self.training_rate(self._want("training", run, data["image_size"], train["batch_size"],
@@ -454,8 +454,8 @@ class CostModel:
             disk_gb=(train["keep_checkpoints"] * checkpoint + 2 * model + extra) / GB,
             sources=(f"train: {'measured step' if exact else 'FLOPs at'} {source}",))
 
-    def _sample(self, setting: str, method: str, omega: float) -> JobCost:
-        run, sample = self._run(setting, method), config_module.setting_config(self.cfg, setting)["sample"]
+    def _sample(self, setting: str, variant: str, omega: float) -> JobCost:
+        run, sample = self._run(setting, variant), config_module.setting_config(self.cfg, setting)["sample"]
         data, layout = run["data"], {"train": run["train"], "sample": sample}
         size, batch, channels = data["image_size"], sample["batch_size"], IN_CHANNELS[data["dataset"]]
         images = batch * (2 if omega != 0 else 1)  # guidance: one forward of the doubled batch
@@ -532,8 +532,8 @@ class CostModel:
             sources=(f"evaluate: feature networks and metrics at the UNet's inference FLOP/s, {net['source']}",
                      f"evaluate: KID on the CPU at an assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core"))
 
-    def _latent(self, setting: str, method: str) -> JobCost:
-        run, latent = self._run(setting, method), config_module.setting_config(self.cfg, setting)["latent"]
+    def _latent(self, setting: str, variant: str) -> JobCost:
+        run, latent = self._run(setting, variant), config_module.setting_config(self.cfg, setting)["latent"]
         data = run["data"]
         classes, channels = NUM_CLASSES[data["dataset"]], IN_CHANNELS[data["dataset"]]
         points = min(latent["per_class"] * classes, image_count(data, "reference"))
@@ -591,7 +591,7 @@ class CostModel:
         pairs = {(setting, method) for setting in config_module.settings(cfg) for method in cfg["methods"]}
         pairs |= {(config_module.ablation_setting(cfg), variant) for variant in config_module.variants(cfg)}
         omega = {"omega": str(cfg["sample"]["omega"] or 1.0)}
-        return max(self.attempts(self.cost(rule, {"setting": s, "method": m, **omega})) for s, m in pairs) - 1
+        return max(self.attempts(self.cost(rule, {"setting": s, "variant": v, **omega})) for s, v in pairs) - 1
 
 
 # ---------------------------------------------------------------- the jobs of a target

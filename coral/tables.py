@@ -69,8 +69,10 @@ def _number(value) -> float:
 
 
 def _run_record(path: str | os.PathLike, data: dict) -> dict:
-    """dataset, rho, method, seed of the run a JSON artifact (`data`, read from `path`) belongs to, plus the file name."""
-    record = {key: _lookup(data, ("run", key), path) for key in ["dataset", "rho", "method", "seed"]}
+    """dataset, rho, method (the objective), variant (the run's name: the method, or an ablation variant
+    such as coral~tau_sc=0.5) and seed of the run a JSON artifact (`data`, read from `path`) belongs to,
+    plus the file name."""
+    record = {key: _lookup(data, ("run", key), path) for key in ["dataset", "rho", "method", "variant", "seed"]}
     record["rho"] = _number(record["rho"])  # NaN for a dataset long-tailed as published
     record["file"] = str(path)
     return record
@@ -215,21 +217,21 @@ def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | o
     return table
 
 
-def ablation_table(study: str, key: str | None, points: Mapping[str | os.PathLike, dict],
+def ablation_table(study: str, key: str | None, points: Mapping[str | os.PathLike, object],
                    out_csv: str | os.PathLike) -> pd.DataFrame:
-    """One ablation study over seeds. `points` maps each metrics JSON to its {"method", "value"}: the
-    objective and the value of `key` (for a study without key, the value is the method).
+    """One ablation study over seeds. `points` maps each metrics JSON to the value of `key` it was made
+    with (for a study without key, the value is the method).
 
-    Columns: study, key, dataset, rho, method, value, run (the run folder's name), num_seeds, then
+    Columns: study, key, dataset, rho, method, value, run (the run variant), num_seeds, then
     `<m>_mean`, `<m>_std` for the main-table metrics, then the sampling columns. Rows keep the
     order of `points` (methods, then values as configured). Writes out_csv atomically.
     """
     if not points:
         raise ValueError(f"ablation_table {study}: no metrics JSON files given")
     records = []
-    for path, point in points.items():
+    for path, value in points.items():
         record = _metrics_record(path)
-        records.append({**record, "run": record["method"], "method": point["method"], "value": str(point["value"])})
+        records.append({**record, "run": record["variant"], "value": str(value)})
     records = pd.DataFrame(records)
     table = _aggregate(records, ["method", "value"], list(MAIN_METRICS), ["dataset", "rho", "run", *SAMPLING])
     table.insert(0, "study", study)

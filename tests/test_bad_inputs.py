@@ -143,7 +143,7 @@ def test_missing_or_damaged_split(content, expected, finished_result, capfd):
     split = finished_result.parents[2] / "split.npz"
     if content is not None:
         split.write_bytes(content)
-    code, lines = run_cli(["train", "--config", CONFIG, "--preset", "smoke", "--method", "ddpm",
+    code, lines = run_cli(["train", "--config", CONFIG, "--preset", "smoke", "--variant", "ddpm",
                            "--split", "split.npz", "--run-dir", "run"], capfd)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
 

@@ -26,7 +26,7 @@ def test_subsample_then_train_one_run(tmp_path):
                  "--out-counts", str(counts)).returncode == 0
     rows = list(csv.DictReader(open(counts)))
     assert [int(r["count"]) for r in rows][:2] == [1000, 774]  # int(1000 * 0.1 ** (1/9))
-    result = coral("train", "--preset", "smoke", "--method", "t2h", "--split", str(split),
+    result = coral("train", "--preset", "smoke", "--variant", "t2h", "--split", str(split),
                    "--run-dir", str(tmp_path / "run"), "--log", str(tmp_path / "train.log"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "final.pt").exists() and "train" in (tmp_path / "train.log").read_text()

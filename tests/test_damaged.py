@@ -40,7 +40,7 @@ def made(tmp_path_factory):
          "--out-checkpoint", root / "classifier.pt", "--out-json", root / "classifier.json"],
         ["reference-features", *SMOKE, "--reference", root / "reference.npz", "--weights", root / "classifier.pt",
          "--out", root / "features.npz"],
-        ["train", *SMOKE, "--method", "ddpm", "--split", root / "split.npz", "--run-dir", root / "run"],
+        ["train", *SMOKE, "--variant", "ddpm", "--split", root / "split.npz", "--run-dir", root / "run"],
         ["sample", *SMOKE, "--checkpoint", root / "run/final.pt", "--out-npz", root / "samples.npz",
          "--out-png", root / "samples.png"],
         ["evaluate", *SMOKE, "--samples", root / "samples.npz", "--reference", root / "features.npz",
@@ -58,7 +58,7 @@ def consumers(root: Path, out: Path) -> dict[str, tuple[list, str, str]]:
                 "--split", root / "split.npz", "--classifier", root / "classifier.pt",
                 "--out-json", out / "m.json", "--out-per-class", out / "p.csv"]
     return {
-        "split.npz": (["train", *SMOKE, "--method", "ddpm", "--split", root / "split.npz", "--run-dir", out / "run"],
+        "split.npz": (["train", *SMOKE, "--variant", "ddpm", "--split", root / "split.npz", "--run-dir", out / "run"],
                       "the subsample file", "subsample"),
         "reference.npz": (["train-classifier", *SMOKE, "--reference", root / "reference.npz",
                            "--out-checkpoint", out / "c.pt", "--out-json", out / "c.json"],
@@ -168,7 +168,7 @@ def test_a_damaged_metrics_file_stops_the_table(made, tmp_path):
 def test_a_second_training_on_the_same_run_directory_stops(made, tmp_path, capfd):
     run_dir = tmp_path / "run"
     with exclusive(run_dir / ".lock", "the first training"):
-        code, line = one_line(["train", *SMOKE, "--method", "ddpm", "--split", made / "split.npz",
+        code, line = one_line(["train", *SMOKE, "--variant", "ddpm", "--split", made / "split.npz",
                                "--run-dir", run_dir], capfd)
     assert code == 1 and line == (f"error: run directory {run_dir} is in use by another process "
                                   f"(lock {run_dir / '.lock'}); wait for it to finish or stop it")
@@ -193,7 +193,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is No
 @needs_root
 def test_a_full_disk_stops_training_with_one_line_and_no_partial_file(made, tmp_path, capfd):
     with tmpfs(tmp_path / "small", "size=1m") as small:
-        code, line = one_line(["train", *SMOKE, "--method", "ddpm", "--split", made / "split.npz",
+        code, line = one_line(["train", *SMOKE, "--variant", "ddpm", "--split", made / "split.npz",
                                "--run-dir", small / "run"], capfd)
         left = sorted(p.name for p in (small / "run" / "checkpoints").iterdir())
     first = small / "run" / "checkpoints" / "step-00000010.pt"
@@ -204,6 +204,6 @@ def test_a_full_disk_stops_training_with_one_line_and_no_partial_file(made, tmp_
 @needs_root
 def test_a_read_only_results_folder_stops_with_one_line(made, tmp_path, capfd):
     with tmpfs(tmp_path / "readonly", "ro,size=1m") as readonly:
-        code, line = one_line(["train", *SMOKE, "--method", "ddpm", "--split", made / "split.npz",
+        code, line = one_line(["train", *SMOKE, "--variant", "ddpm", "--split", made / "split.npz",
                                "--run-dir", readonly / "run"], capfd)
     assert code == 1 and line == f"error: [Errno 30] Read-only file system: '{readonly / 'run'}'"

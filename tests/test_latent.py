@@ -182,7 +182,7 @@ def test_select_per_class_counts_and_determinism():
 def test_run_latent_writes_features_and_scores_that_the_run_figure_draws(tmp_path, monkeypatch):
     class_names = [f"c{i}" for i in range(10)]
     images, labels = toy_images(n=60, seed=1)  # 6 balanced images per class
-    run = {"dataset": "toy", "rho": 0.1, "method": "coral", "seed": 0}
+    run = {"setting": "toy", "dataset": "toy", "rho": 0.1, "method": "coral", "variant": "coral", "seed": 0}
     data_cfg = {"dataset": "toy", "image_size": 8, "subsample_seed": 0, "hflip": False}
     monkeypatch.setattr(latent, "load_model",
                         lambda checkpoint: (small_model(), Diffusion(T=100), {"run": run, "data": data_cfg}))

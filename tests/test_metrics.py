@@ -228,7 +228,7 @@ def test_reference_features_are_the_extractors_features(reference_npz, classifie
 
 def _samples(path, images, labels):
     meta = {"sampler": "ddim", "steps": 10, "eta": 0.0, "omega": 1.0, "num_samples": len(labels),
-            "run": {"dataset": "animals", "rho": 0.1, "method": "real", "seed": 0}}
+            "run": {"dataset": "animals", "rho": 0.1, "method": "real", "variant": "real", "seed": 0}}
     np.savez(path, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
     return meta
 

@@ -98,23 +98,23 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
     cfg["train"].update(bf16_autocast=False, channels_last=False)
     write_benchmark(tmp_path, [training_entry(32, "fp32", "nchw", "ddpm", 64.0, memory=7.0)], SAMPLING)
     model = plan.CostModel(cfg, tmp_path)
-    exact = model.cost("train", {"setting": "cifar10-rho0.01", "method": "ddpm"})
+    exact = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "ddpm"})
     assert exact.gpu_seconds == pytest.approx(cfg["train"]["steps"] * 0.064)
     assert exact.gpu_memory_gb == pytest.approx(7.0 + plan.CUDA_CONTEXT_GB)
     # CBDM: no entry of its own, so its counted FLOPs at the DDPM entry's 100 TFLOP/s
-    cbdm = model.cost("train", {"setting": "cifar10-rho0.01", "method": "cbdm"})
+    cbdm = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "cbdm"})
     run = config_module.run_config(cfg, "cifar10-rho0.01", "cbdm", 0)
     flops = plan.training_step(run, 3, 10)["flops"]
     assert cbdm.gpu_seconds == pytest.approx(cfg["train"]["steps"] * flops / 100e12)
     assert "nearest: objective ddpm instead of cbdm" in " ".join(cbdm.sources)
     # sampling: the entry's measured time per denoising step, 1000 ancestral steps, 50 batches
-    sample = model.cost("sample", {"setting": "cifar10-rho0.01", "method": "ddpm", "omega": "1.0"})
+    sample = model.cost("sample", {"setting": "cifar10-rho0.01", "variant": "ddpm", "omega": "1.0"})
     assert sample.gpu_seconds == pytest.approx(cfg["sample"]["num_samples"] / 1000 * 1000 * 0.3)
 
 
 def test_without_a_benchmark_the_assumption_is_stated(tmp_path):
     model = plan.CostModel(resolved("paper"), tmp_path)
-    cost = model.cost("train", {"setting": "cifar10-rho0.01", "method": "ddpm"})
+    cost = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "ddpm"})
     assert any(source.startswith("train: FLOPs at assumed") and "no gpu_check-NVIDIA_H100" in source
                for source in cost.sources)
 
@@ -138,7 +138,7 @@ def test_a_bad_benchmark_or_gpu_is_one_clear_error(tmp_path):
 SMOKE_JOBS = [("subsample", {"setting": "animals-rho0.1"}), ("reference", {"dataset": "animals"}),
               ("train_classifier", {"dataset": "animals"}), ("reference_features", {"dataset": "animals"}),
               ("main_table", {})] + [
-    (rule, {"setting": "animals-rho0.1", "method": method, "seed": "0", "sampler": "ddim5", "omega": "1.0"})
+    (rule, {"setting": "animals-rho0.1", "variant": method, "seed": "0", "sampler": "ddim5", "omega": "1.0"})
     for rule in ("train", "sample", "evaluate", "latent") for method in ("ddpm", "cbdm", "t2h", "coral")]
 
 
@@ -159,14 +159,14 @@ def test_paper_training_spans_jobs_at_the_time_limit(tmp_path):
     write_benchmark(tmp_path, [training_entry(64, "bf16", "nchw", "cbdm", 300.0, memory=38.0),
                                training_entry(32, "bf16", "nchw", "ddpm", 80.0, memory=6.0)], SAMPLING)
     model = plan.CostModel(cfg, tmp_path)
-    long_run = {"setting": "imagenet_lt", "method": "cbdm", "seed": "0"}
+    long_run = {"setting": "imagenet_lt", "variant": "cbdm", "seed": "0"}
     needed = cfg["train"]["steps"] * 0.300  # 66.7 h: three 30 h jobs
     attempts = math.ceil(needed / (cap * 60)) + 1
     assert model.attempts(model.cost("train", long_run)) == attempts == 4
     for attempt in range(1, attempts + 1):
         assert model.resources("train", long_run, attempt)["runtime"] == cap
     assert model.retries("train") == attempts - 1
-    short_run = {"setting": "cifar10-rho0.01", "method": "ddpm", "seed": "0"}  # 17.8 h: one job, 26.7 h asked
+    short_run = {"setting": "cifar10-rho0.01", "variant": "ddpm", "seed": "0"}  # 17.8 h: one job, 26.7 h asked
     first = model.resources("train", short_run, 1)["runtime"]
     assert cfg["train"]["steps"] * 0.080 / 60 < first < cap
     assert model.resources("train", short_run, 2)["runtime"] == cap  # the spare attempt grows, within the limit
@@ -175,7 +175,7 @@ def test_paper_training_spans_jobs_at_the_time_limit(tmp_path):
 
 def test_imagenet_lt_evaluation_counts_the_capped_prd_and_extracts_the_reference_once(tmp_path):
     write_benchmark(tmp_path, [training_entry(64, "fp32", "nchw", "ddpm", 180.0)], SAMPLING)
-    run = {"setting": "imagenet_lt", "method": "ddpm", "seed": "0", "sampler": "ddpm", "omega": "1.0"}
+    run = {"setting": "imagenet_lt", "variant": "ddpm", "seed": "0", "sampler": "ddpm", "omega": "1.0"}
     generated, real, dim = 50_000, 50_000, 2048
 
     def evaluate_seconds(max_clusters: int) -> float:

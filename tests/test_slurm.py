@@ -62,7 +62,7 @@ def steps_per_second(tmp_path: Path, split: Path) -> float:
     """This machine's smoke training speed at its fastest (the safe side), from a 400-step run's stats."""
     config = write_config(tmp_path / "calibrate.yaml", 400)
     subprocess.run([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
-                    "--method", "ddpm", "--split", str(split), "--run-dir", str(tmp_path / "calibrate")],
+                    "--variant", "ddpm", "--split", str(split), "--run-dir", str(tmp_path / "calibrate")],
                    check=True, timeout=300)
     stats = [json.loads(line) for line in (tmp_path / "calibrate/stats.jsonl").read_text().splitlines()]
     batch_size = load_yaml(config)["presets"]["smoke"]["train"]["batch_size"]
@@ -98,7 +98,7 @@ def cluster_runs(tmp_path_factory, cluster_requirements) -> dict:
     (root / "spread").mkdir()
     config = spread_training_config(root / "spread")
     reference = subprocess.Popen([sys.executable, "-m", "coral", "train", "--config", str(config), "--threads", "1",
-                                  "--method", "ddpm", "--split", str(root / "spread/split.npz"),
+                                  "--variant", "ddpm", "--split", str(root / "spread/split.npz"),
                                   "--run-dir", str(root / "spread/uninterrupted")])
     runs = {}
     with local_slurm_cluster(root / "cluster"):

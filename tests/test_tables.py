@@ -14,16 +14,17 @@ from coral.tables import ablation_table, latent_table, main_table, markdown, pap
 SAMPLING = {"sampler": "ddim", "steps": 50, "eta": 0.0, "omega": 1.0, "num_samples": 100, "labels": "stratified"}
 
 
-def metrics_json(tmp_path, dataset, rho, method, seed, fid, tail_fid=10.0, omega=1.0):
-    """A metrics file as the evaluate stage writes it; every metric derived from `fid` for easy checks."""
+def metrics_json(tmp_path, dataset, rho, variant, seed, fid, tail_fid=10.0, omega=1.0):
+    """A metrics file as the evaluate stage writes it; every metric derived from `fid` for easy checks.
+    `variant` is a method or an ablation variant of one (coral~tau_sc=0.5)."""
     overall = {"fid": fid, "isc_mean": fid / 10, "isc_std": 0.1, "kid_mean": fid / 100, "kid_std": 0.0,
                "precision": 0.5, "recall": fid / 100, "prd_f8": 0.6, "prd_f1_8": 0.7, "accuracy": 0.9}
     group = {"fid": tail_fid, "kid_mean": tail_fid / 100, "precision": 0.5, "recall": 0.5, "accuracy": 0.25}
-    data = {"run": {"dataset": dataset, "rho": rho, "method": method, "seed": seed},
+    data = {"run": {"dataset": dataset, "rho": rho, "method": variant.split("~")[0], "variant": variant, "seed": seed},
             "sampling": dict(SAMPLING, omega=omega), "feature_extractor": "toy-classifier",
             "classifier_test_accuracy": 0.95, "num_generated": 100, "num_real": 1000, "overall": overall,
             "groups": {"head": dict(group, accuracy=0.75), "medium": group, "tail": group}, "provenance": {}}
-    path = tmp_path / f"{dataset}-{rho}-{method}-{seed}-w{omega}.json"
+    path = tmp_path / f"{dataset}-{rho}-{variant}-{seed}-w{omega}.json"
     path.write_text(json.dumps(data))
     return path
 
@@ -117,7 +118,7 @@ def test_latent_table_means(tmp_path):
         scores = {f"{s}{g}": silhouette if s == "silhouette" else 0.9 for s in ("silhouette", "knn_purity")
                   for g in ("", "_head", "_medium", "_tail")}
         scores["knn_purity_medium"] = None  # an empty group is written as null
-        data = {"run": {"dataset": "toy", "rho": 0.01, "method": "coral", "seed": seed}, **scores,
+        data = {"run": {"dataset": "toy", "rho": 0.01, "method": "coral", "variant": "coral", "seed": seed}, **scores,
                 "t": 100, "knn_k": 10, "num_points": 1000}
         paths.append(tmp_path / f"sep{seed}.json")
         paths[-1].write_text(json.dumps(data))
@@ -237,7 +238,7 @@ def test_tsne_run_figure_is_the_panel_of_one_run(tmp_path):
     """A run's own t-SNE: its features file alone gives the classes, their counts and the title."""
     rng = np.random.default_rng(1)
     names, counts = ["ant", "bee", "cat"], [100, 10, 1]
-    run = {"dataset": "toy", "rho": 0.01, "method": "coral", "seed": 2}
+    run = {"setting": "toy-rho0.01", "dataset": "toy", "rho": 0.01, "method": "coral", "variant": "coral", "seed": 2}
     np.savez(tmp_path / "features.npz", tsne=rng.normal(size=(30, 2)), labels=np.arange(30) % 3,
              groups=np.array(["head", "medium", "tail"]), class_names=np.array(names), class_counts=np.array(counts),
              meta=np.array(json.dumps({"run": run, "t": 100})))
@@ -247,7 +248,7 @@ def test_tsne_run_figure_is_the_panel_of_one_run(tmp_path):
     width, height = png_size(tmp_path / "run" / "seed2.png")
     assert 300 < width < 1000 and 300 < height < 1000  # one 4.2-inch panel and the legend at 120 dpi
     # the same picture as one panel of tsne_figure titled by the run (what the latent stage drew before)
-    tsne_figure({"coral (toy, seed 2, t=100)": {"features": tmp_path / "features.npz",
+    tsne_figure({"coral (toy-rho0.01, seed 2, t=100)": {"features": tmp_path / "features.npz",
                                                 "separation": tmp_path / "separation.json"}},
                 names, counts, tmp_path / "panel.png")
     assert (tmp_path / "run" / "seed2.png").read_bytes() == (tmp_path / "panel.png").read_bytes()
@@ -259,7 +260,7 @@ def test_ablation_table_rows_follow_points_and_average_seeds(tmp_path):
     points = {}
     for value, variant, fids in [(0.05, "coral~tau_sc=0.05", [4.0, 6.0]), (0.1, "coral", [3.0, 5.0])]:
         for seed, fid in enumerate(fids):
-            points[metrics_json(tmp_path, "toy", 0.01, variant, seed, fid)] = {"method": "coral", "value": value}
+            points[metrics_json(tmp_path, "toy", 0.01, variant, seed, fid)] = value
     table = ablation_table("tau_sc", "objectives.coral.tau_sc", points, tmp_path / "ablation.csv")
     assert table["value"].tolist() == ["0.05", "0.1"] and table["run"].tolist() == ["coral~tau_sc=0.05", "coral"]
     assert table["fid_mean"].tolist() == [5.0, 4.0]
@@ -273,7 +274,7 @@ def test_ablation_table_rows_follow_points_and_average_seeds(tmp_path):
 
 
 def test_ablation_figure_of_a_method_comparison(tmp_path):
-    points = {metrics_json(tmp_path, "toy", 0.01, m, 0, fid): {"method": m, "value": m}
+    points = {metrics_json(tmp_path, "toy", 0.01, m, 0, fid): m
               for m, fid in [("coral", 3.0), ("coral_ambient", 4.0)]}
     table = ablation_table("latent_vs_ambient", None, points, tmp_path / "a.csv")
     assert table["key"].tolist() == ["method", "method"] and table["fid_mean"].tolist() == [3.0, 4.0]

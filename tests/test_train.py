@@ -114,7 +114,7 @@ def test_sigkill_mid_run_then_rerun_gives_identical_weights(tmp_path):
         "", "  smoke_long:", "    data: {image_size: 8, settings: [{dataset: animals, rho: 0.1}]}",
         "    model: {ch: 32, ch_mult: [1, 2], attn: [], num_res_blocks: 1}",
         "    train: {steps: 200, batch_size: 16, warmup: 5, checkpoint_every: 20, log_every: 20}", ""]))
-    cfg_args = ["--config", str(config), "--preset", "smoke_long", "--method", "cbdm",
+    cfg_args = ["--config", str(config), "--preset", "smoke_long", "--variant", "cbdm",
                 "--split", str(split), "--threads", "1"]
     subprocess.run(coral + ["train", *cfg_args, "--run-dir", str(tmp_path / "whole")], check=True)
 

@@ -24,7 +24,7 @@ SEEDS = [str(seed) for seed in CFG["seeds"]]
 SAMPLER = f"ddim{CFG['sample']['steps']}" if CFG["sample"]["sampler"] == "ddim" else "ddpm"
 ABLATION_SETTING = coral_config.ablation_setting(CFG)
 STUDIES = list(CFG["ablations"]["studies"])
-RUN = "{setting}/{method}/seed{seed}"
+RUN = "{setting}/{variant}/seed{seed}"  # a run: its folder under runs/, samples/, metrics/, latent/
 ENV = "../../envs/coral.yaml"
 
 
@@ -43,16 +43,16 @@ def _alternatives(values):
 wildcard_constraints:
     setting=_alternatives(SETTINGS),
     dataset=_alternatives(DATASETS),
-    method=_alternatives(VARIANTS),
+    variant=_alternatives(VARIANTS),
     seed=r"\d+",
     sampler=re.escape(SAMPLER),  # the configured sampler only: another one in a target has no rule
     omega=r"[0-9]+\.[0-9]+",
     study=_alternatives(STUDIES),
 
 
-def runs(pattern, settings=None, methods=None, seeds=None, **fixed):
+def runs(pattern, settings=None, variants=None, seeds=None, **fixed):
     """`pattern` expanded over the experiment grid (setting x method x seed), or a part of it."""
-    return expand(pattern, setting=settings or list(SETTINGS), method=methods or METHODS, seed=seeds or SEEDS,
+    return expand(pattern, setting=settings or list(SETTINGS), variant=variants or METHODS, seed=seeds or SEEDS,
                   **fixed)
 
 
@@ -69,7 +69,7 @@ def classifier_of(wildcards):
 
 
 def run_params(wildcards):
-    return coral_config.run_config(CFG, wildcards.setting, wildcards.method, int(wildcards.seed))
+    return coral_config.run_config(CFG, wildcards.setting, wildcards.variant, int(wildcards.seed))
 
 
 def sample_params(wildcards):
@@ -97,9 +97,9 @@ def classifier_params(wildcards):
 
 
 def study_points(study):
-    """{metrics JSON: {"method", "value"}} of every point and seed of an ablation study, in table order."""
+    """{metrics JSON: the value of the study's key} of every point and seed of an ablation study, in table order."""
     return {f"results/metrics/{ABLATION_SETTING}/{row['variant']}/seed{seed}/{tag(row['omega'])}.json":
-            {"method": row["method"], "value": row["value"]}
+            row["value"]
             for row in coral_config.study_rows(CFG, study) for seed in SEEDS}
 
 
@@ -158,7 +158,7 @@ FIGURES = [
     *expand("results/figures/per_class_fid_{setting}.png", setting=SETTINGS),
     *expand("results/figures/tsne_{setting}.png", setting=SETTINGS),
     *runs(f"results/figures/tsne/{RUN}.png"),  # each run's own t-SNE (rule tsne_run_figure)
-    *expand("results/figures/samples_{setting}_{method}.png", setting=SETTINGS, method=METHODS),
+    *expand("results/figures/samples_{setting}_{variant}.png", setting=SETTINGS, variant=METHODS),
     *expand("results/figures/ablation_{study}.png", study=STUDIES),
 ]
 TABLES = [

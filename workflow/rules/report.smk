@@ -145,7 +145,7 @@ rule tsne_run_figure:
         separation=f"results/latent/{RUN}/separation.json",
     output:
         report(f"results/figures/tsne/{RUN}.png", caption="../report/tsne_run.rst", category="t-SNE of each run",
-               subcategory="{setting}", labels={"method": "{method}", "seed": "{seed}"}),
+               subcategory="{setting}", labels={"run": "{variant}", "seed": "{seed}"}),
     resources:
         **planned_resources("tsne_run_figure"),
     log:
@@ -159,14 +159,14 @@ rule tsne_run_figure:
 rule samples_figure:
     """Generated images of the first seed, a row per class from head to tail."""
     input:
-        f"results/samples/{{setting}}/{{method}}/seed{SEEDS[0]}/{TAG}.npz",
+        f"results/samples/{{setting}}/{{variant}}/seed{SEEDS[0]}/{TAG}.npz",
     output:
-        report("results/figures/samples_{setting}_{method}.png", caption="../report/samples.rst",
+        report("results/figures/samples_{setting}_{variant}.png", caption="../report/samples.rst",
                category="Samples", subcategory="{setting}"),
     resources:
         **planned_resources("samples_figure"),
     log:
-        "results/logs/figures/samples_{setting}_{method}.log",
+        "results/logs/figures/samples_{setting}_{variant}.log",
     conda:
         ENV
     script:
