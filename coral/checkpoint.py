@@ -63,6 +63,29 @@ def newest_intact(folder: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def resume_point(folder: Path, key: str, expected, start_afresh: Path) -> tuple[Path, dict] | None:
+    """The newest intact step checkpoint of `folder` (None: start from step 0). Its `key` entry must equal
+    `expected` (what it continues: the config and inputs); ValueError otherwise, naming what to delete."""
+    resumed = newest_intact(folder)
+    if resumed and resumed[1][key] != expected:
+        raise ValueError(f"{resumed[0]} was written for another config or input; delete {start_afresh} to retrain")
+    return resumed
+
+
+def rng_states(device: torch.device) -> dict:
+    """The random-number states a resumed run needs: the CPU's and, on a GPU, the device's."""
+    states = {"rng_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["rng_cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+
+
 def prune(folder: Path, keep: int) -> None:
     """Remove all but the newest `keep` step checkpoints of `folder`."""
     paths = step_checkpoints(folder)

@@ -171,25 +171,18 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
     inputs = {"classifier": trained, "hflip": bool(hflip), "reference_sha256": sha256_file(reference_npz)}
     folder = out_ckpt.parent / "checkpoints"
     start = 0
-    resumed = checkpoint.newest_intact(folder)
+    resumed = checkpoint.resume_point(folder, "inputs", inputs, folder)
     if resumed:
         path, state = resumed
-        if state["inputs"] != inputs:
-            raise ValueError(f"{path} was written for another config or reference set; delete {folder} to retrain")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        checkpoint.restore_rng(state, device)
         start = state["step"]
         log.info("resuming the classifier %s from step %d (%s)", out_ckpt, start, path.name)
 
     def snapshot(step: int) -> dict:
-        state = {"step": step, "inputs": inputs, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
-        return state
+        return {"step": step, "inputs": inputs, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                **checkpoint.rng_states(device)}
 
     model.train()
     batches = DeviceBatches(len(x_train), batch_size, seed, device)  # stateless in the step

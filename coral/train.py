@@ -173,19 +173,15 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                                                    setup.scheduler)
 
     start = 0
-    resumed = checkpoint.newest_intact(run_dir / "checkpoints")
+    resumed = checkpoint.resume_point(run_dir / "checkpoints", "config", run_cfg, run_dir)
     if resumed:
         path, state = resumed
-        if state["config"] != run_cfg:
-            raise ValueError(f"{path} was written with another config; delete {run_dir} to retrain")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"])
+        checkpoint.restore_rng(state, device)
         start = state["step"]
         log.info("resuming %s from step %d (%s)", run_dir, start, path.name)
     write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
@@ -195,9 +191,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
         state = {"step": step, "config": run_cfg, "in_channels": images.shape[1], "class_names": split.class_names,
                  "model": model.state_dict(), "ema": ema.state_dict(), "objective": objective.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state()
+                 **checkpoint.rng_states(device)}
         return state
 
     model.train()

@@ -162,7 +162,7 @@ def test_checkpoint_of_another_config_refuses(reference, tmp_path, monkeypatch):
     _count_steps(monkeypatch, crash_at=7)
     with pytest.raises(KeyboardInterrupt):
         train_classifier(reference, CFG, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
-    with pytest.raises(ValueError, match="another config or reference set"):
+    with pytest.raises(ValueError, match="another config or input"):
         train_classifier(reference, dataclasses.replace(CFG, lr=1e-2), True, tmp_path / "classifier.pt",
                          tmp_path / "classifier.json")
 

@@ -194,14 +194,18 @@ except ConfigError as err:
 def planned_resources(rule):
     """The SLURM resources of a rule's jobs, each from its wildcards and attempt."""
     def ask(key):
-        return lambda wildcards, attempt: COST.resources(rule, dict(wildcards.items()), attempt)[key]
+        def resource(wildcards, attempt):
+            return COST.resources(rule, dict(wildcards.items()), attempt)[key]
+        return resource
 
     keys = ["runtime", "mem_mb", "cpus_per_task"] + (["gpu_mem_gb"] if rule in coral_plan.GPU_RULES else [])
     return {key: ask(key) for key in keys}
 
 
 def planned_threads(rule):
-    return lambda wildcards: COST.cost(rule, dict(wildcards.items())).cpus
+    def threads(wildcards):
+        return COST.cost(rule, dict(wildcards.items())).cpus
+    return threads
 
 
 # ---------------------------------------------------------------- reference features (rule reference_features)
