@@ -1,0 +1,190 @@
+"""The paper's claims (coral/published/claims.yaml) tested across training seeds, each with a verdict.
+
+Every effect is paired over seeds: for seed s it compares runs that share the seed (and so the
+per-image sampling noise), oriented so that an effect > 0 supports the claim. Its interval is
+Student's t at 95% over the seeds' effects. The verdict rule (docs/method.md §7):
+
+    holds         the interval lies above -margin (margin 0 unless the claim is "no worse than");
+    contradicted  the interval lies below -margin;
+    inconclusive  the interval contains -margin, or there is one seed (no interval).
+
+A claim whose runs were not made is "not covered". A claim holds where every one of its rows holds,
+is contradicted where any row is, and is otherwise inconclusive.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+
+LEVEL = 0.95
+HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
+KINDS = ("compare", "gain_gap", "best_in_range", "same_best")
+ROW_COLUMNS = ["claim", "setting", "comparison", "metric", "effect", "low", "high", "num_seeds", "verdict",
+               "reason"]
+
+
+def registry() -> list[dict]:
+    """The claims, in the paper's order."""
+    text = (importlib.resources.files("coral") / "published" / "claims.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+@dataclass(frozen=True)
+class Effect:
+    """Mean of the per-seed effects and its two-sided t interval (NaN with fewer than two seeds)."""
+    mean: float
+    low: float
+    high: float
+    num_seeds: int
+
+
+def paired_effect(effects: Sequence[float], level: float = LEVEL) -> Effect:
+    """mean +- t_{(1+level)/2, n-1} * sd / sqrt(n) of per-seed effects."""
+    values = np.asarray(effects, dtype=float)
+    n = len(values)
+    if n == 0:
+        return Effect(math.nan, math.nan, math.nan, 0)
+    mean = float(values.mean())
+    if n < 2:
+        return Effect(mean, math.nan, math.nan, n)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
+    return Effect(mean, mean - half, mean + half, n)
+
+
+def verdict(effect: Effect, margin: float = 0.0) -> tuple[str, str]:
+    """(verdict, reason) of an effect under the rule of the module docstring."""
+    if effect.num_seeds == 0:
+        return NOT_COVERED, "no seed has both runs"
+    if effect.num_seeds < 2:
+        return INCONCLUSIVE, "1 seed: no interval"
+    bound = f"-{margin:.4g}" if margin else "0"
+    if effect.low > -margin:
+        return HOLDS, f"the {LEVEL:.0%} interval lies above {bound}"
+    if effect.high < -margin:
+        return CONTRADICTED, f"the {LEVEL:.0%} interval lies below {bound}"
+    return INCONCLUSIVE, f"the {LEVEL:.0%} interval contains {bound}"
+
+
+def _per_seed(frame: pd.DataFrame, arm: str, metric: str) -> pd.Series:
+    """metric by seed of one arm (a method, or a training set of the diagnosis)."""
+    rows = frame[frame["arm"] == arm]
+    return rows.set_index("seed")[metric].astype(float)
+
+
+def _row(claim: dict, setting: str, comparison: str, metric: str, effects: pd.Series,
+         margin: float = 0.0) -> dict:
+    effect = paired_effect(effects.dropna().to_numpy())
+    decision, reason = verdict(effect, margin)
+    return {"claim": claim["id"], "setting": setting, "comparison": comparison, "metric": metric,
+            "effect": effect.mean, "low": effect.low, "high": effect.high, "num_seeds": effect.num_seeds,
+            "verdict": decision, "reason": reason}
+
+
+def _best(values: pd.Series, better: str):
+    return values.idxmin() if better == "lower" else values.idxmax()
+
+
+def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
+    """The rows of one claim: an effect, interval and verdict per setting, metric and comparison.
+
+    records: one row per run and seed with columns runs ('main', a study name or 'diagnosis'),
+    setting, arm (the method; the training set in the diagnosis), value (an ablated value), seed and
+    the metric columns the claims name.
+    """
+    if claim["kind"] not in KINDS:
+        raise ValueError(f"claim {claim['id']}: kind {claim['kind']!r}; allowed: {', '.join(KINDS)}")
+    runs = records[records["runs"] == claim["runs"]] if len(records) else records
+    if runs.empty:
+        return [{"claim": claim["id"], "setting": "", "comparison": "", "metric": ", ".join(claim["metrics"]),
+                 "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
+                 "reason": f"no runs of {claim['runs']!r} (not in this preset's studies)"}]
+    sign = -1.0 if claim["better"] == "lower" else 1.0  # effect = sign * (ours - theirs) > 0 supports
+    rows = []
+    for setting, frame in runs.groupby("setting", sort=False):
+        for metric in claim["metrics"]:
+            if claim["kind"] in ("compare", "gain_gap"):
+                ours = _per_seed(frame, claim["ours"], metric)
+                for against in claim["against"]:
+                    theirs = _per_seed(frame, against, metric)
+                    effects = sign * (ours - theirs)
+                    if claim["kind"] == "gain_gap":
+                        minus = claim["minus_metric"]
+                        effects = effects - sign * (_per_seed(frame, claim["ours"], minus)
+                                                    - _per_seed(frame, against, minus))
+                    margin = claim.get("margin", 0.0) * abs(theirs.mean())
+                    label = f"{claim['ours']} vs {against}"
+                    if claim["kind"] == "gain_gap":
+                        label += f" ({metric} gain minus {claim['minus_metric']} gain)"
+                    rows.append(_row(claim, setting, label, metric, effects, margin))
+            elif claim["kind"] == "best_in_range":
+                rows.append(_best_in_range_row(claim, setting, frame, metric, sign))
+            else:
+                rows.append(_same_best_row(claim, setting, frame, metric, sign))
+    return rows
+
+
+def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
+    """Per seed: the best `metric` over the values inside the range against the best outside it."""
+    low, high = claim["range"]
+    table = frame.pivot_table(index="seed", columns="value", values=metric, aggfunc="first")
+    values = [float(v) for v in table.columns]
+    inside = [c for c, v in zip(table.columns, values) if low <= v <= high]
+    outside = [c for c in table.columns if c not in inside]
+    label = f"best in [{low}, {high}] vs best outside"
+    if not inside or not outside:
+        where = "inside" if not inside else "outside"
+        return {**_row(claim, setting, label, metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
+                "reason": f"the study has no value {where} [{low}, {high}]: {values}"}
+    pick = np.min if claim["better"] == "lower" else np.max
+    effects = sign * (pick(table[inside], axis=1) - pick(table[outside], axis=1))
+    return _row(claim, setting, label, metric, effects)
+
+
+def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
+    """Ours at its own best value (by the mean over seeds) against ours at the best value of `against`."""
+    against = claim["against"][0]
+    by_value = {arm: frame[frame["arm"] == arm].pivot_table(index="seed", columns="value", values=metric,
+                                                             aggfunc="first")
+                for arm in (claim["ours"], against)}
+    ours_best = _best(by_value[claim["ours"]].mean(), claim["better"])
+    their_best = _best(by_value[against].mean(), claim["better"])
+    label = f"{claim['ours']} best {ours_best} vs {against} best {their_best}"
+    effects = sign * (by_value[claim["ours"]][their_best] - by_value[claim["ours"]][ours_best])
+    row = _row(claim, setting, label, metric, effects)
+    if ours_best == their_best and row["num_seeds"] >= 2:  # every effect is 0: the same runs
+        row.update(verdict=HOLDS, reason=f"both are best at {ours_best}")
+    return row
+
+
+def claim_verdict(rows: Sequence[dict]) -> str:
+    """The verdict of a claim from its rows (module docstring)."""
+    verdicts = [row["verdict"] for row in rows]
+    covered = [v for v in verdicts if v != NOT_COVERED]
+    if not covered:
+        return NOT_COVERED
+    if CONTRADICTED in covered:
+        return CONTRADICTED
+    if all(v == HOLDS for v in covered):
+        return HOLDS
+    return INCONCLUSIVE
+
+
+def evaluate(records: pd.DataFrame, claims: Sequence[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, summary): every claim's rows, and one line per claim with its wording, source, verdict
+    and the smallest number of seeds behind it."""
+    claims = registry() if claims is None else claims
+    rows, summary = [], []
+    for claim in claims:
+        found = claim_rows(claim, records)
+        rows += found
+        seeds = [row["num_seeds"] for row in found if row["verdict"] != NOT_COVERED]
+        summary.append({"claim": claim["id"], "statement": claim["claim"], "source": claim["source"],
+                        "verdict": claim_verdict(found), "rows": len(found), "min_seeds": min(seeds, default=0)})
+    return pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(summary)

@@ -1,0 +1,123 @@
+"""Claims: the paired t interval against a t table and scipy's one-sample test, the verdict rule on
+hand-made cases, and each kind of claim on hand-made records."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from coral import claims
+from coral.claims import CONTRADICTED, HOLDS, INCONCLUSIVE, NOT_COVERED, Effect, paired_effect, verdict
+
+
+def test_interval_of_three_seeds_matches_the_t_table():
+    # mean 2, sd 1, t_{0.975, 2} = 4.303 (printed t tables): 2 +- 4.303 / sqrt(3)
+    effect = paired_effect([1.0, 2.0, 3.0])
+    assert effect.mean == 2.0 and effect.num_seeds == 3
+    assert effect.low == pytest.approx(2 - 4.303 / math.sqrt(3), abs=1e-3)
+    assert effect.high == pytest.approx(2 + 4.303 / math.sqrt(3), abs=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_interval_matches_scipys_one_sample_t_test(seed):
+    values = np.random.default_rng(seed).normal(0.3, 1.0, size=2 + seed)
+    low, high = stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    effect = paired_effect(values)
+    assert (effect.low, effect.high) == pytest.approx((low, high), rel=1e-9)
+
+
+def test_interval_agrees_with_a_bootstrap_for_many_seeds():
+    values = np.random.default_rng(0).normal(1.0, 2.0, size=400)
+    means = np.random.default_rng(1).choice(values, size=(20000, len(values))).mean(axis=1)
+    effect = paired_effect(values)
+    assert effect.low == pytest.approx(np.quantile(means, 0.025), abs=0.02)
+    assert effect.high == pytest.approx(np.quantile(means, 0.975), abs=0.02)
+
+
+@pytest.mark.parametrize("values,margin,expected", [
+    ([2.0], 0.0, INCONCLUSIVE),                 # one seed: no interval
+    ([1.0, 2.0, 3.0], 0.0, INCONCLUSIVE),       # [-0.48, 4.48] contains 0
+    ([2.0, 2.1, 1.9], 0.0, HOLDS),
+    ([-2.0, -2.1, -1.9], 0.0, CONTRADICTED),
+    ([-0.1, -0.12, -0.08], 0.5, HOLDS),         # worse, but by less than the margin
+    ([-0.1, -0.12, -0.08], 0.05, CONTRADICTED),  # worse by more than the margin
+    ([], 0.0, NOT_COVERED),
+])
+def test_verdict_rule(values, margin, expected):
+    assert verdict(paired_effect(values), margin)[0] == expected
+
+
+def test_one_seed_says_why_it_is_inconclusive():
+    assert verdict(Effect(1.0, math.nan, math.nan, 1)) == (INCONCLUSIVE, "1 seed: no interval")
+
+
+def records(rows):
+    return pd.DataFrame(rows, columns=["runs", "setting", "arm", "value", "seed", "fid", "tail_fid", "head_fid"])
+
+
+def test_compare_pairs_seeds_and_orients_the_effect():
+    claim = {"id": "X", "kind": "compare", "runs": "main", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["fid"], "better": "lower"}
+    frame = records([("main", "s", "coral", None, seed, fid, 0, 0) for seed, fid in [(0, 5.0), (1, 6.0), (2, 5.5)]]
+                    + [("main", "s", "ddpm", None, seed, fid, 0, 0) for seed, fid in [(0, 7.0), (1, 7.5), (3, 9.0)]])
+    (row,) = claims.claim_rows(claim, frame)
+    # seeds 0 and 1 have both runs: effects 7 - 5 = 2 and 7.5 - 6 = 1.5
+    assert row["num_seeds"] == 2 and row["effect"] == pytest.approx(1.75)
+    expected = paired_effect([2.0, 1.5])
+    assert (row["low"], row["high"]) == pytest.approx((expected.low, expected.high))
+    assert row["comparison"] == "coral vs ddpm"
+
+
+def test_gain_gap_is_the_tail_gain_minus_the_head_gain():
+    claim = {"id": "C3", "kind": "gain_gap", "runs": "main", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["tail_fid"], "minus_metric": "head_fid", "better": "lower"}
+    frame = records([("main", "s", "coral", None, 0, 0, 40.0, 10.0), ("main", "s", "ddpm", None, 0, 0, 50.0, 11.0),
+                     ("main", "s", "coral", None, 1, 0, 42.0, 12.0), ("main", "s", "ddpm", None, 1, 0, 47.0, 12.5)])
+    (row,) = claims.claim_rows(claim, frame)
+    assert row["effect"] == pytest.approx(((50 - 40) - (11 - 10) + (47 - 42) - (12.5 - 12)) / 2)
+
+
+def test_best_in_range_compares_the_best_inside_with_the_best_outside():
+    claim = {"id": "C7", "kind": "best_in_range", "runs": "tau_r", "range": [0.5, 1.0], "metrics": ["fid"],
+             "better": "lower"}
+    fids = {0.3: [6.0, 6.5], 0.5: [5.0, 5.8], 1.0: [5.5, 5.2], 2.0: [7.0, 4.9]}
+    frame = records([("tau_r", "s", "coral", v, seed, fid, 0, 0) for v, f in fids.items() for seed, fid in enumerate(f)])
+    (row,) = claims.claim_rows(claim, frame)
+    # seed 0: min outside 6.0, inside 5.0 -> 1.0; seed 1: outside 4.9, inside 5.2 -> -0.3
+    assert row["effect"] == pytest.approx((1.0 - 0.3) / 2) and row["verdict"] == INCONCLUSIVE
+    only_inside = frame[frame["value"].between(0.5, 1.0)]
+    assert claims.claim_rows(claim, only_inside)[0]["verdict"] == NOT_COVERED
+
+
+def test_same_best_holds_when_both_bests_coincide_and_measures_the_cost_otherwise():
+    claim = {"id": "C9", "kind": "same_best", "runs": "omega", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["fid"], "better": "lower"}
+    rows = [("omega", "s", "coral", w, seed, fid, 0, 0) for w, f in {0.0: [9, 9.5], 1.0: [6, 6.2]}.items()
+            for seed, fid in enumerate(f)]
+    same = rows + [("omega", "s", "ddpm", w, seed, fid, 0, 0) for w, f in {0.0: [9, 9.5], 1.0: [7, 7.1]}.items()
+                   for seed, fid in enumerate(f)]
+    assert claims.claim_rows(claim, records(same))[0]["verdict"] == HOLDS
+    other = rows + [("omega", "s", "ddpm", w, seed, fid, 0, 0) for w, f in {0.0: [7, 7.2], 1.0: [8, 8.1]}.items()
+                    for seed, fid in enumerate(f)]
+    (row,) = claims.claim_rows(claim, records(other))
+    # coral at ddpm's best (0.0) against at its own best (1.0): -(9 - 6) and -(9.5 - 6.2)
+    assert row["effect"] == pytest.approx(-(3 + 3.3) / 2) and row["verdict"] == CONTRADICTED
+
+
+def test_a_claim_holds_only_where_every_row_holds():
+    assert claims.claim_verdict([{"verdict": HOLDS}, {"verdict": HOLDS}]) == HOLDS
+    assert claims.claim_verdict([{"verdict": HOLDS}, {"verdict": INCONCLUSIVE}]) == INCONCLUSIVE
+    assert claims.claim_verdict([{"verdict": HOLDS}, {"verdict": CONTRADICTED}]) == CONTRADICTED
+    assert claims.claim_verdict([{"verdict": NOT_COVERED}]) == NOT_COVERED
+
+
+def test_the_registry_holds_the_papers_claims():
+    registry = claims.registry()
+    ids = [claim["id"] for claim in registry]
+    assert len(set(ids)) == len(ids) and {f"C{i}" for i in range(1, 10)} <= set(ids)
+    for claim in registry:
+        assert claim["kind"] in claims.KINDS and claim["better"] in ("lower", "higher")
+        assert claim["claim"] and claim["source"] and claim["metrics"]
+    rows, summary = claims.evaluate(records([]))
+    assert (summary["verdict"] == NOT_COVERED).all() and len(summary) == len(registry)
