@@ -61,7 +61,7 @@ def from_command_line(cfg: dict) -> dict:
         if isinstance(value, str):
             wanted = node.get("type", [])
             wanted = [wanted] if isinstance(wanted, str) else wanted
-            if "string" in wanted or not {"integer", "number", "boolean", "null"} & set(wanted):
+            if not {"integer", "number", "boolean", "null"} & set(wanted):
                 return value
             parsed = yaml.safe_load(value)
             kinds = {"integer": int, "number": (int, float), "boolean": bool, "null": type(None)}
@@ -349,12 +349,19 @@ def variants(cfg: dict) -> dict[str, tuple[str, dict]]:
     return found
 
 
+# The released CORAL code's contrastive weight: w = 0.5 x tau_sc (objectives.coral.weight: coupled).
+CORAL_WEIGHT_PER_TAU_SC = 0.5
+
+
 def objective_hparams(cfg: dict, method: str) -> dict[str, Any]:
-    """The keyword arguments of a method's objective class."""
+    """The keyword arguments of a method's objective class (CORAL's coupled weight resolved to a number)."""
     objectives = cfg["objectives"]
-    if method == "coral_ambient":
-        return {**objectives["coral"], **objectives["coral_ambient"]}
-    return dict(objectives.get(method, {}))
+    if method not in ("coral", "coral_ambient"):
+        return dict(objectives.get(method, {}))
+    hparams = {**objectives["coral"], **(objectives["coral_ambient"] if method == "coral_ambient" else {})}
+    if hparams["weight"] == "coupled":
+        hparams["weight"] = CORAL_WEIGHT_PER_TAU_SC * hparams["tau_sc"]
+    return hparams
 
 
 def run_config(cfg: dict, setting: str, variant: str, seed: int) -> dict:

@@ -52,6 +52,7 @@ CONFIG_CASES = [
     (edited(sample__num_samples=1001), "sample.num_samples: 1001 must be a multiple of the 10 classes"),
     (edited(objectives__cbdm__prior="balanced"), "objectives.cbdm.prior: 'balanced' is not allowed"),
     (edited(objectives__coral__tau_r=0), "objectives.coral.tau_r: 0 is less than or equal to the minimum of 0"),
+    (edited(objectives__coral__weight="coupld"), "objectives.coral.weight: 'coupld' does not match '^coupled$'"),
     (edited(classifier__width=12), "classifier.width: 12 is not a multiple of 8"),
     (edited(evaluate__feature_extractor="inception-v3-compat"),
      "evaluate.inception_weights_path: None is not a file; inception-v3-compat needs"),

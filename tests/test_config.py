@@ -31,7 +31,8 @@ def test_run_config_holds_only_what_training_needs():
     cfg = load("config.yaml")
     run = run_config(cfg, "animals-rho0.01", "coral_ambient", 0)
     assert set(run) == {"run", "data", "model", "diffusion", "train", "objective"}
-    assert run["objective"]["hparams"] == {**cfg["objectives"]["coral"], "pool_size": 8}
+    # the coupled weight of the released code: w = 0.5 x tau_sc = 0.05, exactly the fixed value it replaced
+    assert run["objective"]["hparams"] == {**cfg["objectives"]["coral"], "weight": 0.05, "pool_size": 8}
     assert run["data"]["rho"] == 0.01 and run["data"]["dataset"] == "animals"
     assert "data_root" not in run["data"]  # where the data lives does not retrain
 
@@ -42,7 +43,12 @@ def test_ablation_runs_change_one_key_and_reuse_the_base_value():
     assert [r["value"] for r in rows] == [0.05, 0.1, 0.2, 0.5, 1.0]
     assert [r["variant"] for r in rows][:2] == ["coral~tau_sc=0.05", "coral"]  # 0.1 is the base config's value
     base, varied = run_config(cfg, "animals-rho0.01", "coral", 0), run_config(cfg, "animals-rho0.01", "coral~tau_sc=0.5", 0)
-    assert varied["objective"] == {"name": "coral", "hparams": {**base["objective"]["hparams"], "tau_sc": 0.5}}
+    # the weight moves with tau_sc (w = 0.5 tau_sc, the released code) unless it is set to a number
+    assert varied["objective"] == {"name": "coral", "hparams": {**base["objective"]["hparams"], "tau_sc": 0.5,
+                                                                 "weight": 0.25}}
+    cfg_fixed = deep_merge(cfg, {"objectives": {"coral": {"weight": 0.05}}})
+    fixed = run_config(cfg_fixed, "animals-rho0.01", "coral~tau_sc=0.5", 0)
+    assert fixed["objective"]["hparams"]["weight"] == 0.05 and fixed["objective"]["hparams"]["tau_sc"] == 0.5
     assert {k: v for k, v in varied.items() if k not in ("objective", "run")} == \
         {k: v for k, v in base.items() if k not in ("objective", "run")}
     dropped = run_config(cfg, "animals-rho0.01", "coral~label_drop=sample", 0)
