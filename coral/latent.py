@@ -30,7 +30,7 @@ from coral.data import class_groups, load_reference, load_split
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.checkpoint import load_model
-from coral.sections import LatentConfig
+from coral.sections import LATENT_INPUTS, LatentConfig
 from coral.tensors import uint8_to_unit
 
 METRIC = "cosine"
@@ -40,15 +40,17 @@ GROUPS = ("head", "medium", "tail")
 @torch.no_grad()
 def bottleneck_features(model: torch.nn.Module, diffusion: Diffusion, images_uint8: torch.Tensor | np.ndarray,
                         labels: torch.Tensor | np.ndarray, t_fraction: float = 0.1, seed: int = 0,
-                        batch_size: int = 256) -> np.ndarray:
-    """Pooled bottleneck features of noised real images.
+                        batch_size: int = 256, inputs: str = "clean") -> np.ndarray:
+    """Pooled bottleneck features of real images, each with the time embedding of t = int(t_fraction * T).
 
     images_uint8: uint8 (N, C, H, W); labels: int (N,), the true classes (used as the condition).
-    Every image gets t = int(t_fraction * T); the noise for all N images is drawn at once from a CPU
-    torch.Generator seeded with `seed` (N*C*H*W float32 held in memory: 0.5 GB for 10,000 RGB
-    64x64 images), so the noise does not depend on batch_size or device.
-    The model runs in eval mode (restored afterwards). Returns float32 (N, C_mid).
+    inputs 'clean': the network sees the clean image (the released code); 'noised': the image noised
+    to t, with the noise for all N images drawn at once from a CPU torch.Generator seeded with `seed`
+    (N*C*H*W float32 held in memory: 0.5 GB for 10,000 RGB 64x64 images), so it does not depend on
+    batch_size or device. The model runs in eval mode (restored afterwards). Returns float32 (N, C_mid).
     """
+    if inputs not in LATENT_INPUTS:
+        raise ValueError(f"inputs: {inputs!r}; allowed: {', '.join(LATENT_INPUTS)}")
     if not 0.0 <= t_fraction < 1.0:
         raise ValueError(f"t_fraction: must be in [0, 1), got {t_fraction}")
     if batch_size < 1:
@@ -70,7 +72,7 @@ def bottleneck_features(model: torch.nn.Module, diffusion: Diffusion, images_uin
         stop = start + batch_size
         x0 = uint8_to_unit(images[start:stop]).to(device)
         t = torch.full((len(x0),), t_value, dtype=torch.int64, device=device)
-        x_t = diffusion.q_sample(x0, t, noise[start:stop].to(device))
+        x_t = x0 if inputs == "clean" else diffusion.q_sample(x0, t, noise[start:stop].to(device))
         _, bottleneck = model(x_t, t, labels[start:stop].to(device), return_bottleneck=True)
         features.append(bottleneck.float().cpu())
     model.train(was_training)
@@ -166,13 +168,17 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
     """The latent stage for one run.
 
     latent_cfg: t_fraction, per_class (images per class from the balanced set), seed (selection,
-    noise and t-SNE), perplexity, knn_k, batch_size. Groups come from the split's class counts.
-    Writes, each atomically:
-      out_npz  - features float32 (N, C_mid), tsne float32 (N, 2), labels int64 (N,), indices int64
-                 (N,) into the balanced set, class_names (C,), class_counts (C,) of the split, groups
-                 (C,) head/medium/tail, meta (JSON string: run, checkpoint, t, metric, latent_cfg);
-      out_json - {"run", silhouette*, knn_purity*, "metric", "knn_k", "t", "t_fraction", "num_points",
-                 "num_classes", "checkpoint", "latent_cfg", "provenance"} (NaN scores as null).
+    noise and t-SNE), perplexity, knn_k, batch_size, tsne_input. Features are taken from both inputs
+    (LATENT_INPUTS); the separation scores of the clean images are `silhouette*`, `knn_purity*`, those of the
+    noised ones `noised_silhouette*`, `noised_knn_purity*`; the t-SNE embeds latent_cfg.tsne_input.
+    Groups come from the split's class counts. Writes, each atomically:
+      out_npz  - features float32 (N, C_mid) of tsne_input, tsne float32 (N, 2), labels int64 (N,),
+                 indices int64 (N,) into the balanced set, class_names (C,), class_counts (C,) of the
+                 split, groups (C,) head/medium/tail, meta (JSON string: run, checkpoint, t, metric,
+                 latent_cfg);
+      out_json - {"run", silhouette*, knn_purity*, noised_silhouette*, noised_knn_purity*, "metric",
+                 "knn_k", "t", "t_fraction", "tsne_input", "num_points", "num_classes", "checkpoint",
+                 "latent_cfg", "provenance"} (NaN scores as null).
     The stage draws nothing: coral.figures.tsne_run_figure plots a run from these two files.
     """
     model, diffusion, run_cfg = load_model(checkpoint)
@@ -186,9 +192,12 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
     balanced_labels = data.labels.numpy()
     indices = select_per_class(balanced_labels, latent_cfg.per_class, latent_cfg.seed)
     labels = balanced_labels[indices]
-    features = bottleneck_features(model, diffusion, data.images[indices], labels, latent_cfg.t_fraction,
-                                   latent_cfg.seed, latent_cfg.batch_size)
-    scores = separation_scores(features, labels, groups, latent_cfg.knn_k)
+    features = {inputs: bottleneck_features(model, diffusion, data.images[indices], labels, latent_cfg.t_fraction,
+                                            latent_cfg.seed, latent_cfg.batch_size, inputs) for inputs in LATENT_INPUTS}
+    scores = separation_scores(features["clean"], labels, groups, latent_cfg.knn_k)
+    scores.update({f"noised_{name}": value for name, value in
+                   separation_scores(features["noised"], labels, groups, latent_cfg.knn_k).items()})
+    features = features[latent_cfg.tsne_input]
     tsne = tsne_embedding(features, latent_cfg.seed, latent_cfg.perplexity)
     t_value = int(latent_cfg.t_fraction * diffusion.T)
     run = run_cfg["run"]
@@ -201,7 +210,8 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
                      groups=np.array(groups), meta=np.array(json.dumps(meta)))
     write_json(out_json, {"run": run, **{k: _json_number(v) for k, v in scores.items()},
                           "metric": METRIC, "knn_k": latent_cfg.knn_k, "t": t_value,
-                          "t_fraction": latent_cfg.t_fraction, "num_points": len(labels),
+                          "t_fraction": latent_cfg.t_fraction, "tsne_input": latent_cfg.tsne_input,
+                          "num_points": len(labels),
                           "num_classes": len(split.class_names), "checkpoint": str(checkpoint),
                           "latent_cfg": latent_cfg.as_dict(), "provenance": provenance()})
     lineage.record([out_npz, out_json], "latent", [checkpoint, split_npz, reference_npz], {"run": run, "latent": latent_cfg.as_dict()})

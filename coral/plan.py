@@ -29,6 +29,7 @@ import yaml
 
 from coral import config as config_module
 from coral.config import ConfigError
+from coral.sections import LATENT_INPUTS
 from coral.sources import BALANCED_PER_CLASS, IN_CHANNELS, NATURALLY_LONG_TAILED, NUM_CLASSES, dataset_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -544,7 +545,8 @@ class CostModel:
         model, _ = parameter_bytes(run, channels, classes)
         bottleneck = run["model"]["ch"] * run["model"]["ch_mult"][-1]
         return self._job(
-            "latent", gpu_seconds=points * net["flops_per_image"] / rate, cpu_seconds=points * TSNE_SECONDS_PER_POINT,
+            "latent", gpu_seconds=len(LATENT_INPUTS) * points * net["flops_per_image"] / rate,
+            cpu_seconds=points * TSNE_SECONDS_PER_POINT,
             gpu_memory_gb=CUDA_CONTEXT_GB + (model + net["live_bytes"]) / GB,
             host_memory_gb=HOST_BASE_GB["gpu"] + image_count(data, "reference") * image_bytes(data) / GB,
             disk_gb=points * bottleneck * 4 / GB,

@@ -120,6 +120,11 @@ class ClassifierConfig(Section):
     checkpoint_every: int
 
 
+# What the network sees in the latent stage, at t = t_fraction T: the clean image (the released code) or
+# the image noised to t. Both are scored; latent.tsne_input picks the one the t-SNE embeds.
+LATENT_INPUTS = ("clean", "noised")
+
+
 @dataclasses.dataclass(frozen=True)
 class LatentConfig(Section):
     """Bottleneck features and their separation (docs/method.md §6)."""
@@ -129,6 +134,7 @@ class LatentConfig(Section):
     perplexity: float
     knn_k: int
     batch_size: int
+    tsne_input: str  # 'clean' (released code) or 'noised': what the t-SNE embeds; both are scored
 
 
 SECTIONS: dict[str, type[Section]] = {"model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,

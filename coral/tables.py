@@ -50,7 +50,8 @@ PER_CLASS_COLUMNS = ["class", "class_name", "train_count", "group", "num_generat
                      "fid", "kid_mean", "kid_std", "precision", "recall", "accuracy"]
 PER_CLASS_METRICS = ["fid", "kid", "precision", "recall", "accuracy"]
 CLASS_INFO = ["class_name", "train_count", "group"]
-LATENT_SCORES = [f"{score}{suffix}" for score in ("silhouette", "knn_purity")
+# Separation of the clean images' features (the released code's way) and of the noised images' (noised_*).
+LATENT_SCORES = [f"{inputs}{score}{suffix}" for inputs in ("", "noised_") for score in ("silhouette", "knn_purity")
                  for suffix in ("", "_head", "_medium", "_tail")]
 LATENT_SETTINGS = ["t", "knn_k", "num_points"]
 
@@ -206,8 +207,9 @@ def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | o
     """Separation scores over seeds from the latent stage's separation JSONs.
 
     Columns: dataset, rho, method, num_seeds, `<s>_mean`, `<s>_std` for s in silhouette,
-    silhouette_{head,medium,tail}, knn_purity, knn_purity_{head,medium,tail}, then t, knn_k,
-    num_points (identical across seeds). Writes out_csv atomically and returns the table.
+    silhouette_{head,medium,tail}, knn_purity, knn_purity_{head,medium,tail} of the clean images'
+    features and the same prefixed noised_ of the noised images', then t, knn_k, num_points
+    (identical across seeds). Writes out_csv atomically and returns the table.
     """
     if not separation_jsons:
         raise ValueError("latent_table: no separation JSON files given")

@@ -123,7 +123,7 @@ def test_separation_scores_reject_bad_input():
 def test_bottleneck_features_match_manual_forward_at_tenth_of_T():
     model, diffusion = small_model(), Diffusion(T=1000)
     images, labels = toy_images()
-    features = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=3)
+    features = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=3, inputs="noised")
     assert features.shape == (12, model.bottleneck_dim) and features.dtype == np.float32
 
     # Independent forward noising at t = 100 with float64 schedule maths.
@@ -140,13 +140,30 @@ def test_bottleneck_features_match_manual_forward_at_tenth_of_T():
     assert not np.allclose(features, no_labels.numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_clean_bottleneck_features_are_the_clean_image_with_the_time_embedding():
+    """The released code's way (the default): no noise, only t = 0.1 T in the time embedding."""
+    model, diffusion = small_model(), Diffusion(T=1000)
+    images, labels = toy_images()
+    features = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=3)
+    with torch.no_grad():
+        _, expected = model((images.double() / 127.5 - 1).float(), torch.full((12,), 100), labels,
+                            return_bottleneck=True)
+    np.testing.assert_allclose(features, expected.numpy(), rtol=1e-4, atol=1e-5)
+    other_seed = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=4)
+    np.testing.assert_array_equal(features, other_seed)  # no noise: the seed plays no part
+    with pytest.raises(ValueError, match="inputs: 'blurred'; allowed: clean, noised"):
+        bottleneck_features(model, diffusion, images, labels, inputs="blurred")
+
+
 def test_bottleneck_features_deterministic_per_seed_and_batch_size_free():
     model, diffusion = small_model(), Diffusion(T=50)
     images, labels = toy_images()
     model.train()
-    first = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=0, batch_size=256)
-    again = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=0, batch_size=5)
-    other = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=1)
+    first = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=0, batch_size=256,
+                                inputs="noised")
+    again = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=0, batch_size=5,
+                                inputs="noised")
+    other = bottleneck_features(model, diffusion, images, labels, t_fraction=0.1, seed=1, inputs="noised")
     np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-6)
     assert not np.allclose(first, other)
     assert model.training  # the caller's mode is restored
@@ -190,7 +207,7 @@ def test_run_latent_writes_features_and_scores_that_the_run_figure_draws(tmp_pat
     counts = np.array([6, 6, 5, 5, 4, 3, 3, 2, 2, 1])
     np.savez(tmp_path / "split.npz", images=images.numpy()[:37], indices=np.arange(37),
              labels=np.repeat(np.arange(10), counts), class_counts=counts, class_names=np.array(class_names))
-    cfg = LatentConfig(t_fraction=0.1, per_class=4, seed=0, perplexity=30, knn_k=3, batch_size=16)
+    cfg = LatentConfig(t_fraction=0.1, per_class=4, seed=0, perplexity=30, knn_k=3, batch_size=16, tsne_input="clean")
     out = {"out_npz": tmp_path / "features.npz", "out_json": tmp_path / "separation.json"}
     checkpoint = tmp_path / "final.pt"  # load_model is replaced; the file only feeds the lineage record
     checkpoint.write_bytes(b"stand-in checkpoint")
@@ -204,6 +221,9 @@ def test_run_latent_writes_features_and_scores_that_the_run_figure_draws(tmp_pat
     scores = json.loads(out["out_json"].read_text())
     assert scores["run"] == run and scores["t"] == 10 and scores["num_points"] == 40
     assert 0 <= scores["knn_purity_tail"] <= 1 and -1 <= scores["silhouette"] <= 1
+    # both inputs are scored; the t-SNE embeds the configured one (clean)
+    assert scores["tsne_input"] == "clean" and -1 <= scores["noised_silhouette"] <= 1
+    assert scores["noised_silhouette"] != scores["silhouette"]
     assert not list(tmp_path.glob("*.png"))  # the stage draws nothing
     # The figure rule draws the run from these two files alone: its title, classes and scores.
     panels = []

@@ -35,3 +35,7 @@ def test_a_dataset_override_reaches_the_section_of_its_settings():
     setting = next(iter(config.settings(cfg)))
     assert sections.of_setting(cfg, setting, "evaluate").batch_size == 7
     assert sections.of_dataset(cfg, "animals", "evaluate").extractor == sections.ExtractorConfig("classifier", 7)
+
+
+def test_the_latent_inputs_are_the_schemas_choices():
+    assert list(sections.LATENT_INPUTS) == config.schema()["properties"]["latent"]["properties"]["tsne_input"]["enum"]

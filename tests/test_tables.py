@@ -115,8 +115,8 @@ def test_per_class_table_means_and_head_to_tail_order(tmp_path):
 def test_latent_table_means(tmp_path):
     paths = []
     for seed, silhouette in [(0, 0.2), (1, 0.4)]:
-        scores = {f"{s}{g}": silhouette if s == "silhouette" else 0.9 for s in ("silhouette", "knn_purity")
-                  for g in ("", "_head", "_medium", "_tail")}
+        scores = {f"{i}{s}{g}": silhouette if s == "silhouette" else 0.9 for i in ("", "noised_")
+                  for s in ("silhouette", "knn_purity") for g in ("", "_head", "_medium", "_tail")}
         scores["knn_purity_medium"] = None  # an empty group is written as null
         data = {"run": {"dataset": "toy", "rho": 0.01, "method": "coral", "variant": "coral", "seed": seed}, **scores,
                 "t": 100, "knn_k": 10, "num_points": 1000}
