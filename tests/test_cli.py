@@ -68,3 +68,73 @@ def test_stages_read_their_settings_dataset_overrides(tmp_path, monkeypatch):
         args = cli.build_parser().parse_args(argv[:1] + common + argv[1:])
         args.func(args)
     assert seen == {"sample": 7, "evaluate": 3, "latent": 2, "classifier": 8}
+
+
+def test_version_is_the_packages_one():
+    from coral import __version__
+    assert coral("--version").stdout.strip() == f"coral {__version__}"
+    script = Path(sys.executable).with_name("coral")  # the console script of the install
+    if script.exists():
+        out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == f"coral {__version__}", out.stderr
+
+
+def test_every_argument_of_every_command_has_help():
+    import argparse
+    from coral import cli
+
+    def actions(parser, where):
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            yield where, action
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:  # the commands' own lines in `coral --help`
+                    yield where, choice
+                for name, sub in action.choices.items():
+                    yield from actions(sub, f"{where} {name}")
+
+    found = list(actions(cli.build_parser(), "coral"))
+    missing = [f"{where} {'/'.join(a.option_strings) or a.dest}" for where, a in found
+               if not (a.help or "").strip() or a.help == argparse.SUPPRESS]
+    assert not missing, missing
+    assert len(found) > 60  # the walk reached every command
+
+
+def _cli_config(*argv):
+    from coral import cli
+    return cli._config(cli.build_parser().parse_args(["check-config", *argv]))
+
+
+def test_configfiles_merge_over_config_yaml_in_order(tmp_path):
+    """--configfile FILE... is merged over config.yaml as Snakemake merges its --configfile over the
+    Snakefile's configfile: deep for mappings, replacing lists, later files winning."""
+    import pytest
+    from coral.config import ConfigError
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("seeds: [0, 1, 2]\ntrain: {lr: 0.001}\npresets: {mine: {seeds: [5]}}\n")
+    second.write_text("seeds: [3]\n")
+    base = _cli_config("--preset", "embedded")
+    cfg = _cli_config("--preset", "embedded", "--configfile", str(first), str(second))
+    assert cfg["seeds"] == [3] and cfg["train"]["lr"] == 0.001
+    assert {k: v for k, v in cfg["train"].items() if k != "lr"} == {k: v for k, v in base["train"].items() if k != "lr"}
+    assert _cli_config("--configfile", str(second), "--configfile", str(first), "--preset", "embedded")["seeds"] == [0, 1, 2]
+    assert _cli_config("--configfiles", str(first), "--preset", "mine")["seeds"] == [5]
+    # An unknown preset lists those of the merged config, the overlay's included.
+    with pytest.raises(ConfigError, match="'huge' is not defined under presets; allowed: embedded, smoke, paper, "
+                                          "rehearsal, mine$"):
+        _cli_config("--configfile", str(first), "--preset", "huge")
+    # A partial file given as the base config says how to merge it instead.
+    with pytest.raises(ConfigError, match=f"use --configfile {second}$"):
+        _cli_config("--config", str(second))
+
+
+def test_an_unknown_preset_with_an_overlay_is_one_line(tmp_path):
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text("seeds: [0]\n")
+    bad = coral("check-config", "--configfile", str(overlay), "--preset", "huge")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("config error: preset: 'huge' is not defined under presets; allowed: embedded, "
+                                  "smoke, paper, rehearsal")
+    good = coral("check-config", "--configfile", str(overlay), "--preset", "smoke")
+    assert good.returncode == 0 and good.stdout.startswith(f"config.yaml + {overlay}: valid (preset 'smoke'")
