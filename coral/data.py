@@ -169,10 +169,32 @@ def class_subset_indices(labels: np.ndarray, counts: list[int], seed: int) -> np
     return np.concatenate(chosen).astype(np.int64)
 
 
-def long_tail_indices(labels: np.ndarray, rho: float, seed: int) -> np.ndarray:
-    """Indices of the long-tailed subset of a balanced label array (docs/method.md §1)."""
+# The training sets of the imbalance-vs-scarcity diagnosis (docs/method.md §1): the long-tailed set, a
+# balanced set of the same total size, and a balanced set with every class at the tail's count.
+TRAINING_SETS = ("long_tailed", "balanced_total", "balanced_scarce")
+
+
+def training_set_counts(long_tailed: list[int], training_set: str) -> list[int]:
+    """Per-class counts of a training set from the long-tailed counts: as they are (long_tailed), their
+    total spread evenly with the remainder on the first classes (balanced_total), or every class at the
+    smallest count (balanced_scarce)."""
+    num_classes, total = len(long_tailed), int(sum(long_tailed))
+    if training_set == "long_tailed":
+        return [int(n) for n in long_tailed]
+    if training_set == "balanced_total":
+        base, extra = divmod(total, num_classes)
+        return [base + 1] * extra + [base] * (num_classes - extra)
+    if training_set == "balanced_scarce":
+        return [int(min(long_tailed))] * num_classes
+    raise ValueError(f"data.training_set: {training_set!r}; allowed: {', '.join(TRAINING_SETS)}")
+
+
+def long_tail_indices(labels: np.ndarray, rho: float, seed: int, training_set: str = "long_tailed") -> np.ndarray:
+    """Indices of the long-tailed subset of a balanced label array (docs/method.md §1), or of a
+    diagnosis training set made from its counts (training_set_counts)."""
     num_classes = int(np.max(labels)) + 1
-    return class_subset_indices(labels, long_tail_counts(len(labels) // num_classes, rho, num_classes), seed)
+    counts = long_tail_counts(len(labels) // num_classes, rho, num_classes)
+    return class_subset_indices(labels, training_set_counts(counts, training_set), seed)
 
 
 def class_groups(class_counts) -> list[str]:
@@ -193,18 +215,25 @@ def _save_npz(path: str | Path, **arrays) -> None:
 
 
 def write_split(data_cfg: dict, rho: float | None, out_split: str | Path, out_counts: str | Path) -> None:
-    """Write the long-tailed training set (its uint8 images, labels, indices into the training pool)
-    and its class counts. rho None keeps a naturally long-tailed pool as it is."""
+    """Write the training set (its uint8 images, labels, indices into the training pool) and its class
+    counts: the long-tailed set of rho (rho None keeps a naturally long-tailed pool as it is), or, with
+    data.training_set, a balanced set of the diagnosis drawn from a balanced pool (training_set_counts
+    of the long-tailed counts; each class's images are the first of the same seeded shuffle, so the
+    balanced_scarce set lies inside the long-tailed one)."""
     data = load_dataset(data_cfg, "train")
     labels = data.labels.numpy()
+    training_set = data_cfg["training_set"]
     if rho is None:
+        if training_set != "long_tailed":
+            raise ValueError(f"data.training_set: {training_set!r} needs a balanced pool; {data_cfg['dataset']} is "
+                             "long-tailed as published (allowed: long_tailed)")
         indices = np.arange(len(labels), dtype=np.int64)
     else:
-        indices = long_tail_indices(labels, rho, data_cfg["subsample_seed"])
+        indices = long_tail_indices(labels, rho, data_cfg["subsample_seed"], training_set)
     counts = np.bincount(labels[indices], minlength=data.num_classes)
     _save_npz(out_split, images=data.images.numpy()[indices], indices=indices, labels=labels[indices],
               class_counts=counts, class_names=np.array(data.class_names),
-              meta=np.array(json.dumps({"dataset": data_cfg["dataset"], "rho": rho,
+              meta=np.array(json.dumps({"dataset": data_cfg["dataset"], "rho": rho, "training_set": training_set,
                                         "subsample_seed": data_cfg["subsample_seed"]})))
     groups = class_groups(counts)
     with atomic_path(out_counts) as tmp:

@@ -39,6 +39,19 @@ def test_selection_is_seeded_shuffle_per_class():
     assert not np.array_equal(chosen, long_tail_indices(labels, 0.1, seed=1))
 
 
+def test_diagnosis_training_sets_from_the_cifar10_lt_counts():
+    """Same total (12406 = 10 x 1240 + 6: the remainder on the first classes) and the tail's count (50)."""
+    labels = np.tile(np.arange(10), 5000)
+    total = np.bincount(labels[long_tail_indices(labels, 0.01, 0, "balanced_total")], minlength=10)
+    assert total.tolist() == [1241] * 6 + [1240] * 4 and total.sum() == 12406
+    scarce = long_tail_indices(labels, 0.01, 0, "balanced_scarce")
+    assert np.bincount(labels[scarce], minlength=10).tolist() == [50] * 10
+    # every class's images are the first of the same seeded shuffle: the scarce set lies inside the long-tailed one
+    assert set(scarce) <= set(long_tail_indices(labels, 0.01, 0))
+    with pytest.raises(ValueError, match="data.training_set: 'balanced'; allowed: long_tailed, balanced_total"):
+        long_tail_indices(labels, 0.01, 0, "balanced")
+
+
 def test_class_groups_thirds():
     assert class_groups([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]) == \
         ["head"] * 4 + ["medium"] * 3 + ["tail"] * 3
@@ -60,7 +73,7 @@ def test_resize_preserves_constant_images():
 
 
 def test_write_split_files(tmp_path):
-    cfg = {"dataset": "animals", "image_size": 8, "subsample_seed": 0}
+    cfg = {"dataset": "animals", "image_size": 8, "subsample_seed": 0, "training_set": "long_tailed"}
     write_split(cfg, 0.01, tmp_path / "split.npz", tmp_path / "counts.csv")
     split = load_split(tmp_path / "split.npz")
     expected = [int(1000 * 0.01 ** (i / 9)) for i in range(10)]  # 1000, 599, ..., 10

@@ -21,7 +21,7 @@ from coral.metrics import (class_frechet_distances, evaluate, frechet_distance, 
 from coral.sections import ClassifierConfig, EvaluateConfig
 from coral.tables import main_table, per_class_table
 
-DATA_CFG = {"dataset": "animals", "image_size": 8, "subsample_seed": 0, "hflip": False}
+DATA_CFG = {"dataset": "animals", "image_size": 8, "subsample_seed": 0, "hflip": False, "training_set": "long_tailed"}
 CLF_CFG = ClassifierConfig(steps=30, batch_size=64, lr=2e-3, width=8, test_fraction=0.1, seed=0, checkpoint_every=500)
 EVAL_CFG = EvaluateConfig(feature_extractor="classifier", inception_weights_path=None, batch_size=500,
                           prc_neighborhood=5, kid_subsets=10, kid_subset_size=1000, prd_clusters_per_class=20,
