@@ -2,6 +2,7 @@
 #
 #   snakemake --cores all results/tables/main.csv            # the main table, embedded default preset
 #   snakemake --cores all                                    # every table and figure, ablations included
+#   snakemake --cores all main                               # every table and figure of the main runs
 #   snakemake --cores all results/figures/ablation_tau_sc.png   # one figure and only what it needs
 #   snakemake --cores all results/tables/main.csv --config preset=paper   # the paper's matrix (GPUs, datasets)
 #
@@ -16,7 +17,7 @@
 #   results/latent/{run}/features.npz, separation.json
 #   results/tables/main.csv, per_class.csv, latent.csv, paper_vs_ours.csv/.md, ablation_{study}.csv
 #   results/figures/per_class_fid_{setting}.png, tsne_{setting}.png, samples_{setting}_{variant}.png,
-#                   ablation_{study}.png, tsne/{run}.png
+#                   training_curves_{setting}.png, ablation_{study}.png, tsne/{run}.png
 #   results/logs/<rule>/..., results/benchmarks/<rule>/...; every artifact has a .lineage.json sidecar
 from snakemake.utils import min_version
 
@@ -42,3 +43,9 @@ rule all:
     input:
         ALL_TARGETS,
     default_target: True
+
+
+rule main:
+    """Every table and figure of the main runs (setting x method x seed), without the ablations."""
+    input:
+        MAIN_TARGETS,

@@ -1,4 +1,5 @@
-"""Figures for the report: per-class FID, t-SNE of the bottleneck, sample grids. Never imports torch.
+"""Figures for the report: per-class FID, t-SNE of the bottleneck, sample grids, training curves. Never
+imports torch.
 
 Figures are drawn on bare `matplotlib.figure.Figure` objects, which render PNGs with the Agg
 backend on a headless machine without touching pyplot or the caller's backend. Each method has one colour in every figure (`method_color`).
@@ -6,6 +7,7 @@ backend on a headless machine without touching pyplot or the caller's backend. E
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from collections.abc import Mapping, Sequence
@@ -249,3 +251,130 @@ def ablation_figure(ablation_csv: str | os.PathLike, out_png: str | os.PathLike)
                  "seed(s))", fontsize=10)
     fig.tight_layout()
     _save(fig, out_png)
+
+
+# ---------------------------------------------------------------- training curves
+
+NOT_CURVES = ("step", "lr")  # the x axis; the learning rate is the same schedule for every method
+LAST_CURVES = ("grad_norm", "img_per_s")  # after the loss terms, in this order
+CURVE_LABELS = {
+    "loss": "loss (optimised)", "mse": "noise-prediction MSE", "cb_reg": "CBDM regulariser",
+    "cb_commit": "CBDM commitment", "t2h_transfer_rate": "T2H label transfer rate", "supcon": "SupCon loss",
+    "coral_term": "CORAL term (lambda(t) x SupCon)", "grad_norm": "gradient norm (before clipping)",
+    "img_per_s": "throughput (images / s)",
+}
+LOG_SCALE_SPAN = 10.0  # a panel whose positive values span more than this factor gets a log y axis
+
+
+def read_training_stats(runs: Mapping[str | os.PathLike, Mapping]) -> pd.DataFrame:
+    """The stats.jsonl of runs (coral.train: one JSON object per log step) as one long table.
+
+    runs: stats.jsonl path -> {"method": ..., "seed": ...}. Returns the columns method, seed, step,
+    quantity, value: a row per logged value, every key of a line but `step` and `lr` (NOT_CURVES),
+    in the file's order. A file that is empty, or a line that is not a JSON object with a step, is a
+    ValueError naming the file and line.
+    """
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError(f"read_training_stats: runs must be a non-empty mapping of stats.jsonl -> "
+                         f"{{'method', 'seed'}}, got {runs!r}")
+    rows = []
+    for path, run in runs.items():
+        if not isinstance(run, Mapping) or not {"method", "seed"} <= set(run):
+            raise ValueError(f"read_training_stats: {path} needs a method and a seed, got {run!r}")
+        with open(path) as f:
+            lines = [(number, line) for number, line in enumerate(f, 1) if line.strip()]
+        if not lines:
+            raise ValueError(f"{path}: no logged steps (an empty stats file)")
+        for number, line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError(f"{path}, line {number}: not a stats line with an integer step: {line.strip()[:80]}")
+            rows += [(run["method"], run["seed"], record["step"], key, value)
+                     for key, value in record.items() if key not in NOT_CURVES]
+    table = pd.DataFrame(rows, columns=["method", "seed", "step", "quantity", "value"])
+    table["value"] = pd.to_numeric(table["value"], errors="coerce").astype(float)
+    return table
+
+
+def training_curve_quantities(stats: pd.DataFrame) -> list[str]:
+    """The panels of a training-curves figure, in order: every quantity any method logs, in the order
+    the methods (coral.methods) first log them, then gradient norm and throughput."""
+    order = [q for method in _ordered_methods(stats["method"])
+             for q in stats.loc[stats["method"] == method, "quantity"].unique()]
+    order = list(dict.fromkeys(order))
+    return [q for q in order if q not in LAST_CURVES] + [q for q in LAST_CURVES if q in order]
+
+
+def training_curve_bands(stats: pd.DataFrame) -> pd.DataFrame:
+    """Mean, minimum and maximum over seeds of each method, quantity and step.
+
+    stats: the long table of read_training_stats. Returns method, quantity, step, mean, low (min over
+    seeds), high (max over seeds), num_seeds (the seeds with a value there), sorted by step within each
+    method and quantity. A quantity a method does not log has no rows for it.
+    """
+    values = stats.dropna(subset=["value"])
+    grouped = values.groupby(["method", "quantity", "step"], sort=False)["value"]
+    bands = grouped.agg(mean="mean", low="min", high="max", num_seeds="count").reset_index()
+    return bands.sort_values(["method", "quantity", "step"], kind="stable").reset_index(drop=True)
+
+
+def _training_curves_axes(stats: pd.DataFrame, title: str = "") -> Figure:
+    """The training-curves figure of read_training_stats' table: one panel per quantity (titled by it,
+    training_curve_quantities' order), one line per method that logs it (labelled by the method), the
+    mean over seeds with a min-max band where a method has more than one seed."""
+    quantities = training_curve_quantities(stats)
+    if not quantities:
+        raise ValueError("training curves: the stats hold no logged quantity")
+    bands = training_curve_bands(stats)
+    methods = _ordered_methods(stats["method"])
+    columns = min(3, len(quantities))
+    rows = math.ceil(len(quantities) / columns)
+    fig = Figure(figsize=(4.2 * columns, 3.0 * rows + 0.8))
+    grid = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in grid[len(quantities):]:
+        fig.delaxes(ax)
+    for ax, quantity in zip(grid, quantities):
+        panel = bands[bands["quantity"] == quantity]
+        for method in methods:
+            curve = panel[panel["method"] == method]
+            if curve.empty:
+                continue
+            color = method_color(method)
+            ax.plot(curve["step"], curve["mean"], color=color, linewidth=1.2, label=method)
+            if curve["num_seeds"].max() > 1:
+                ax.fill_between(curve["step"], curve["low"], curve["high"], color=color, alpha=0.2, linewidth=0)
+        values = panel[["low", "high"]].to_numpy(float)
+        if quantity != "img_per_s" and len(values) and (values > 0).all() and \
+                values.max() / values.min() > LOG_SCALE_SPAN:
+            ax.set_yscale("log")
+        ax.set_title(quantity, fontsize=10)
+        ax.set_ylabel(CURVE_LABELS.get(quantity, quantity), fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+    handles = [Line2D([], [], color=method_color(m), linewidth=2, label=m) for m in methods]
+    fig.legend(handles=handles, loc="lower center", ncol=len(methods), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight(), 1, 1))
+    return fig
+
+
+def training_curves_figure(runs: Mapping[str | os.PathLike, Mapping], out_png: str | os.PathLike,
+                           setting: str | None = None) -> None:
+    """Training curves of one setting's runs: one panel per logged quantity (each loss term any method
+    logs, gradient norm, throughput) against the step, one line per method: the mean over its seeds,
+    with a band from the minimum to the maximum over seeds where it has more than one.
+
+    runs: each run's stats.jsonl (coral.train) -> {"method", "seed"} (read_training_stats).
+    """
+    stats = read_training_stats(runs)
+    seeds = stats.groupby("method")["seed"].nunique()
+    if seeds.min() == seeds.max():
+        over = f"mean over {seeds.max()} seeds, band: min-max" if seeds.max() > 1 else "one seed"
+    else:
+        over = f"mean over {seeds.min()}-{seeds.max()} seeds, band: min-max"
+    title = f"training curves{f': {setting}' if setting else ''} ({over})"
+    _save(_training_curves_axes(stats, title), out_png)

@@ -158,12 +158,17 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budge
 
 
 def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None) -> Path:
+    job_start = time.perf_counter()
     tcfg, seed = TrainConfig.of(run_cfg["train"], "train"), run_cfg["run"]["seed"]
     device = default_device()
 
-    split = load_split(split_path)
+    split = load_split(split_path)  # a missing or damaged split stops here, before any output
     images = split.images.to(device)  # uint8, resident
     labels = torch.from_numpy(split.labels).to(device)
+    _log_header(run_cfg, device)
+    log.info("data: %d training images of %d classes (%s), %s px, %d channel(s), from %s", len(images),
+             len(split.class_names), _format_counts(split.class_counts), "x".join(map(str, images.shape[2:])),
+             images.shape[1], split_path)
     if len(images) < tcfg.batch_size:
         raise ValueError(f"train.batch_size: {tcfg.batch_size} exceeds the {len(images)} training images")
 
@@ -184,6 +189,10 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
         checkpoint.restore_rng(state, device)
         start = state["step"]
         log.info("resuming %s from step %d (%s)", run_dir, start, path.name)
+    else:
+        log.info("starting %s at step 0 (no step checkpoint to resume from)", run_dir)
+    log.info("schedule: %d steps of batch size %d, this job from step %d; a stats line every %d steps, a "
+             "checkpoint every %d", tcfg.steps, tcfg.batch_size, start, tcfg.log_every, tcfg.checkpoint_every)
     write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
     _truncate_stats(run_dir / "stats.jsonl", start)
 
@@ -198,7 +207,8 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
     batches = DeviceBatches(len(images), tcfg.batch_size, seed, device)
     sums: dict[str, torch.Tensor] = {}
     accumulated = 0  # steps in `sums`
-    tick = time.perf_counter()
+    tick = loop_start = time.perf_counter()
+    last_record, last_window = None, None  # this job's newest stats line (values already on the host), its steps
     # Measured as they happen; until the first save, a checkpoint (weights, EMA, two Adam moments)
     # written at a cautious 100 MB/s.
     state_bytes = 4 * sum(p.numel() * p.element_size() for p in setup.params)
@@ -221,6 +231,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                 now = time.perf_counter()
                 record["img_per_s"] = accumulated * tcfg.batch_size / (now - tick)
                 step_seconds = (now - tick) / accumulated
+                last_window = (done - accumulated + 1, done)
                 tick, sums, accumulated = now, {}, 0
                 if not math.isfinite(record["loss"]):
                     last = checkpoint.step_checkpoints(run_dir / "checkpoints")
@@ -228,6 +239,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                                            f"{last[-1] if last else '(none yet)'}")
                 with open(run_dir / "stats.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
+                last_record = record
                 progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
             out_of_time = done < tcfg.steps and deadline.must_stop(
                 2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds)
@@ -253,7 +265,47 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
         elif tcfg.prune_after_final:
             log.warning("%s: kept the step checkpoints, this job is at its time limit", run_dir)
     lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
+    _log_summary(run_dir, tcfg, start, last_record, last_window, tick - loop_start, time.perf_counter() - job_start)
     return run_dir / "final.pt"
+
+
+def _format_counts(counts) -> str:
+    counts = [int(c) for c in counts]
+    return f"{max(counts)} to {min(counts)} per class"
+
+
+def _log_header(run_cfg: dict, device: torch.device) -> None:
+    """The first lines of a training job's log: which run, on what, with which training config."""
+    run = run_cfg["run"]
+    log.info("train run %s/%s/seed%s: method %s, dataset %s, rho %s", run["setting"], run["variant"], run["seed"],
+             run["method"], run["dataset"], run["rho"])
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    log.info("device %s%s, torch %s, %d CPU thread(s)", device, gpu, torch.__version__, torch.get_num_threads())
+    log.info("train config: %s", json.dumps(run_cfg["train"], sort_keys=True))
+    objective = run_cfg["objective"]
+    log.info("objective %s: %s", objective["name"], json.dumps(objective["hparams"], sort_keys=True))
+
+
+def _log_summary(run_dir: Path, tcfg: TrainConfig, start: int, last: dict | None, window: tuple[int, int] | None,
+                 loop_seconds: float, wall_seconds: float) -> None:
+    """The last lines of a finished training job's log, from values the log steps already brought to the host.
+
+    last: this job's newest stats line and window the steps it averages; None when this job trained no
+    step (it resumed at the last one), then the newest line of stats.jsonl.
+    """
+    if last is None:
+        path = run_dir / "stats.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        last = json.loads(lines[-1]) if lines else None
+        if last is not None:
+            window = ((last["step"] - 1) // tcfg.log_every * tcfg.log_every + 1, last["step"])
+    trained = tcfg.steps - start
+    loss = "n/a" if last is None else f"{last['loss']:.5g} (mean over steps {window[0]}-{window[1]})"
+    rate = f"{trained * tcfg.batch_size / loop_seconds:.1f} img/s" if trained and loop_seconds > 0 else "n/a"
+    log.info("finished at step %d of %d: final loss %s", tcfg.steps, tcfg.steps, loss)
+    log.info("this job trained steps %d to %d (%d steps) at a mean %s; wall time %.1f s", start, tcfg.steps, trained,
+             rate, wall_seconds)
+    log.info("final model written to %s", run_dir / "final.pt")
 
 
 def _truncate_stats(path: Path, step: int) -> None:

@@ -192,3 +192,21 @@ def test_out_of_time_saves_and_the_next_job_continues_identically(setup):
         assert torch.equal(tensor, rewritten["ema"][name])
     assert (run_dir / "stats.jsonl").read_text().count("\n") == 2
     assert list((run_dir / "checkpoints").glob("step-*")) == []  # in time now: pruned
+
+
+def test_log_starts_with_a_header_and_ends_with_a_summary(setup, caplog):
+    root, run = setup
+    with caplog.at_level("INFO", logger="coral.train"):
+        final = train(run, root / "split.npz", root / "logged")
+    lines = [r.getMessage() for r in caplog.records if r.name == "coral.train"]
+    assert lines[0].startswith("train run animals-rho0.1/coral/seed0: method coral")
+    assert lines[1].startswith("device cpu, torch ")
+    assert any(line.startswith("objective coral: ") and "tau_sc" in line for line in lines[:7])
+    assert any(line.startswith("data: ") and " training images of 10 classes" in line for line in lines[:7])
+    assert any("at step 0 (no step checkpoint" in line for line in lines[:7])
+    assert any("schedule: 20 steps of batch size" in line for line in lines[:7])
+    last_loss = json.loads((root / "logged" / "stats.jsonl").read_text().splitlines()[-1])["loss"]
+    assert lines[-3] == f"finished at step 20 of 20: final loss {last_loss:.5g} (mean over steps 16-20)"
+    assert lines[-2].startswith("this job trained steps 0 to 20 (20 steps) at a mean ")
+    assert " img/s; wall time " in lines[-2] and lines[-2].endswith(" s")
+    assert lines[-1] == f"final model written to {final}"

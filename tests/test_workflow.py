@@ -126,7 +126,8 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
         shutil.move(backup, final)
     assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
-                    "tsne_run_figure": 1, "samples_figure": 1, "all": 1}, dry_run.stdout + dry_run.stderr
+                    "tsne_run_figure": 1, "samples_figure": 1, "training_curves": 1, "all": 1}, \
+        dry_run.stdout + dry_run.stderr
 
 
 def test_a_damaged_checkpoint_stops_its_sample_job_with_one_line_on_the_console(smoke_run, tmp_path):
@@ -208,7 +209,8 @@ def test_report_contains_every_figure(smoke_run):
     with zipfile.ZipFile(smoke_run / "report.zip") as report:
         names = report.namelist()
     figures = sorted(p.name for p in (smoke_run / "results" / "figures").glob("*.png"))
-    assert len(figures) == 1 + 1 + 4 + len(STUDY_ROWS)  # per-class FID, t-SNE, 4 sample grids, ablations
+    # per-class FID, t-SNE, 4 sample grids, training curves, ablations
+    assert len(figures) == 1 + 1 + 4 + 1 + len(STUDY_ROWS)
     for figure in figures:
         assert any(name.endswith(f"/{figure}") for name in names), figure  # report/data/raw/<hash>/<name>
     runs = list((smoke_run / "results" / "figures" / "tsne").rglob("*.png"))  # each run's t-SNE: seed0.png
@@ -230,6 +232,20 @@ def test_one_figure_builds_only_what_it_needs(tmp_path):
     assert planned_jobs(result) == {"subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1,
                                     "train": 4, "sample": 4, "evaluate": 4, "per_class_table": 1,
                                     "per_class_fid_figure": 1}, result.stdout + result.stderr
+
+
+def test_main_target_plans_the_main_runs_without_the_ablations(tmp_path):
+    result = snakemake(tmp_path, "-n", "main", "--config", "preset=smoke")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = planned_jobs(result)
+    assert jobs == {"subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": 4,
+                    "sample": 4, "evaluate": 4, "latent": 4, "main_table": 1, "per_class_table": 1, "latent_table": 1,
+                    "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1, "tsne_run_figure": 4,
+                    "samples_figure": 4, "training_curves": 1, "main": 1}, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "results/figures/training_curves_animals-rho0.1.png" in output
+    assert "~" not in output  # no ablation variant (coral~tau_sc=...) is trained, sampled or evaluated
+    assert "-w0.0" not in output  # nor are the main checkpoints re-sampled for the omega study
 
 
 def test_a_target_with_another_sampler_than_the_configured_one_has_no_rule(tmp_path):

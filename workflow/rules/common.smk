@@ -138,6 +138,23 @@ def tsne_files_of(wildcards):
     return [path for files in tsne_panels(wildcards.setting).values() for path in files.values()]
 
 
+def training_stats(setting):
+    """{stats.jsonl: {"method", "seed"}} of a setting's main runs (every method and seed, no ablation
+    variant): the lines of its training-curves figure."""
+    return {f"results/runs/{setting}/{method}/seed{seed}/stats.jsonl": {"method": method, "seed": int(seed)}
+            for method in METHODS for seed in SEEDS}
+
+
+def training_stats_of(wildcards):
+    return training_stats(wildcards.setting)
+
+
+def training_finals_of(wildcards):
+    """The final checkpoints of a setting's main runs: stats.jsonl is no rule's output (rule train resumes
+    into it), so the training-curves figure waits for the runs to finish through these."""
+    return runs(f"results/runs/{RUN}/final.pt", settings=[wildcards.setting])
+
+
 def classifier_hflip(wildcards):
     return dataset_data(wildcards)["hflip"]
 
@@ -154,23 +171,28 @@ SEPARATION = runs(f"results/latent/{RUN}/separation.json")
 ABLATION_CHECKPOINTS = [f"results/runs/{ABLATION_SETTING}/{variant}/seed{seed}/final.pt"
                         for study in STUDIES for variant in dict.fromkeys(
                             row["variant"] for row in coral_config.study_rows(CFG, study)) for seed in SEEDS]
-FIGURES = [
+# The main runs' tables and figures (rule main) and the ablations' (rule all adds them).
+MAIN_FIGURES = [
     *expand("results/figures/per_class_fid_{setting}.png", setting=SETTINGS),
     *expand("results/figures/tsne_{setting}.png", setting=SETTINGS),
     *runs(f"results/figures/tsne/{RUN}.png"),  # each run's own t-SNE (rule tsne_run_figure)
     *expand("results/figures/samples_{setting}_{variant}.png", setting=SETTINGS, variant=METHODS),
-    *expand("results/figures/ablation_{study}.png", study=STUDIES),
+    *expand("results/figures/training_curves_{setting}.png", setting=SETTINGS),
 ]
-TABLES = [
+ABLATION_FIGURES = expand("results/figures/ablation_{study}.png", study=STUDIES)
+FIGURES = MAIN_FIGURES + ABLATION_FIGURES
+MAIN_TABLES = [
     "results/tables/main.csv",
     "results/tables/per_class.csv",
     "results/tables/latent.csv",
-    "results/tables/paper_vs_ours.csv",
-    *expand("results/tables/ablation_{study}.csv", study=STUDIES),
+    "results/tables/paper_vs_ours.csv",  # reads main.csv only: no runs of its own
 ]
+ABLATION_TABLES = expand("results/tables/ablation_{study}.csv", study=STUDIES)
+TABLES = MAIN_TABLES + ABLATION_TABLES
 # The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
 # everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
 # rerun the chain after it).
+MAIN_TARGETS = CHECKPOINTS + MAIN_TABLES + MAIN_FIGURES
 ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES
 
 

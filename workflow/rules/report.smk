@@ -171,3 +171,25 @@ rule samples_figure:
         ENV
     script:
         "../scripts/samples_figure.py"
+
+
+rule training_curves:
+    """Loss terms, gradient norm and throughput against the step of one setting's main runs, a line per
+    method (mean over seeds, min-max band). Each run's stats.jsonl is read through params: rule train
+    appends to it and resumes into it, so it is no rule's output; the final checkpoints are the inputs,
+    so the figure is drawn from finished runs and redrawn when one is retrained."""
+    input:
+        final=training_finals_of,
+    output:
+        report("results/figures/training_curves_{setting}.png", caption="../report/training_curves.rst",
+               category="Figures", subcategory="{setting}"),
+    params:
+        runs=training_stats_of,  # each run's stats.jsonl -> its method and seed
+    resources:
+        **planned_resources("training_curves"),
+    log:
+        "results/logs/figures/training_curves_{setting}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/training_curves.py"
