@@ -193,6 +193,8 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
 # Ablation keys: sample.omega re-samples the trained checkpoints; keys under these sections retrain.
 TRAINING_SECTIONS = ("train", "objectives", "model", "diffusion")
 SAMPLING_KEY = "sample.omega"
+# The training set of a run (the imbalance-vs-scarcity diagnosis): a study of it retrains on another split.
+TRAINING_SET_KEY = "data.training_set"
 
 
 def _get(cfg: dict, dotted: str):
@@ -226,9 +228,13 @@ def _check_ablations(cfg: dict, validator) -> None:
             _get(cfg, key)
         except (KeyError, TypeError):
             raise ConfigError(f"{where}.key: {key!r} is not a config key") from None
-        if key != SAMPLING_KEY and key.split(".")[0] not in TRAINING_SECTIONS:
-            raise ConfigError(f"{where}.key: {key!r} cannot be ablated; allowed: {SAMPLING_KEY} or a key under "
-                              f"{', '.join(TRAINING_SECTIONS)}")
+        if key not in (SAMPLING_KEY, TRAINING_SET_KEY) and key.split(".")[0] not in TRAINING_SECTIONS:
+            raise ConfigError(f"{where}.key: {key!r} cannot be ablated; allowed: {SAMPLING_KEY}, {TRAINING_SET_KEY} "
+                              f"or a key under {', '.join(TRAINING_SECTIONS)}")
+        dataset = settings(cfg)[ablation_setting or names[0]]["dataset"]
+        if key == TRAINING_SET_KEY and dataset in NATURALLY_LONG_TAILED and set(study.get("values", [])) - {"long_tailed"}:
+            raise ConfigError(f"{where}.values: the balanced training sets need a balanced source; the ablation "
+                              f"setting's {dataset} is long-tailed as published (set ablations.setting to a rho setting)")
         if not study.get("values"):
             raise ConfigError(f"{where}.values: missing or empty; list the values of {key} to compare")
         for value in study["values"]:

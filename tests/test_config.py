@@ -55,7 +55,8 @@ def test_ablation_runs_change_one_key_and_reuse_the_base_value():
     assert dropped["train"] == {**base["train"], "label_drop": "sample"}
     omega = study_rows(cfg, "omega")  # guidance re-samples the main checkpoints
     assert {r["variant"] for r in omega} == {"ddpm", "coral"} and [r["omega"] for r in omega][:3] == [0.0, 0.5, 1.0]
-    assert len(variants(cfg)) == 4 + 1 + 4 + 4 + 1 + 1  # methods, ambient, tau_sc, tau_r, label_drop, reduction
+    assert len(variants(cfg)) == 4 + 1 + 4 + 4 + 1 + 1 + 4  # methods, ambient, tau_sc, tau_r, label_drop, reduction,
+    # and the balanced training sets of DDPM and CORAL
 
 
 def test_paper_preset_matrix_and_dataset_overrides(tmp_path):
@@ -114,3 +115,17 @@ def test_the_schema_holds_no_defaults_config_yaml_holds_them():
             return [p for i, value in enumerate(node) for p in defaults(value, f"{path}/{i}")]
         return []
     assert defaults(schema()) == []
+
+
+def test_the_diagnosis_trains_on_balanced_sets_of_a_balanced_source():
+    from coral.config import validate
+    cfg = load("config.yaml")
+    rows = study_rows(cfg, "imbalance_vs_scarcity")
+    assert [r["variant"] for r in rows][:3] == ["ddpm", "ddpm~training_set=balanced_total",
+                                                "ddpm~training_set=balanced_scarce"]
+    scarce = run_config(cfg, "animals-rho0.01", "ddpm~training_set=balanced_scarce", 0)
+    assert scarce["data"]["training_set"] == "balanced_scarce" and scarce["objective"]["name"] == "ddpm"
+    naturally_long_tailed = deep_merge(BASE, {"data": {"settings": [{"dataset": "celeba5"}]}})
+    with pytest.raises(ConfigError, match="ablations.studies.imbalance_vs_scarcity.values: the balanced training "
+                                          "sets need a balanced source; the ablation setting's celeba5"):
+        validate(naturally_long_tailed, check_files=False)

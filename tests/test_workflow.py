@@ -17,7 +17,8 @@ import standins
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 # rows of each ablation table of the smoke preset: methods x values (a method comparison: one row per method)
-STUDY_ROWS = {"latent_vs_ambient": 2, "tau_sc": 2, "tau_r": 2, "omega": 2 * 2, "label_drop": 2, "coral_reduction": 2}
+STUDY_ROWS = {"latent_vs_ambient": 2, "tau_sc": 2, "tau_r": 2, "omega": 2 * 2, "label_drop": 2, "coral_reduction": 2,
+              "imbalance_vs_scarcity": 2}
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
@@ -68,7 +69,7 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
 def test_seeds_from_the_command_line(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "preset=smoke", "seeds=[0,1,2]")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert planned_jobs(result)["train"] == 3 * 9  # 4 methods and the smoke preset's 5 ablation runs, per seed
+    assert planned_jobs(result)["train"] == 3 * 10  # 4 methods and the smoke preset's 6 ablation runs, per seed
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,8 @@ def test_smoke_produces_tables_and_figures(smoke_run):
     assert omega["omega"].tolist() == [0.0, 1.0] * 2 and set(omega["run"]) == {"ddpm", "coral"}
     tau_sc = pd.read_csv(results / "tables" / "ablation_tau_sc.csv")
     assert tau_sc.loc[tau_sc["value"] == 0.1, "run"].item() == "coral"  # the base value is the main run
+    diagnosis = pd.read_csv(results / "tables" / "ablation_imbalance_vs_scarcity.csv")
+    assert diagnosis["run"].tolist() == ["ddpm", "ddpm~training_set=balanced_scarce"]  # the long-tailed set: the main run
     assert "No setting of this run has published numbers" in (results / "tables" / "paper_vs_ours.md").read_text()
     for log in ["train/animals-rho0.1/coral/seed0.log", "evaluate/animals-rho0.1/ddpm/seed0/ddim5-w1.0.log"]:
         assert (results / "logs" / log).exists()
@@ -268,12 +271,14 @@ def test_paper_preset_plans_the_training_grid(tmp_path):
 
 @pytest.mark.parametrize("study,trained,sampled", [
     ("latent_vs_ambient", 2, 2), ("tau_sc", 5, 5), ("tau_r", 5, 5), ("omega", 2, 2 * 6),
-    ("label_drop", 2, 2), ("coral_reduction", 2, 2)])
+    ("label_drop", 2, 2), ("coral_reduction", 2, 2), ("imbalance_vs_scarcity", 6, 6)])
 def test_paper_ablation_targets_plan_their_runs(tmp_path, study, trained, sampled):
     standins.touch_paper_layout(tmp_path / "data")
     result = snakemake(tmp_path, "-n", f"results/tables/ablation_{study}.csv", "--config", "preset=paper")
     seeds = 3  # every point of a study is trained and sampled with each seed, on CIFAR10-LT rho 0.01
+    diagnosis = {"subsample_diagnosis": 2} if study == "imbalance_vs_scarcity" else {}  # the two balanced sets
     assert planned_jobs(result) == {
         "subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": trained * seeds,
-        "sample": sampled * seeds, "evaluate": sampled * seeds, "ablation_table": 1}, result.stdout + result.stderr
+        "sample": sampled * seeds, "evaluate": sampled * seeds, "ablation_table": 1, **diagnosis}, \
+        result.stdout + result.stderr
     assert "results/data/cifar10-rho0.01/split.npz" in result.stdout

@@ -48,6 +48,7 @@ wildcard_constraints:
     sampler=re.escape(SAMPLER),  # the configured sampler only: another one in a target has no rule
     omega=r"[0-9]+\.[0-9]+",
     study=_alternatives(STUDIES),
+    training_set="balanced_total|balanced_scarce",  # the long-tailed split is results/data/{setting}/split.npz
 
 
 def runs(pattern, settings=None, variants=None, seeds=None, **fixed):
@@ -70,6 +71,18 @@ def classifier_of(wildcards):
 
 def run_params(wildcards):
     return coral_config.run_config(CFG, wildcards.setting, wildcards.variant, int(wildcards.seed))
+
+
+def split_of(wildcards):
+    """The training set of a run: its setting's long-tailed split, or a balanced set of the diagnosis."""
+    training_set = run_params(wildcards)["data"]["training_set"]
+    if training_set == "long_tailed":
+        return f"results/data/{wildcards.setting}/split.npz"
+    return f"results/data/{wildcards.setting}/split_{training_set}.npz"
+
+
+def diagnosis_data(wildcards):
+    return {**setting_data(wildcards), "training_set": wildcards.training_set}
 
 
 def sample_params(wildcards):

@@ -26,7 +26,7 @@ rule evaluate:
     """Overall, per-class and head/medium/tail metrics of one sample set (docs/method.md §6)."""
     input:
         samples=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.npz",
-        split="results/data/{setting}/split.npz",
+        split=split_of,
         reference_features=reference_features_of,
         classifier=classifier_of,
     output:

@@ -3,7 +3,7 @@ rule latent:
     by rule tsne_run_figure)."""
     input:
         checkpoint=f"results/runs/{RUN}/final.pt",
-        split="results/data/{setting}/split.npz",
+        split=split_of,
         reference=reference_of,
     output:
         features=f"results/latent/{RUN}/features.npz",

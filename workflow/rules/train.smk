@@ -1,7 +1,7 @@
 rule train:
     """One diffusion model per setting x method (or ablation run) x seed; resumes from its newest checkpoint."""
     input:
-        split="results/data/{setting}/split.npz",
+        split=split_of,
     output:
         final=f"results/runs/{RUN}/final.pt",
     params:
