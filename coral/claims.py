@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import importlib.resources
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import yaml
 from scipy import stats
+
+from coral import tables
+from coral.config import setting_name
+from coral.io import atomic_path
 
 LEVEL = 0.95
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
@@ -72,9 +77,9 @@ def verdict(effect: Effect, margin: float = 0.0) -> tuple[str, str]:
     return INCONCLUSIVE, f"the {LEVEL:.0%} interval contains {bound}"
 
 
-def _per_seed(frame: pd.DataFrame, arm: str, metric: str) -> pd.Series:
-    """metric by seed of one arm (a method, or a training set of the diagnosis)."""
-    rows = frame[frame["arm"] == arm]
+def _per_seed(frame: pd.DataFrame, column: str, arm, metric: str) -> pd.Series:
+    """metric by seed of one arm: the runs whose `column` (method or value) is `arm`."""
+    rows = frame[frame[column].astype(str) == str(arm)]
     return rows.set_index("seed")[metric].astype(float)
 
 
@@ -94,13 +99,15 @@ def _best(values: pd.Series, better: str):
 def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
     """The rows of one claim: an effect, interval and verdict per setting, metric and comparison.
 
-    records: one row per run and seed with columns runs ('main', a study name or 'diagnosis'),
-    setting, arm (the method; the training set in the diagnosis), value (an ablated value), seed and
-    the metric columns the claims name.
+    records: one row per run and seed with columns runs ('main' or a study name), setting, method,
+    value (the study's value; None for main runs), seed and the metric columns the claims name.
     """
     if claim["kind"] not in KINDS:
         raise ValueError(f"claim {claim['id']}: kind {claim['kind']!r}; allowed: {', '.join(KINDS)}")
     runs = records[records["runs"] == claim["runs"]] if len(records) else records
+    if "method" in claim and len(runs):
+        runs = runs[runs["method"] == claim["method"]]
+    column = claim.get("arms", "method")
     if runs.empty:
         return [{"claim": claim["id"], "setting": "", "comparison": "", "metric": ", ".join(claim["metrics"]),
                  "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
@@ -109,15 +116,21 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
     rows = []
     for setting, frame in runs.groupby("setting", sort=False):
         for metric in claim["metrics"]:
+            needed = [metric] + ([claim["minus_metric"]] if claim["kind"] == "gain_gap" else [])
+            absent = [m for m in needed if m not in frame.columns or frame[m].isna().all()]
+            if absent:
+                rows.append({**_row(claim, setting, "", metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
+                             "reason": f"no {', '.join(absent)} for these runs"})
+                continue
             if claim["kind"] in ("compare", "gain_gap"):
-                ours = _per_seed(frame, claim["ours"], metric)
+                ours = _per_seed(frame, column, claim["ours"], metric)
                 for against in claim["against"]:
-                    theirs = _per_seed(frame, against, metric)
+                    theirs = _per_seed(frame, column, against, metric)
                     effects = sign * (ours - theirs)
                     if claim["kind"] == "gain_gap":
                         minus = claim["minus_metric"]
-                        effects = effects - sign * (_per_seed(frame, claim["ours"], minus)
-                                                    - _per_seed(frame, against, minus))
+                        effects = effects - sign * (_per_seed(frame, column, claim["ours"], minus)
+                                                    - _per_seed(frame, column, against, minus))
                     margin = claim.get("margin", 0.0) * abs(theirs.mean())
                     label = f"{claim['ours']} vs {against}"
                     if claim["kind"] == "gain_gap":
@@ -150,8 +163,8 @@ def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: s
 def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
     """Ours at its own best value (by the mean over seeds) against ours at the best value of `against`."""
     against = claim["against"][0]
-    by_value = {arm: frame[frame["arm"] == arm].pivot_table(index="seed", columns="value", values=metric,
-                                                             aggfunc="first")
+    by_value = {arm: frame[frame["method"] == arm].pivot_table(index="seed", columns="value", values=metric,
+                                                                aggfunc="first")
                 for arm in (claim["ours"], against)}
     ours_best = _best(by_value[claim["ours"]].mean(), claim["better"])
     their_best = _best(by_value[against].mean(), claim["better"])
@@ -188,3 +201,55 @@ def evaluate(records: pd.DataFrame, claims: Sequence[dict] | None = None) -> tup
         summary.append({"claim": claim["id"], "statement": claim["claim"], "source": claim["source"],
                         "verdict": claim_verdict(found), "rows": len(found), "min_seeds": min(seeds, default=0)})
     return pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(summary)
+
+
+def needs_latent(claims: Sequence[dict] | None = None) -> set[str]:
+    """The runs ('main' or a study) whose claims read bottleneck separation scores."""
+    return {claim["runs"] for claim in (registry() if claims is None else claims)
+            if set(claim["metrics"]) & set(tables.LATENT_SCORES)}
+
+
+def _record(runs: str, metrics_json, separation_json, value) -> dict:
+    record = tables._metrics_record(metrics_json)
+    rho = None if math.isnan(record["rho"]) else record["rho"]
+    record.update(runs=runs, setting=setting_name(record["dataset"], rho), value=value)
+    if separation_json is not None:
+        scores = tables._latent_record(separation_json)
+        record.update({key: scores[key] for key in tables.LATENT_SCORES})
+    return record
+
+
+def read_records(main: Mapping[str | os.PathLike, str | os.PathLike | None],
+                 studies: Mapping[str, Mapping[str | os.PathLike, dict]]) -> pd.DataFrame:
+    """The records claim_rows reads. main: each main run's metrics JSON -> its separation JSON (or None);
+    studies: study -> each point's metrics JSON -> {"value", "separation" (a JSON or None)}. Every
+    file is checked against its lineage record."""
+    rows = [_record("main", metrics, separation, None) for metrics, separation in main.items()]
+    rows += [_record(study, metrics, point.get("separation"), point["value"])
+             for study, points in studies.items() for metrics, point in points.items()]
+    return pd.DataFrame(rows)
+
+
+VERDICT_RULE = (f"Each effect is paired over training seeds (the same seed and sampling noise on both sides) and "
+                f"oriented so that > 0 supports the claim; its interval is Student's t at {LEVEL:.0%}. A row holds "
+                "when the interval lies above 0 (above -margin for a no-worse claim), is contradicted when it "
+                "lies below, and is inconclusive when it contains it or there is one seed. A claim holds when "
+                "every row holds, is contradicted when any row is, and is otherwise inconclusive; not covered: "
+                "its runs were not made.")
+
+
+def write_claims(records: pd.DataFrame, out_csv: str | os.PathLike, out_md: str | os.PathLike,
+                 inputs: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """claims.csv (a row per claim, setting, comparison and metric, with the claim's verdict beside
+    each row's) and claims.md (the verdicts, the rule, then every row), each atomically with a lineage
+    record naming `inputs`."""
+    rows, summary = evaluate(records)
+    verdicts = dict(zip(summary["claim"], summary["verdict"]))
+    rows.insert(1, "claim_verdict", rows["claim"].map(verdicts))
+    tables._write_table(rows, out_csv, "claims", list(inputs))
+    shown = summary.drop(columns="rows").rename(columns={"min_seeds": "seeds"})
+    text = ("# Does the paper hold?\n\n" + tables.markdown(shown) + "\n" + VERDICT_RULE + "\n\n## Every comparison\n\n"
+            + tables.markdown(rows.drop(columns="claim_verdict"), digits=3))
+    with atomic_path(out_md) as tmp:
+        tmp.write_text(text)
+    return rows, summary

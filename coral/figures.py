@@ -378,3 +378,46 @@ def training_curves_figure(runs: Mapping[str | os.PathLike, Mapping], out_png: s
         over = f"mean over {seeds.min()}-{seeds.max()} seeds, band: min-max"
     title = f"training curves{f': {setting}' if setting else ''} ({over})"
     _save(_training_curves_axes(stats, title), out_png)
+
+
+VERDICT_COLOURS = {"holds": "#2e7d32", "contradicted": "#c62828", "inconclusive": "#757575"}
+
+
+def _claims_axes(rows: pd.DataFrame) -> Figure:
+    """One panel per metric; a line per claim row: its effect (a dot) and 95% interval (a bar), coloured
+    by verdict, with the zero line. An effect > 0 supports the claim; a row without an interval (one
+    seed) is a hollow dot."""
+    rows = rows[rows["verdict"] != "not covered"]
+    metrics = list(dict.fromkeys(rows["metric"]))
+    heights = [max(1, (rows["metric"] == m).sum()) for m in metrics]
+    fig = Figure(figsize=(8, 0.9 + 0.32 * sum(heights) + 0.5 * len(metrics)))
+    axes = fig.subplots(len(metrics), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, metric in zip(axes, metrics):
+        panel = rows[rows["metric"] == metric].reset_index(drop=True)
+        y = np.arange(len(panel))[::-1]
+        for position, row in zip(y, panel.itertuples()):
+            colour = VERDICT_COLOURS[row.verdict]
+            if math.isfinite(row.low):
+                ax.plot([row.low, row.high], [position, position], color=colour, linewidth=2)
+            ax.plot(row.effect, position, "o", color=colour, markerfacecolor=colour if math.isfinite(row.low) else "white")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, [f"{r.claim}  {r.setting}  {r.comparison}" for r in panel.itertuples()], fontsize=8)
+        ax.set_ylim(-0.7, len(panel) - 0.3)
+        ax.set_title(f"{metric}: effect (> 0 supports the claim)", fontsize=9, loc="left")
+    handles = [Line2D([], [], color=c, marker="o", label=v) for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, ncols=3)
+    fig.suptitle("The paper's claims: paired effects over seeds, 95% t intervals", x=0.01, ha="left", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def claims_figure(claims_csv: str | os.PathLike, out_png: str | os.PathLike) -> None:
+    """The forest plot of results/tables/claims.csv (checked against its lineage record)."""
+    with lineage.reading(claims_csv, "the claims table", "claims"):
+        rows = pd.read_csv(claims_csv)
+    if (rows["verdict"] == "not covered").all():
+        fig = Figure(figsize=(6, 1.2))
+        fig.text(0.02, 0.5, "No claim is covered by this preset's runs.", va="center")
+        _save(fig, out_png)
+        return
+    _save(_claims_axes(rows), out_png)

@@ -35,6 +35,7 @@ MAIN_METRICS = {
     "tail_fid": ("groups", "tail", "fid"),
     "tail_kid": ("groups", "tail", "kid_mean"),
     "tail_accuracy": ("groups", "tail", "accuracy"),
+    "head_fid": ("groups", "head", "fid"),
     "head_accuracy": ("groups", "head", "accuracy"),
 }
 # How the images were made and scored; must agree across the seeds of one row.
@@ -142,7 +143,7 @@ def main_table(metrics_jsons: Sequence[str | os.PathLike], out_csv: str | os.Pat
     """The main results table from metrics JSONs (one per run and seed).
 
     Columns: dataset, rho, method, num_seeds, then `<m>_mean`, `<m>_std` for m in fid, isc, kid,
-    precision, recall, prd_f8, prd_f1_8, tail_fid, tail_kid, tail_accuracy, head_accuracy (isc and
+    precision, recall, prd_f8, prd_f1_8, tail_fid, tail_kid, tail_accuracy, head_fid, head_accuracy (isc and
     kid are the runs' isc_mean and kid_mean), then sampler, steps, eta, omega, num_samples,
     feature_extractor, which must agree across the seeds of a row (ValueError otherwise).
     Writes out_csv atomically and returns the table.

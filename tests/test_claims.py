@@ -53,7 +53,7 @@ def test_one_seed_says_why_it_is_inconclusive():
 
 
 def records(rows):
-    return pd.DataFrame(rows, columns=["runs", "setting", "arm", "value", "seed", "fid", "tail_fid", "head_fid"])
+    return pd.DataFrame(rows, columns=["runs", "setting", "method", "value", "seed", "fid", "tail_fid", "head_fid"])
 
 
 def test_compare_pairs_seeds_and_orients_the_effect():
@@ -121,3 +121,53 @@ def test_the_registry_holds_the_papers_claims():
         assert claim["claim"] and claim["source"] and claim["metrics"]
     rows, summary = claims.evaluate(records([]))
     assert (summary["verdict"] == NOT_COVERED).all() and len(summary) == len(registry)
+
+
+def test_arms_may_be_the_values_of_a_study_for_one_method():
+    claim = {"id": "C5", "kind": "compare", "runs": "diagnosis", "arms": "value", "method": "ddpm",
+             "ours": "balanced_scarce", "against": ["long_tailed"], "metrics": ["fid"], "better": "higher"}
+    rows = [("diagnosis", "s", method, value, seed, fid + (1.0 if method == "coral" else 0.0), 0, 0)
+            for method in ("ddpm", "coral") for seed in range(3)
+            for value, fid in (("long_tailed", 0.2 + seed / 100), ("balanced_scarce", 0.5 + seed / 50))]
+    (row,) = claims.claim_rows(claim, records(rows))
+    # DDPM's runs only: 0.5 + s/50 - (0.2 + s/100) for s = 0, 1, 2
+    assert row["effect"] == pytest.approx(np.mean([0.3 + s / 100 for s in range(3)]))
+    assert row["comparison"] == "balanced_scarce vs long_tailed" and row["verdict"] == HOLDS
+
+
+def _metrics(tmp_path, variant, seed, fid, head_fid, tail_fid, rho=0.01):
+    """A metrics JSON as the evaluate stage writes it (the fields the claims read)."""
+    overall = {"fid": fid, "isc_mean": 10 - fid, "isc_std": 0.1, "kid_mean": fid / 100, "kid_std": 0.0,
+               "precision": 0.5, "recall": 1 / fid, "prd_f8": 1 / fid, "prd_f1_8": 0.7, "accuracy": 0.9}
+    groups = {"head": {"fid": head_fid, "kid_mean": 0.1, "accuracy": 0.8}, "tail": {"fid": tail_fid, "kid_mean": 0.1,
+                                                                                   "accuracy": 0.3}}
+    data = {"run": {"dataset": "toy", "rho": rho, "method": variant.split("~")[0], "variant": variant, "seed": seed},
+            "sampling": {"sampler": "ddim", "steps": 5, "eta": 0.0, "omega": 1.0, "num_samples": 10},
+            "feature_extractor": "toy", "overall": overall, "groups": groups}
+    path = tmp_path / f"{variant}-{seed}.json"
+    path.write_text(__import__("json").dumps(data))
+    return path
+
+
+def test_the_claims_table_from_metrics_files(tmp_path):
+    """Three seeds where CORAL's FID is 1 below DDPM's: C1 holds against DDPM; its rows against CBDM and
+    T2H (not run) are not covered, so C1 holds on what was run. Without separation files C4 is not covered."""
+    main = {}
+    for seed in range(3):
+        main[_metrics(tmp_path, "coral", seed, 6.0 + seed / 10, 5.0, 40.0 - seed)] = None
+        main[_metrics(tmp_path, "ddpm", seed, 7.0 + seed / 10, 5.5, 45.0)] = None
+    records = claims.read_records(main, {})
+    assert set(records["setting"]) == {"toy-rho0.01"} and len(records) == 6
+    rows, summary = claims.write_claims(records, tmp_path / "claims.csv", tmp_path / "claims.md", list(main))
+    c1 = rows[(rows["claim"] == "C1") & (rows["comparison"] == "coral vs ddpm")].iloc[0]
+    assert c1["effect"] == pytest.approx(1.0) and c1["verdict"] == HOLDS and c1["num_seeds"] == 3
+    gap = rows[rows["claim"] == "C3"].iloc[0]  # tail gains 5, 6, 7 minus head gain 0.5
+    assert gap["effect"] == pytest.approx(5.5) and gap["verdict"] == HOLDS
+    verdicts = dict(zip(summary["claim"], summary["verdict"]))
+    assert verdicts["C1"] == HOLDS and verdicts["C4"] == NOT_COVERED and verdicts["C7"] == NOT_COVERED
+    written = pd.read_csv(tmp_path / "claims.csv")
+    assert written.loc[written["claim"] == "C1", "claim_verdict"].unique().tolist() == [HOLDS]
+    assert "| C1 |" in (tmp_path / "claims.md").read_text()
+    from coral.figures import claims_figure
+    claims_figure(tmp_path / "claims.csv", tmp_path / "claims.png")
+    assert (tmp_path / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -34,7 +34,7 @@ CELEBA_TRAIN_COUNTS = (6, 8, 2, 10, 3)  # standins.write_celeba's default: blond
 # published cells (coral/published/coral_neurips2025.csv) of the rehearsal's settings, each for the four methods
 PUBLISHED = {"cifar100-rho0.01": ["FID", "IS"], "celeba5": ["FID"], "imagenet_lt": ["FID", "IS", "Recall"]}
 METRICS = ["fid", "isc", "kid", "precision", "recall", "prd_f8", "prd_f1_8", "tail_fid", "tail_kid",
-           "tail_accuracy", "head_accuracy"]
+           "tail_accuracy", "head_fid", "head_accuracy"]
 
 
 @pytest.fixture(scope="module")

@@ -282,3 +282,17 @@ def test_paper_ablation_targets_plan_their_runs(tmp_path, study, trained, sample
         "sample": sampled * seeds, "evaluate": sampled * seeds, "ablation_table": 1, **diagnosis}, \
         result.stdout + result.stderr
     assert "results/data/cifar10-rho0.01/split.npz" in result.stdout
+
+
+def test_paper_claims_plan_every_claim_on_every_setting(tmp_path):
+    standins.touch_paper_layout(tmp_path / "data")
+    result = snakemake(tmp_path, "-n", "results/tables/claims.csv", "--config", "preset=paper")
+    settings, methods, seeds = 5, 4, 3
+    # the claims' studies on CIFAR10-LT rho 0.01: coral_ambient (C6), 4 other tau_sc and 4 other tau_r values
+    # (C7, C8), DDPM and CORAL on the two balanced sets (C5); omega (C9) re-samples DDPM and CORAL at 5 more values
+    trained = settings * methods + 1 + 4 + 4 + 4
+    assert planned_jobs(result) == {
+        "subsample": settings, "subsample_diagnosis": 2, "reference": 4, "train_classifier": 4,
+        "reference_features": 4, "train": trained * seeds, "sample": (trained + 2 * 5) * seeds,
+        "evaluate": (trained + 2 * 5) * seeds, "latent": (settings * methods + 4) * seeds,  # C4 and C5 read it
+        "claims": 1}, result.stdout + result.stderr

@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from coral import config as coral_config
+from coral import claims as coral_claims
 from coral import sections as coral_sections
 from coral.config import ConfigError
 
@@ -116,6 +117,31 @@ def study_points(study):
             for row in coral_config.study_rows(CFG, study) for seed in SEEDS}
 
 
+def claim_inputs():
+    """What the claims table reads (coral.claims.read_records): each main run's metrics JSON -> its
+    separation JSON, and for each study the paper's claims test, each point's metrics JSON -> its value
+    and separation JSON (None where no claim on that study reads the bottleneck)."""
+    latent = coral_claims.needs_latent()
+    main = {f"results/metrics/{run}/{TAG}.json": f"results/latent/{run}/separation.json" if "main" in latent else None
+            for run in runs(RUN)}
+    studies = {claim["runs"] for claim in coral_claims.registry()} & set(STUDIES)
+    points = {study: {metrics: {"value": value, "separation": re.sub(r"^results/metrics/(.*)/[^/]+\.json$",
+                                                                     r"results/latent/\1/separation.json", metrics)
+                                if study in latent else None}
+                      for metrics, value in study_points(study).items()}
+              for study in STUDIES if study in studies}
+    return {"main": main, "studies": points}
+
+
+def claim_files():
+    """Every file claim_inputs names."""
+    inputs = claim_inputs()
+    files = [path for pair in inputs["main"].items() for path in pair if path]
+    files += [path for points in inputs["studies"].values() for metrics, point in points.items()
+              for path in (metrics, point["separation"]) if path]
+    return sorted(set(files))
+
+
 def study_metrics_of(wildcards):
     return list(study_points(wildcards.study))
 
@@ -206,7 +232,8 @@ TABLES = MAIN_TABLES + ABLATION_TABLES
 # everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
 # rerun the chain after it).
 MAIN_TARGETS = CHECKPOINTS + MAIN_TABLES + MAIN_FIGURES
-ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES
+CLAIM_TARGETS = ["results/tables/claims.csv", "results/figures/claims.png"]  # the paper's claims, with verdicts
+ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES + CLAIM_TARGETS
 
 
 # ---------------------------------------------------------------- cluster resources

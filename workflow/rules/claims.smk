@@ -1,0 +1,34 @@
+rule claims:
+    """The paper's claims (coral/published/claims.yaml) tested across seeds: a row per claim, setting,
+    comparison and metric with its paired effect, 95% interval and verdict (docs/method.md §7)."""
+    input:
+        claim_files(),
+    output:
+        table=report("results/tables/claims.csv", caption="../report/claims.rst", category="Claims"),
+        markdown="results/tables/claims.md",
+    params:
+        inputs=claim_inputs(),
+    resources:
+        **planned_resources("claims"),
+    log:
+        "results/logs/tables/claims.log",
+    conda:
+        ENV
+    script:
+        "../scripts/claims.py"
+
+
+rule claims_figure:
+    """A forest plot of the claims table: every effect with its interval, coloured by verdict."""
+    input:
+        "results/tables/claims.csv",
+    output:
+        report("results/figures/claims.png", caption="../report/claims.rst", category="Claims"),
+    resources:
+        **planned_resources("claims_figure"),
+    log:
+        "results/logs/figures/claims.log",
+    conda:
+        ENV
+    script:
+        "../scripts/claims_figure.py"
