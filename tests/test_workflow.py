@@ -129,7 +129,8 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
         shutil.move(backup, final)
     assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
-                    "tsne_run_figure": 1, "samples_figure": 1, "training_curves": 1, "all": 1}, \
+                    "tsne_run_figure": 1, "samples_figure": 1, "training_curves": 1, "claims": 1, "claims_figure": 1,
+                    "all": 1}, \
         dry_run.stdout + dry_run.stderr
 
 
@@ -212,8 +213,8 @@ def test_report_contains_every_figure(smoke_run):
     with zipfile.ZipFile(smoke_run / "report.zip") as report:
         names = report.namelist()
     figures = sorted(p.name for p in (smoke_run / "results" / "figures").glob("*.png"))
-    # per-class FID, t-SNE, 4 sample grids, training curves, ablations
-    assert len(figures) == 1 + 1 + 4 + 1 + len(STUDY_ROWS)
+    # per-class FID, t-SNE, 4 sample grids, training curves, ablations, claims
+    assert len(figures) == 1 + 1 + 4 + 1 + len(STUDY_ROWS) + 1
     for figure in figures:
         assert any(name.endswith(f"/{figure}") for name in names), figure  # report/data/raw/<hash>/<name>
     runs = list((smoke_run / "results" / "figures" / "tsne").rglob("*.png"))  # each run's t-SNE: seed0.png
