@@ -178,6 +178,13 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
     if sample["labels"] == "stratified" and sample["num_samples"] % num_classes:
         raise ConfigError(f"sample.num_samples: {sample['num_samples']} must be a multiple of the "
                           f"{num_classes} classes of {data['dataset']} when sample.labels is stratified")
+    if isinstance(sample["omega"], dict):
+        used = list(dict.fromkeys(cfg["methods"] + [m for study in cfg["ablations"]["studies"].values()
+                                                     for m in study["methods"]]))
+        missing = [m for m in used if m not in sample["omega"]]
+        if missing:
+            raise ConfigError(f"sample.omega: no value for {', '.join(missing)}; a per-method omega needs every "
+                              f"method the config trains: {', '.join(used)}")
     if sample["sampler"] == "ddim" and sample["steps"] > cfg["diffusion"]["T"]:
         raise ConfigError(f"sample.steps: {sample['steps']} exceeds diffusion.T = {cfg['diffusion']['T']}")
     evaluate = cfg["evaluate"]
@@ -326,22 +333,30 @@ def variant_name(method: str, key: str, value) -> str:
     return f"{method}~{key.rsplit('.', 1)[-1]}={value}"
 
 
+def omega_of(sample: dict, method: str) -> float:
+    """The guidance scale a method samples with: sample.omega, or its entry when omega is per method."""
+    omega = sample["omega"]
+    return float(omega[method] if isinstance(omega, dict) else omega)
+
+
 def study_rows(cfg: dict, study: str) -> list[dict]:
     """The (method, value) points of an ablation study, each with the run variant and the guidance
     omega that produce it. A point equal to the base config reuses the main run."""
     spec = cfg["ablations"]["studies"][study]
     base = setting_config(cfg, ablation_setting(cfg))
-    key, omega = spec.get("key"), cfg["sample"]["omega"]
+    key = spec.get("key")
     rows = []
     for method in spec["methods"]:
         for value in spec.get("values", [None]):  # a study without key has no values (validated)
             if key is None:
-                rows.append({"method": method, "value": method, "variant": method, "omega": omega})
+                rows.append({"method": method, "value": method, "variant": method,
+                             "omega": omega_of(base["sample"], method)})
             elif key == SAMPLING_KEY:
                 rows.append({"method": method, "value": value, "variant": method, "omega": value})
             else:
                 variant = method if _get(base, key) == value else variant_name(method, key, value)
-                rows.append({"method": method, "value": value, "variant": variant, "omega": omega})
+                rows.append({"method": method, "value": value, "variant": variant,
+                             "omega": omega_of(base["sample"], method)})
     return rows
 
 

@@ -387,7 +387,9 @@ class CostModel:
         if rule == "train":
             return self._train(w["setting"], w["variant"])
         if rule == "sample":
-            return self._sample(w["setting"], w["variant"], float(w.get("omega", self.cfg["sample"]["omega"])))
+            omega = w.get("omega") or config_module.omega_of(config_module.setting_config(self.cfg, w["setting"])["sample"],
+                                                             config_module.variants(self.cfg)[w["variant"]][0])
+            return self._sample(w["setting"], w["variant"], float(omega))
         if rule == "reference_features":
             return self._reference_features(w["dataset"])
         if rule == "evaluate":
@@ -592,7 +594,7 @@ class CostModel:
         cfg = self.cfg
         pairs = {(setting, method) for setting in config_module.settings(cfg) for method in cfg["methods"]}
         pairs |= {(config_module.ablation_setting(cfg), variant) for variant in config_module.variants(cfg)}
-        omega = {"omega": str(cfg["sample"]["omega"] or 1.0)}
+        omega = {"omega": "1.0"}  # guided: two forwards per step
         return max(self.attempts(self.cost(rule, {"setting": s, "variant": v, **omega})) for s, v in pairs) - 1
 
 

@@ -6,6 +6,7 @@ does not depend on the batch it was generated in.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, exclusive, provenance
 from coral import checkpoint as checkpoints
+from coral.config import omega_of
 from coral.sections import SampleConfig
 from coral.tensors import default_device, unit_to_uint8
 from coral.unet import UNet
@@ -140,6 +142,8 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
     with lineage.reading(checkpoint, "the trained model", "train") as checkpoint_sha256:
         state = checkpoints.load(checkpoint)
     model, diffusion, run_cfg = checkpoints.model_from_state(state, default_device())
+    # a per-method omega (a mapping) resolves to this run's method's value
+    sample_cfg = dataclasses.replace(sample_cfg, omega=omega_of(sample_cfg.as_dict(), run_cfg["run"]["method"]))
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]
     image_shape = (model.head.in_channels, image_size, image_size)

@@ -73,7 +73,7 @@ class SampleConfig(Section):
     sampler: str  # 'ddpm' or 'ddim'
     steps: int  # DDIM steps
     eta: float
-    omega: float  # guidance scale
+    omega: float | dict  # guidance scale, or one per method (config.omega_of)
     num_samples: int
     labels: str  # 'stratified' or 'uniform'
     seed: int

@@ -49,6 +49,8 @@ CONFIG_CASES = [
     (edited(diffusion__beta_1=0.05), "diffusion.beta_1: 0.05 must be below diffusion.beta_T = 0.02"),
     (edited(sample__sampler="euler"), "sample.sampler: 'euler' is not allowed; allowed: ddpm, ddim"),
     (edited(sample__omega=-1), "sample.omega: -1 is less than the minimum of 0"),
+    (edited(sample__omega={"ddpm": 1.0}), "sample.omega: no value for cbdm, t2h, coral, coral_ambient; a per-method"),
+    (edited(sample__omega={"dpm": 1.0}), "sample.omega: 'dpm' is not allowed"),
     (edited(sample__num_samples=1001), "sample.num_samples: 1001 must be a multiple of the 10 classes"),
     (edited(objectives__cbdm__prior="balanced"), "objectives.cbdm.prior: 'balanced' is not allowed"),
     (edited(objectives__coral__tau_r=0), "objectives.coral.tau_r: 0 is less than or equal to the minimum of 0"),

@@ -54,7 +54,8 @@ def test_ablation_runs_change_one_key_and_reuse_the_base_value():
     dropped = run_config(cfg, "animals-rho0.01", "coral~label_drop=sample", 0)
     assert dropped["train"] == {**base["train"], "label_drop": "sample"}
     omega = study_rows(cfg, "omega")  # guidance re-samples the main checkpoints
-    assert {r["variant"] for r in omega} == {"ddpm", "coral"} and [r["omega"] for r in omega][:3] == [0.0, 0.5, 1.0]
+    assert {r["variant"] for r in omega} == {"ddpm", "cbdm", "t2h", "coral"}
+    assert [r["omega"] for r in omega][:3] == [0.0, 0.5, 1.0]
     assert len(variants(cfg)) == 4 + 1 + 4 + 4 + 1 + 1 + 4  # methods, ambient, tau_sc, tau_r, label_drop, reduction,
     # and the balanced training sets of DDPM and CORAL
 
@@ -129,3 +130,12 @@ def test_the_diagnosis_trains_on_balanced_sets_of_a_balanced_source():
     with pytest.raises(ConfigError, match="ablations.studies.imbalance_vs_scarcity.values: the balanced training "
                                           "sets need a balanced source; the ablation setting's celeba5"):
         validate(naturally_long_tailed, check_files=False)
+
+
+def test_a_per_method_omega_gives_each_method_its_own_guidance():
+    from coral.config import omega_of, preset_config
+    paper = preset_config(BASE, "paper")
+    assert [omega_of(paper["sample"], m) for m in ("ddpm", "cbdm", "t2h", "coral")] == [0.8, 1.6, 1.5, 0.8]
+    assert omega_of({"omega": 1}, "t2h") == 1.0
+    rows = study_rows(paper, "latent_vs_ambient")  # a study's other points sample with their method's omega
+    assert [(r["variant"], r["omega"]) for r in rows] == [("coral", 0.8), ("coral_ambient", 0.8)]

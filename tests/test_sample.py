@@ -1,5 +1,6 @@
 """Diffusion maths against closed forms; samplers: shapes, per-image seeding, guidance."""
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -127,4 +128,10 @@ def test_interrupted_sampling_resumes_to_identical_images(tmp_path, monkeypatch)
     with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "resumed.npz") as resumed:
         assert np.array_equal(whole["images"], resumed["images"])
         assert np.array_equal(whole["labels"], resumed["labels"])
+    # a per-method omega resolves to the run's method: ddpm's 1.0 gives the scalar 1.0's images
+    assert sample_cfg.omega == 1.0
+    per_method = dataclasses.replace(sample_cfg, omega={"ddpm": 1.0, "coral": 3.0})
+    sample_module.sample(checkpoint, per_method, tmp_path / "mapped.npz", tmp_path / "mapped.png")
+    with np.load(tmp_path / "whole.npz") as whole, np.load(tmp_path / "mapped.npz") as mapped:
+        assert np.array_equal(whole["images"], mapped["images"]) and json.loads(str(mapped["meta"]))["omega"] == 1.0
     assert not (tmp_path / "resumed.npz.partial").exists()

@@ -17,7 +17,7 @@ import standins
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 # rows of each ablation table of the smoke preset: methods x values (a method comparison: one row per method)
-STUDY_ROWS = {"latent_vs_ambient": 2, "tau_sc": 2, "tau_r": 2, "omega": 2 * 2, "label_drop": 2, "coral_reduction": 2,
+STUDY_ROWS = {"latent_vs_ambient": 2, "tau_sc": 2, "tau_r": 2, "omega": 4 * 2, "label_drop": 2, "coral_reduction": 2,
               "imbalance_vs_scarcity": 2}
 
 
@@ -101,7 +101,7 @@ def test_smoke_produces_tables_and_figures(smoke_run):
         assert len(table) == rows and table["fid_mean"].notna().all(), study
         assert (results / "figures" / f"ablation_{study}.png").stat().st_size > 1000
     omega = pd.read_csv(results / "tables" / "ablation_omega.csv")
-    assert omega["omega"].tolist() == [0.0, 1.0] * 2 and set(omega["run"]) == {"ddpm", "coral"}
+    assert omega["omega"].tolist() == [0.0, 1.0] * 4 and set(omega["run"]) == {"ddpm", "cbdm", "t2h", "coral"}
     tau_sc = pd.read_csv(results / "tables" / "ablation_tau_sc.csv")
     assert tau_sc.loc[tau_sc["value"] == 0.1, "run"].item() == "coral"  # the base value is the main run
     diagnosis = pd.read_csv(results / "tables" / "ablation_imbalance_vs_scarcity.csv")
@@ -127,7 +127,9 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
         jobs = planned_jobs(dry_run)
     finally:
         shutil.move(backup, final)
-    assert jobs == {"train": 1, "sample": 1, "evaluate": 1, "latent": 1, "main_table": 1, "per_class_table": 1,
+    # cbdm's main run, and its sample set at omega 0 of the omega study
+    assert jobs == {"train": 1, "sample": 2, "evaluate": 2, "latent": 1, "main_table": 1, "per_class_table": 1,
+                    "ablation_table": 1, "ablation_figure": 1,
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
                     "tsne_run_figure": 1, "samples_figure": 1, "training_curves": 1, "claims": 1, "claims_figure": 1,
                     "all": 1}, \
@@ -268,10 +270,13 @@ def test_paper_preset_plans_the_training_grid(tmp_path):
         "evaluate": settings * methods * seeds, "main_table": 1}, result.stdout + result.stderr
     assert "results/runs/imagenet_lt/coral/seed2/final.pt" in result.stdout
     assert "results/runs/cifar10-rho0.001/t2h/seed1/final.pt" in result.stdout
+    # each method samples with its published guidance (sample.omega per method in the paper preset)
+    for method, omega in [("ddpm", 0.8), ("cbdm", 1.6), ("t2h", 1.5), ("coral", 0.8)]:
+        assert f"results/metrics/celeba5/{method}/seed0/ddpm-w{omega}.json" in result.stdout
 
 
 @pytest.mark.parametrize("study,trained,sampled", [
-    ("latent_vs_ambient", 2, 2), ("tau_sc", 5, 5), ("tau_r", 5, 5), ("omega", 2, 2 * 6),
+    ("latent_vs_ambient", 2, 2), ("tau_sc", 5, 5), ("tau_r", 5, 5), ("omega", 4, 4 * 6),
     ("label_drop", 2, 2), ("coral_reduction", 2, 2), ("imbalance_vs_scarcity", 6, 6)])
 def test_paper_ablation_targets_plan_their_runs(tmp_path, study, trained, sampled):
     standins.touch_paper_layout(tmp_path / "data")
@@ -290,10 +295,11 @@ def test_paper_claims_plan_every_claim_on_every_setting(tmp_path):
     result = snakemake(tmp_path, "-n", "results/tables/claims.csv", "--config", "preset=paper")
     settings, methods, seeds = 5, 4, 3
     # the claims' studies on CIFAR10-LT rho 0.01: coral_ambient (C6), 4 other tau_sc and 4 other tau_r values
-    # (C7, C8), DDPM and CORAL on the two balanced sets (C5); omega (C9) re-samples DDPM and CORAL at 5 more values
+    # (C7, C8), DDPM and CORAL on the two balanced sets (C5); the omega study (C9) re-samples the four methods at
+    # its 6 values, none of them the methods' own (0.8, 1.6, 1.5, 0.8)
     trained = settings * methods + 1 + 4 + 4 + 4
     assert planned_jobs(result) == {
         "subsample": settings, "subsample_diagnosis": 2, "reference": 4, "train_classifier": 4,
-        "reference_features": 4, "train": trained * seeds, "sample": (trained + 2 * 5) * seeds,
-        "evaluate": (trained + 2 * 5) * seeds, "latent": (settings * methods + 4) * seeds,  # C4 and C5 read it
+        "reference_features": 4, "train": trained * seeds, "sample": (trained + 4 * 6) * seeds,
+        "evaluate": (trained + 4 * 6) * seeds, "latent": (settings * methods + 4) * seeds,  # C4 and C5 read it
         "claims": 1}, result.stdout + result.stderr

@@ -34,7 +34,16 @@ def tag(omega) -> str:
     return f"{SAMPLER}-w{float(omega)}"
 
 
-TAG = tag(CFG["sample"]["omega"])
+def run_tag(setting, variant) -> str:
+    """The sample set of a main run: the guidance of its method (sample.omega may give one per method)."""
+    method = VARIANTS[variant][0]
+    return tag(coral_config.omega_of(coral_config.setting_config(CFG, setting)["sample"], method))
+
+
+def run_files(template, settings=None):
+    """`template` (with {run} and {tag}) for every run of the grid (setting x method x seed), or a setting's."""
+    return [template.format(run=f"{setting}/{method}/seed{seed}", tag=run_tag(setting, method))
+            for setting in settings or SETTINGS for method in METHODS for seed in SEEDS]
 
 
 def _alternatives(values):
@@ -117,13 +126,18 @@ def study_points(study):
             for row in coral_config.study_rows(CFG, study) for seed in SEEDS}
 
 
+def samples_of(wildcards):
+    """The first seed's sample set of a main run (its method's guidance)."""
+    return f"results/samples/{wildcards.setting}/{wildcards.variant}/seed{SEEDS[0]}/{run_tag(wildcards.setting, wildcards.variant)}.npz"
+
+
 def claim_inputs():
     """What the claims table reads (coral.claims.read_records): each main run's metrics JSON -> its
     separation JSON, and for each study the paper's claims test, each point's metrics JSON -> its value
     and separation JSON (None where no claim on that study reads the bottleneck)."""
     latent = coral_claims.needs_latent()
-    main = {f"results/metrics/{run}/{TAG}.json": f"results/latent/{run}/separation.json" if "main" in latent else None
-            for run in runs(RUN)}
+    main = {metrics: separation if "main" in latent else None for metrics, separation in
+            zip(run_files("results/metrics/{run}/{tag}.json"), run_files("results/latent/{run}/separation.json"))}
     studies = {claim["runs"] for claim in coral_claims.registry()} & set(STUDIES)
     points = {study: {metrics: {"value": value, "separation": re.sub(r"^results/metrics/(.*)/[^/]+\.json$",
                                                                      r"results/latent/\1/separation.json", metrics)
@@ -157,7 +171,7 @@ def study_key_of(wildcards):
 
 def per_class_metrics():
     """{per-class CSV: the metrics JSON of the same run} of every run of the experiment grid."""
-    return {f"results/metrics/{run}/{TAG}_per_class.csv": f"results/metrics/{run}/{TAG}.json" for run in runs(RUN)}
+    return dict(zip(run_files("results/metrics/{run}/{tag}_per_class.csv"), run_files("results/metrics/{run}/{tag}.json")))
 
 
 def tsne_panels(setting):
@@ -203,7 +217,7 @@ def run_dir(wildcards, output):
 
 
 CHECKPOINTS = runs(f"results/runs/{RUN}/final.pt")
-METRICS = runs(f"results/metrics/{RUN}/{TAG}.json")
+METRICS = run_files("results/metrics/{run}/{tag}.json")
 PER_CLASS_METRICS = per_class_metrics()
 PER_CLASS = list(PER_CLASS_METRICS)
 SEPARATION = runs(f"results/latent/{RUN}/separation.json")

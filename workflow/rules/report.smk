@@ -159,7 +159,7 @@ rule tsne_run_figure:
 rule samples_figure:
     """Generated images of the first seed, a row per class from head to tail."""
     input:
-        f"results/samples/{{setting}}/{{variant}}/seed{SEEDS[0]}/{TAG}.npz",
+        samples_of,
     output:
         report("results/figures/samples_{setting}_{variant}.png", caption="../report/samples.rst",
                category="Samples", subcategory="{setting}"),
