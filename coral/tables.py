@@ -10,9 +10,12 @@ Conventions for every table:
 """
 from __future__ import annotations
 
+import base64
+import html
 import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -307,3 +310,43 @@ def markdown(df: pd.DataFrame, digits: int = 4) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; font-size: 13px; margin: 12px; color: #1e293b; }
+h1 { font-size: 16px; margin: 0 0 4px; }
+p { margin: 0 0 8px; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { padding: 2px 8px; border-bottom: 1px solid #e2e8f0; white-space: nowrap; text-align: left; }
+thead th { position: sticky; top: 0; background: #f1f5f9; }
+tbody tr:hover { background: #f8fafc; }
+"""
+
+
+def html_page(csv_path: str | os.PathLike, out_html: str | os.PathLike, title: str, rule: str,
+              digits: int = 4) -> pd.DataFrame:
+    """A table as a standalone HTML page: its view in the Snakemake report, which shows HTML but offers a
+    .csv only as a download. Floats to `digits` significant digits (as `markdown`), missing values empty,
+    numbers right-aligned, the header row kept in view, and the CSV itself embedded as a download link.
+    The CSV is checked against its lineage record first (`rule` makes it); the page is written
+    atomically, with a lineage record."""
+    with lineage.reading(csv_path, "the table", rule):
+        raw = Path(csv_path).read_bytes()
+        df = pd.read_csv(csv_path)
+    name = Path(csv_path).name
+    numeric = [i + 1 for i, column in enumerate(df.columns)
+               if pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column])]
+    align = ", ".join(f"td:nth-child({i})" for i in numeric)
+    style = PAGE_STYLE + (f"{align} {{ text-align: right; }}\n" if numeric else "")
+    table = df.to_html(index=False, na_rep="", border=0, float_format=lambda v: f"{v:.{digits}g}")
+    count = f"{len(df)} row{'' if len(df) == 1 else 's'}" if len(df) else "This table has no rows"
+    csv_uri = "data:text/csv;base64," + base64.b64encode(raw).decode("ascii")
+    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{style}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+            f'<p>{count} &middot; {html.escape(str(csv_path))} &middot; '
+            f'<a download="{html.escape(name)}" href="{csv_uri}">download {html.escape(name)}</a></p>\n'
+            f"{table}\n</body>\n</html>\n")
+    with atomic_path(out_html) as tmp:
+        Path(tmp).write_text(page, encoding="utf-8")
+    lineage.record([out_html], "table_page", [csv_path], {})
+    return df

@@ -10,6 +10,11 @@ from slurm_cluster import missing_requirements
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: opens the report in headless chromium (skipped without it, "
+                                       "fails under CI)")
+
+
 @pytest.fixture(scope="session")
 def cluster_requirements():
     """Skip a test that needs a local SLURM cluster where none can start (fail under CI, which installs one)."""

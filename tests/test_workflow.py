@@ -1,9 +1,13 @@
 """The Snakemake workflow: lint, config errors before any job, the smoke preset end to end, reruns."""
+import functools
+import http.server
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -13,6 +17,7 @@ import pytest
 import yaml
 
 import standins
+from test_report import CLICK_THROUGH, DevTools, QuietHandler, chromium, report_data  # noqa: F401 (chromium: a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -209,20 +214,67 @@ def test_audit_traces_main_table_to_splits_and_checkpoints(smoke_run):
                for line in changed)
 
 
-def test_report_contains_every_figure(smoke_run):
-    result = snakemake(smoke_run, "--config", "preset=smoke", "--report", "report.zip")
-    assert result.returncode == 0, result.stderr[-3000:]
-    with zipfile.ZipFile(smoke_run / "report.zip") as report:
-        names = report.namelist()
-    figures = sorted(p.name for p in (smoke_run / "results" / "figures").glob("*.png"))
-    # per-class FID, t-SNE, 4 sample grids, training curves, ablations, claims
-    assert len(figures) == 1 + 1 + 4 + 1 + len(STUDY_ROWS) + 1
-    for figure in figures:
-        assert any(name.endswith(f"/{figure}") for name in names), figure  # report/data/raw/<hash>/<name>
-    runs = list((smoke_run / "results" / "figures" / "tsne").rglob("*.png"))  # each run's t-SNE: seed0.png
-    assert len(runs) == 4 and sum(name.endswith("/seed0.png") for name in names) == len(runs)
-    for table in ["main.csv", "paper_vs_ours.csv", "ablation_tau_r.csv"]:
-        assert any(name.endswith(f"/{table}") for name in names), table
+@pytest.fixture(scope="module")
+def smoke_report(smoke_run):
+    """The README's report command on the smoke run (the run's preset), unpacked."""
+    started = time.perf_counter()
+    report = snakemake(smoke_run, "--report", "results/report.zip", "--config", "preset=smoke")
+    seconds = time.perf_counter() - started
+    assert report.returncode == 0, report.stderr[-3000:]
+    with zipfile.ZipFile(smoke_run / "results/report.zip") as archive:
+        archive.extractall(smoke_run / "unpacked")
+    return {"workdir": smoke_run, "log": report.stdout + report.stderr, "seconds": seconds,
+            "html": smoke_run / "unpacked/report/report.html"}
+
+
+def test_the_report_with_the_runs_preset_warns_nothing(smoke_report):
+    log = smoke_report["log"]
+    print(f"report: {smoke_report['seconds']:.1f} s")
+    assert "Report created" in log
+    assert "Missing metadata" not in log and "does not exist" not in log, log[-3000:]
+
+
+def test_the_report_holds_every_figure_and_a_page_of_every_table(smoke_report):
+    workdir = smoke_report["workdir"]
+    results = report_data(smoke_report["html"], "results")
+    figures = sorted(str(p.relative_to(workdir)) for p in (workdir / "results/figures").rglob("*.png"))
+    csvs = sorted((workdir / "results/tables").glob("*.csv"))
+    assert len(figures) >= 4 + 4 + 6 and len(csvs) >= 4 + 6, (figures, csvs)  # runs' t-SNE, samples, ablations
+    pages = [str(csv.relative_to(workdir).with_suffix(".html")) for csv in csvs]
+    assert sorted(results) == sorted(figures + pages)
+    for path, entry in results.items():
+        assert (smoke_report["html"].parent / entry["data_uri"]).is_file(), path
+        assert entry["caption"].strip(), f"{path} has no caption"
+
+
+@pytest.mark.browser
+def test_every_figure_and_table_displays_when_clicked_in_a_browser(chromium, smoke_report, tmp_path):
+    folder = smoke_report["html"].parent  # (chromium first: without it, no smoke run before the skip)
+    browser = DevTools(chromium, tmp_path / "profile")  # before the server's thread: Popen's preexec_fn
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=folder))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    started = time.perf_counter()
+    try:
+        session = browser.open(f"http://127.0.0.1:{server.server_port}/report.html")
+        found = json.loads(browser.evaluate(CLICK_THROUGH, session, timeout=300))
+    finally:
+        browser.close()
+        server.shutdown()
+    print(f"browser: {time.perf_counter() - started:.1f} s")
+    assert found["problems"] == []
+    shown = found["shown"]
+    results = report_data(smoke_report["html"], "results")
+    assert sorted(shown) == sorted(entry["data_uri"] for entry in results.values())  # every result, once
+    workdir = smoke_report["workdir"]
+    for path, entry in results.items():
+        view = shown[entry["data_uri"]]
+        if path.endswith(".png"):
+            assert view["tag"] == "img" and view["width"] > 100 and view["height"] > 100, (path, view)
+        else:
+            table = pd.read_csv(workdir / Path(path).with_suffix(".csv"))
+            assert view["tag"] == "iframe" and view["height"] > 100, (path, view)
+            assert (view["rows"], view["columns"]) == table.shape, (path, view)
+            assert view["cells"] == table.size, (path, view)
 
 
 def test_one_figure_builds_only_what_it_needs(tmp_path):

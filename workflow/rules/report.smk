@@ -3,7 +3,7 @@ rule main_table:
     input:
         metrics=METRICS,
     output:
-        report("results/tables/main.csv", caption="../report/main_table.rst", category="Tables"),
+        "results/tables/main.csv",  # in the report as its page, rule main_table_page
     resources:
         **planned_resources("main_table"),
     log:
@@ -20,7 +20,7 @@ rule per_class_table:
         metrics=METRICS,
         per_class=PER_CLASS,
     output:
-        report("results/tables/per_class.csv", caption="../report/per_class_table.rst", category="Tables"),
+        "results/tables/per_class.csv",
     params:
         metrics_of=PER_CLASS_METRICS,  # each per-class CSV -> the metrics JSON of its run
     resources:
@@ -38,7 +38,7 @@ rule latent_table:
     input:
         SEPARATION,
     output:
-        report("results/tables/latent.csv", caption="../report/latent_table.rst", category="Tables"),
+        "results/tables/latent.csv",
     resources:
         **planned_resources("latent_table"),
     log:
@@ -55,7 +55,7 @@ rule paper_vs_ours:
         main="results/tables/main.csv",
         published=os.path.join(workflow.basedir, "coral", "published", "coral_neurips2025.csv"),
     output:
-        table=report("results/tables/paper_vs_ours.csv", caption="../report/paper_vs_ours.rst", category="Tables"),
+        table="results/tables/paper_vs_ours.csv",
         markdown="results/tables/paper_vs_ours.md",
     resources:
         **planned_resources("paper_vs_ours"),
@@ -72,7 +72,7 @@ rule ablation_table:
     input:
         metrics=study_metrics_of,
     output:
-        report("results/tables/ablation_{study}.csv", caption="../report/ablation_table.rst", category="Ablations"),
+        "results/tables/ablation_{study}.csv",
     params:
         points=study_points_of,
         key=study_key_of,
@@ -90,7 +90,8 @@ rule ablation_figure:
     input:
         "results/tables/ablation_{study}.csv",
     output:
-        report("results/figures/ablation_{study}.png", caption="../report/ablation.rst", category="Ablations"),
+        report("results/figures/ablation_{study}.png", caption="../report/ablation.rst", category="Ablations",
+               subcategory="{study}"),
     resources:
         **planned_resources("ablation_figure"),
     log:
@@ -193,3 +194,127 @@ rule training_curves:
         ENV
     script:
         "../scripts/training_curves.py"
+
+
+# ---------------------------------------------------------------- the tables in the report
+# Snakemake's report shows images and HTML pages but lists any other file (a .csv) with a download link
+# only, which shows nothing in the report. So each table is in the report as an HTML page rendered from
+# its CSV (coral.tables.html_page; the CSV itself is inside the page, to download), and the pages are
+# targets beside the tables.
+MAIN_TARGETS += [table.removesuffix(".csv") + ".html" for table in MAIN_TABLES]
+ALL_TARGETS += [table.removesuffix(".csv") + ".html" for table in TABLES + ["results/tables/claims.csv"]]
+
+
+rule main_table_page:
+    input:
+        "results/tables/main.csv",
+    output:
+        report("results/tables/main.html", caption="../report/main_table.rst", category="Tables"),
+    params:
+        title="Main results (results/tables/main.csv)",
+        made_by="main_table",
+    localrule: True
+    resources:
+        **planned_resources("table_page"),
+    log:
+        "results/logs/tables/main_page.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_page.py"
+
+
+rule per_class_table_page:
+    input:
+        "results/tables/per_class.csv",
+    output:
+        report("results/tables/per_class.html", caption="../report/per_class_table.rst", category="Tables"),
+    params:
+        title="Per-class results (results/tables/per_class.csv)",
+        made_by="per_class_table",
+    localrule: True
+    resources:
+        **planned_resources("table_page"),
+    log:
+        "results/logs/tables/per_class_page.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_page.py"
+
+
+rule latent_table_page:
+    input:
+        "results/tables/latent.csv",
+    output:
+        report("results/tables/latent.html", caption="../report/latent_table.rst", category="Tables"),
+    params:
+        title="Bottleneck separation (results/tables/latent.csv)",
+        made_by="latent_table",
+    localrule: True
+    resources:
+        **planned_resources("table_page"),
+    log:
+        "results/logs/tables/latent_page.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_page.py"
+
+
+rule paper_vs_ours_page:
+    input:
+        "results/tables/paper_vs_ours.csv",
+    output:
+        report("results/tables/paper_vs_ours.html", caption="../report/paper_vs_ours.rst", category="Tables"),
+    params:
+        title="Published vs ours (results/tables/paper_vs_ours.csv)",
+        made_by="paper_vs_ours",
+    localrule: True
+    resources:
+        **planned_resources("table_page"),
+    log:
+        "results/logs/tables/paper_vs_ours_page.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_page.py"
+
+
+rule ablation_table_page:
+    input:
+        "results/tables/ablation_{study}.csv",
+    output:
+        report("results/tables/ablation_{study}.html", caption="../report/ablation_table.rst", category="Ablations",
+               subcategory="{study}"),
+    params:
+        title="Ablation {study} (results/tables/ablation_{study}.csv)",
+        made_by="ablation_table",
+    localrule: True
+    resources:
+        **planned_resources("table_page"),
+    log:
+        "results/logs/tables/ablation_{study}_page.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_page.py"
+
+
+rule claims_page:
+    input:
+        "results/tables/claims.csv",
+    output:
+        report("results/tables/claims.html", caption="../report/claims_table.rst", category="Claims"),
+    params:
+        title="The paper's claims (results/tables/claims.csv)",
+        made_by="claims",
+    localrule: True
+    resources:
+        **planned_resources("table_page"),
+    log:
+        "results/logs/tables/claims_page.log",
+    conda:
+        ENV
+    script:
+        "../scripts/table_page.py"
