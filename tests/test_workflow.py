@@ -350,10 +350,11 @@ def test_paper_claims_plan_every_claim_on_every_setting(tmp_path):
     settings, methods, seeds = 5, 4, 3
     # the claims' studies on CIFAR10-LT rho 0.01: coral_ambient (C6), 4 other tau_sc and 4 other tau_r values
     # (C7, C8), DDPM and CORAL on the two balanced sets (C5); the omega study (C9) re-samples the four methods at
-    # its 6 values, none of them the methods' own (0.8, 1.6, 1.5, 0.8)
+    # its 6 values, where T2H's 1.5 is its own (0.8, 1.6, 1.5, 0.8): that point is T2H's main sample set
     trained = settings * methods + 1 + 4 + 4 + 4
+    resampled = 4 * 6 - 1
     assert planned_jobs(result) == {
         "subsample": settings, "subsample_diagnosis": 2, "reference": 4, "train_classifier": 4,
-        "reference_features": 4, "train": trained * seeds, "sample": (trained + 4 * 6) * seeds,
-        "evaluate": (trained + 4 * 6) * seeds, "latent": (settings * methods + 4) * seeds,  # C4 and C5 read it
+        "reference_features": 4, "train": trained * seeds, "sample": (trained + resampled) * seeds,
+        "evaluate": (trained + resampled) * seeds, "latent": (settings * methods + 4) * seeds,  # C4 and C5 read it
         "claims": 1}, result.stdout + result.stderr
