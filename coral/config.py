@@ -238,10 +238,6 @@ def _check_ablations(cfg: dict, validator) -> None:
         if key not in (SAMPLING_KEY, TRAINING_SET_KEY) and key.split(".")[0] not in TRAINING_SECTIONS:
             raise ConfigError(f"{where}.key: {key!r} cannot be ablated; allowed: {SAMPLING_KEY}, {TRAINING_SET_KEY} "
                               f"or a key under {', '.join(TRAINING_SECTIONS)}")
-        dataset = settings(cfg)[ablation_setting or names[0]]["dataset"]
-        if key == TRAINING_SET_KEY and dataset in NATURALLY_LONG_TAILED and set(study.get("values", [])) - {"long_tailed"}:
-            raise ConfigError(f"{where}.values: the balanced training sets need a balanced source; the ablation "
-                              f"setting's {dataset} is long-tailed as published (set ablations.setting to a rho setting)")
         if not study.get("values"):
             raise ConfigError(f"{where}.values: missing or empty; list the values of {key} to compare")
         for value in study["values"]:
