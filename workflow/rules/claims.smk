@@ -1,13 +1,16 @@
+CLAIM_INPUTS = claim_inputs()  # built once: the rule's inputs and params
+
+
 rule claims:
     """The paper's claims (coral/published/claims.yaml) tested across seeds: a row per claim, setting,
     comparison and metric with its paired effect, 95% interval and verdict (docs/method.md §7)."""
     input:
-        claim_files(),
+        claim_files(CLAIM_INPUTS),
     output:
         table="results/tables/claims.csv",  # in the report as its page, rule claims_page (report.smk)
         markdown="results/tables/claims.md",
     params:
-        inputs=claim_inputs(),
+        inputs=CLAIM_INPUTS,
     resources:
         **planned_resources("claims"),
     log:

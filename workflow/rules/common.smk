@@ -1,4 +1,5 @@
 # Validation first, then the experiment grid and the input functions every rule uses.
+import functools
 import os
 import re
 import sys
@@ -34,6 +35,7 @@ def tag(omega) -> str:
     return f"{SAMPLER}-w{float(omega)}"
 
 
+@functools.cache  # once per setting and variant: it merges the setting's config
 def run_tag(setting, variant) -> str:
     """The sample set of a main run: the guidance of its method (sample.omega may give one per method)."""
     method = VARIANTS[variant][0]
@@ -147,9 +149,8 @@ def claim_inputs():
     return {"main": main, "studies": points}
 
 
-def claim_files():
-    """Every file claim_inputs names."""
-    inputs = claim_inputs()
+def claim_files(inputs):
+    """Every file of claim_inputs()."""
     files = [path for pair in inputs["main"].items() for path in pair if path]
     files += [path for points in inputs["studies"].values() for metrics, point in points.items()
               for path in (metrics, point["separation"]) if path]
