@@ -93,6 +93,15 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def with_preset(raw: dict, override: dict) -> dict:
+    """`override` (a preset) merged over `raw`; an ablation study set to null is switched off (removed)."""
+    cfg = deep_merge(raw, override)
+    studies = cfg.get("ablations", {}).get("studies") if isinstance(cfg.get("ablations"), dict) else None
+    if isinstance(studies, dict):
+        cfg["ablations"]["studies"] = {name: study for name, study in studies.items() if study is not None}
+    return cfg
+
+
 def _key_path(error: jsonschema.ValidationError) -> str:
     parts = []
     for p in error.absolute_path:
@@ -260,11 +269,11 @@ def resolve(raw: dict) -> dict:
     for name, override in presets.items():
         if not isinstance(override, dict):
             raise ConfigError(f"presets.{name}: must be a mapping of keys, found {override!r}")
-    cfg = deep_merge(raw, presets[preset])
+    cfg = with_preset(raw, presets[preset])
     validate(cfg)
     for name, override in presets.items():  # catch typos in presets not chosen now, too
         try:
-            validate(deep_merge(raw, override), check_files=False)
+            validate(with_preset(raw, override), check_files=False)
         except ConfigError as err:
             raise ConfigError(f"{err} (in preset {name!r})") from None
     return cfg
@@ -275,7 +284,7 @@ def preset_config(raw: dict, preset: str) -> dict:
     datasets or weights on disk (for sizing work on a machine that has neither)."""
     if preset not in raw.get("presets", {}):
         raise ConfigError(f"preset: {preset!r} is not defined under presets; allowed: {', '.join(raw.get('presets', {}))}")
-    cfg = deep_merge(raw, raw["presets"][preset])
+    cfg = with_preset(raw, raw["presets"][preset])
     validate(cfg, check_files=False)
     return cfg
 

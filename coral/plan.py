@@ -606,7 +606,7 @@ def resolve_unchecked(raw: dict, preset: str | None = None) -> dict:
     presets = raw.get("presets", {})
     if not isinstance(presets, dict) or name not in presets:
         raise ConfigError(f"preset: {name!r} is not defined under presets; allowed: {', '.join(presets)}")
-    cfg = config_module.deep_merge({**raw, "preset": name}, presets[name])
+    cfg = config_module.with_preset({**raw, "preset": name}, presets[name])
     config_module.validate(cfg, check_files=False)
     return cfg
 
