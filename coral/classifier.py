@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,11 +20,11 @@ import torch_fidelity
 from sklearn.model_selection import train_test_split
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-from tqdm import tqdm
 
 from coral import checkpoint, lineage
 from coral.data import load_reference
 from coral.io import provenance, sha256_file, write_json
+from coral.progress import Progress
 from coral.sections import ClassifierConfig
 from coral.tensors import default_device, uint8_to_unit
 from coral.train import DeviceBatches
@@ -188,8 +187,7 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
     batches = DeviceBatches(len(x_train), batch_size, seed, device)  # stateless in the step
     loss_sum, summed = torch.zeros((), device=device), 0
     with _deterministic_cudnn():
-        progress = tqdm(range(start, steps), initial=start, total=steps, desc="classifier", file=sys.stderr,
-                        mininterval=5)
+        progress = Progress(range(start, steps), initial=start, total=steps, desc=f"classifier {out_ckpt}", unit="step")
         for step in progress:
             idx = batches(step)
             loss_sum += _train_step(model, optimizer, x_train[idx], y_train[idx], hflip)

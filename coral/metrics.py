@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +23,12 @@ from torch.utils.data import Dataset
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kernel_mmd, kid_features_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
-from tqdm import tqdm
 
 from coral import lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
 from coral.data import class_groups, load_reference, load_split
 from coral.io import atomic_path, provenance, sha256_file, write_json
+from coral.progress import Progress
 from coral.sections import EvaluateConfig, ExtractorConfig
 from coral.tensors import default_device
 
@@ -538,7 +537,7 @@ def _per_class_rows(gen_features: torch.Tensor, gen_labels: torch.Tensor, real: 
     gen_members, real_members = _class_members(gen_labels, num_classes), _class_members(real.labels, num_classes)
     groups = class_groups(class_counts)
     rows = []
-    for c in tqdm(range(num_classes), desc="per-class KID, precision/recall", file=sys.stderr):
+    for c in Progress(range(num_classes), desc="per-class KID, precision/recall", unit="class"):
         gen_c, real_c = gen_features[gen_members[c]], real.features[real_members[c]]
         kid_mean, kid_std = kernel_distance(gen_c, real_c, eval_cfg.kid_subsets, eval_cfg.kid_subset_size)
         precision, recall = precision_recall(gen_c, real_c, eval_cfg.prc_neighborhood)

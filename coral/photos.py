@@ -6,7 +6,6 @@ evaluation compares against.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -14,10 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from coral.data import class_subset_indices
 from coral.io import DatasetError
+from coral.progress import Progress
 from coral.sources import CELEBA_FILES, IMAGENET_FOLDER, IMAGENET_LT_FILES
 
 PARTS = ("train", "reference")
@@ -106,7 +105,7 @@ def decode_images(paths: list[Path], size: int, crop: int | None, desc: str) -> 
                         num_workers=workers)
     images = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
     start = 0
-    with tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr) as bar:
+    with Progress(total=len(paths), desc=desc, unit="img") as bar:
         for batch, errors in loader:
             error = next((e for e in errors if e), None)
             if error:

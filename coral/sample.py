@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from coral import lineage
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
 from coral.io import atomic_path, exclusive, provenance
+from coral.progress import Progress
 from coral import checkpoint as checkpoints
 from coral.config import omega_of
 from coral.sections import SampleConfig
@@ -154,9 +154,11 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
     batch_seconds = 0.0
     batches = []
     with Deadline.for_this_job(time_budget) as deadline:
-        for start in tqdm(range(0, len(labels), sample_cfg.batch_size), desc=f"sample {checkpoint}", mininterval=5):
+        progress = Progress(total=len(labels), desc=f"sample {out_npz}", unit="img")
+        for start in range(0, len(labels), sample_cfg.batch_size):
             if partial.has(start):
                 batches.append(partial.load(start))
+                progress.update(len(batches[-1]))
                 continue
             if deadline.must_stop(2 * batch_seconds):
                 raise OutOfTime(f"{out_npz}: stopped after {start} of {len(labels)} images before the job's time "
@@ -166,6 +168,8 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
             batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
             partial.save(start, batches[-1])
             batch_seconds = time.perf_counter() - batch_start
+            progress.update(len(batches[-1]))
+        progress.close()
     images = torch.cat(batches)
     class_names = state["class_names"]
     steps = diffusion.T if sample_cfg.sampler == "ddpm" else sample_cfg.steps  # denoising steps run

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from coral import lineage
 from coral.data import load_split
@@ -27,6 +26,7 @@ from coral.diffusion import Diffusion
 from coral import checkpoint
 from coral.io import atomic_path, exclusive, provenance, write_json
 from coral.objectives import build_objective, drop_labels
+from coral.progress import Progress
 from coral.sections import TrainConfig
 from coral.tensors import default_device, uint8_to_unit
 from coral.unet import UNet, build_unet
@@ -213,8 +213,8 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
     # written at a cautious 100 MB/s.
     state_bytes = 4 * sum(p.numel() * p.element_size() for p in setup.params)
     step_seconds, save_seconds = 0.0, 1.0 + state_bytes / 100e6
-    progress = tqdm(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=f"train {run_dir}",
-                    mininterval=5, dynamic_ncols=True)
+    progress = Progress(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=f"train {run_dir}",
+                        unit="step", dynamic_ncols=True)
     with Deadline.for_this_job(time_budget) as deadline:
         for step in progress:
             step_start = time.perf_counter()
@@ -240,7 +240,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                 with open(run_dir / "stats.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 last_record = record
-                progress.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+                progress.set_postfix(loss=f"{record['loss']:.4f}", img_per_s=f"{record['img_per_s']:.0f}", refresh=False)
             out_of_time = done < tcfg.steps and deadline.must_stop(
                 2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or out_of_time:
