@@ -31,7 +31,7 @@ from coral.io import atomic_path
 LEVEL = 0.95
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
 KINDS = ("compare", "gain_gap", "best_in_range", "same_best")
-ROW_COLUMNS = ["claim", "setting", "comparison", "metric", "effect", "low", "high", "num_seeds", "verdict",
+ROW_COLUMNS = ["claim", "setting", "comparison", "metric", "omega", "effect", "low", "high", "num_seeds", "verdict",
                "reason"]
 
 
@@ -83,11 +83,26 @@ def _per_seed(frame: pd.DataFrame, column: str, arm, metric: str) -> pd.Series:
     return rows.set_index("seed")[metric].astype(float)
 
 
+def _omegas(frame: pd.DataFrame, column: str | None = None, arms: Sequence = ()) -> str:
+    """The guidance scales of the runs compared: one value where all share it, else each arm's (with
+    `arms`) or every value (a sweep)."""
+    if "omega" not in frame.columns:
+        return ""
+    def values(rows) -> str:
+        return ", ".join(f"{w:g}" for w in sorted(set(rows["omega"].dropna().astype(float))))
+    if not arms:
+        return values(frame)
+    of_arm = {arm: frame[frame[column].astype(str) == str(arm)] for arm in arms}
+    if pd.concat(of_arm.values())["omega"].nunique() <= 1:
+        return values(pd.concat(of_arm.values()))
+    return "; ".join(f"{arm}: {values(rows)}" for arm, rows in of_arm.items())
+
+
 def _row(claim: dict, setting: str, comparison: str, metric: str, effects: pd.Series,
-         margin: float = 0.0) -> dict:
+         margin: float = 0.0, omega: str = "") -> dict:
     effect = paired_effect(effects.dropna().to_numpy())
     decision, reason = verdict(effect, margin)
-    return {"claim": claim["id"], "setting": setting, "comparison": comparison, "metric": metric,
+    return {"claim": claim["id"], "setting": setting, "comparison": comparison, "metric": metric, "omega": omega,
             "effect": effect.mean, "low": effect.low, "high": effect.high, "num_seeds": effect.num_seeds,
             "verdict": decision, "reason": reason}
 
@@ -110,7 +125,7 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
     column = claim.get("arms", "method")
     if runs.empty:
         return [{"claim": claim["id"], "setting": "", "comparison": "", "metric": ", ".join(claim["metrics"]),
-                 "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
+                 "omega": "", "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
                  "reason": f"no runs of {claim['runs']!r} (not in this preset's studies)"}]
     sign = -1.0 if claim["better"] == "lower" else 1.0  # effect = sign * (ours - theirs) > 0 supports
     rows = []
@@ -135,7 +150,8 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
                     label = f"{claim['ours']} vs {against}"
                     if claim["kind"] == "gain_gap":
                         label += f" ({metric} gain minus {claim['minus_metric']} gain)"
-                    rows.append(_row(claim, setting, label, metric, effects, margin))
+                    omega = _omegas(frame, column, [claim["ours"], against])
+                    rows.append(_row(claim, setting, label, metric, effects, margin, omega))
             elif claim["kind"] == "best_in_range":
                 rows.append(_best_in_range_row(claim, setting, frame, metric, sign))
             else:
@@ -157,7 +173,7 @@ def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: s
                 "reason": f"the study has no value {where} [{low}, {high}]: {values}"}
     pick = np.min if claim["better"] == "lower" else np.max
     effects = sign * (pick(table[inside], axis=1) - pick(table[outside], axis=1))
-    return _row(claim, setting, label, metric, effects)
+    return _row(claim, setting, label, metric, effects, omega=_omegas(frame))
 
 
 def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
@@ -170,7 +186,7 @@ def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, 
     their_best = _best(by_value[against].mean(), claim["better"])
     label = f"{claim['ours']} best {ours_best} vs {against} best {their_best}"
     effects = sign * (by_value[claim["ours"]][their_best] - by_value[claim["ours"]][ours_best])
-    row = _row(claim, setting, label, metric, effects)
+    row = _row(claim, setting, label, metric, effects, omega=_omegas(frame))
     if ours_best == their_best and row["num_seeds"] >= 2:  # every effect is 0: the same runs
         row.update(verdict=HOLDS, reason=f"both are best at {ours_best}")
     return row

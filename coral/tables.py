@@ -177,7 +177,7 @@ def per_class_table(metrics_of: Mapping[str | os.PathLike, str | os.PathLike],
     """Per-class metrics over seeds. metrics_of maps each per-class CSV to the metrics JSON of its run
     (the evaluate stage writes the two side by side).
 
-    Columns: dataset, rho, method, class, class_name, train_count, group, num_seeds, then
+    Columns: dataset, rho, method, class, class_name, train_count, group, omega, num_seeds, then
     `<m>_mean`, `<m>_std` over seeds for m in fid, kid, precision, recall, accuracy (kid is each
     run's per-class kid_mean). Rows: setting and method as in the main table, then classes head to
     tail (train_count descending, ties by class id). Class info and sampling settings must agree
@@ -190,9 +190,9 @@ def per_class_table(metrics_of: Mapping[str | os.PathLike, str | os.PathLike],
         raise ValueError("per_class_table: no files given")
     records = pd.concat([_per_class_records(j, c) for c, j in metrics_of.items()], ignore_index=True)
     table = _aggregate(records, SETTING + ["class"], PER_CLASS_METRICS, CLASS_INFO + list(SAMPLING))
-    table = table.drop(columns=list(SAMPLING))
-    table = table[SETTING + ["class"] + CLASS_INFO + [c for c in table.columns
-                                                       if c not in SETTING + ["class"] + CLASS_INFO]]
+    table = table.drop(columns=[c for c in SAMPLING if c != "omega"])  # every row records its guidance
+    table = table[SETTING + ["class"] + CLASS_INFO + ["omega"] + [c for c in table.columns
+                                                                  if c not in SETTING + ["class", "omega"] + CLASS_INFO]]
     table = _sort(table, ["train_count", "class"], [False, True])
     if out_csv is not None:
         _write_table(table, out_csv, "per_class_table", [*metrics_of.values(), *metrics_of])
@@ -278,11 +278,12 @@ def paper_vs_ours(main_csv: str | os.PathLike, published_csv: str | os.PathLike,
             mean = float(ours[f"{column}_mean"])
             rows.append({"setting": setting, "metric": cell["metric"], "method": ours["method"],
                          "published": float(cell["value"]), "ours": mean, "ours_std": float(ours[f"{column}_std"]),
-                         "num_seeds": int(ours["num_seeds"]), "difference": mean - float(cell["value"]),
+                         "num_seeds": int(ours["num_seeds"]), "omega": ours["omega"],
+                         "difference": mean - float(cell["value"]),
                          "comparable": ours["feature_extractor"] == "inception-v3-compat",
                          "feature_extractor": ours["feature_extractor"], "num_samples": int(ours["num_samples"]),
                          "source": cell["source"]})
-    columns = ["setting", "metric", "method", "published", "ours", "ours_std", "num_seeds", "difference",
+    columns = ["setting", "metric", "method", "published", "ours", "ours_std", "num_seeds", "omega", "difference",
                "comparable", "feature_extractor", "num_samples", "source"]
     table = pd.DataFrame(rows, columns=columns)
     _write_table(table, out_csv, "paper_vs_ours", [main_csv, published_csv])

@@ -171,3 +171,21 @@ def test_the_claims_table_from_metrics_files(tmp_path):
     from coral.figures import claims_figure
     claims_figure(tmp_path / "claims.csv", tmp_path / "claims.png")
     assert (tmp_path / "claims.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_row_records_the_guidance_of_the_runs_it_compares():
+    """Per-method omega (coral 0.8, ddpm 0.8, cbdm 1.6): a comparison names one omega where both sides
+    share it and each side's otherwise; a sweep lists its values."""
+    claim = {"id": "X", "kind": "compare", "runs": "main", "ours": "coral", "against": ["ddpm", "cbdm"],
+             "metrics": ["fid"], "better": "lower"}
+    omega = {"coral": 0.8, "ddpm": 0.8, "cbdm": 1.6}
+    frame = pd.DataFrame([{"runs": "main", "setting": "s", "method": m, "value": None, "seed": seed, "fid": 5.0 + seed,
+                           "omega": w} for m, w in omega.items() for seed in range(2)])
+    rows = claims.claim_rows(claim, frame)
+    assert [row["omega"] for row in rows] == ["0.8", "coral: 0.8; cbdm: 1.6"]
+    sweep = {"id": "C9", "kind": "same_best", "runs": "omega", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["fid"], "better": "lower"}
+    frame = pd.DataFrame([{"runs": "omega", "setting": "s", "method": m, "value": w, "seed": seed, "fid": 5.0 + w,
+                           "omega": w} for m in ("coral", "ddpm") for w in (2.0, 0.5, 1.0) for seed in range(2)])
+    (row,) = claims.claim_rows(sweep, frame)
+    assert row["omega"] == "0.5, 1, 2"

@@ -102,8 +102,9 @@ def test_per_class_table_means_and_head_to_tail_order(tmp_path):
     assert coral.loc["bee", "fid_std"] == pytest.approx(math.sqrt(8))
     assert coral.loc["cat", "kid_mean"] == pytest.approx(0.3) and coral.loc["cat", "num_seeds"] == 2
     assert coral.loc["ant", "group"] == "medium" and coral.loc["ant", "train_count"] == 50
-    assert list(table.columns[:8]) == ["dataset", "rho", "method", "class", "class_name", "train_count",
-                                       "group", "num_seeds"]
+    assert list(table.columns[:9]) == ["dataset", "rho", "method", "class", "class_name", "train_count",
+                                       "group", "omega", "num_seeds"]
+    assert set(table["omega"]) == {1.0}  # every row records the guidance its samples were made with
     with pytest.raises(TypeError, match="mapping of per-class CSV -> metrics JSON"):
         per_class_table(csvs, tmp_path / "per_class.csv")  # a list cannot say which run each CSV is
     with pytest.raises(ValueError, match="no files given"):
