@@ -6,6 +6,7 @@ Reading a config never executes code (yaml.safe_load).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import importlib.resources
 import re
 from pathlib import Path
@@ -201,6 +202,9 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
             evaluate["inception_weights_path"] and Path(evaluate["inception_weights_path"]).is_file()):
         raise ConfigError(f"evaluate.inception_weights_path: {evaluate['inception_weights_path']!r} is not a file; "
                           "inception-v3-compat needs torch-fidelity's Inception weights on disk (nothing is downloaded)")
+    if check_files and cfg["train"]["tensorboard_every"] and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"train.tensorboard_every: {cfg['train']['tensorboard_every']} needs the tensorboard "
+                          "package (pip install -e '.[tensorboard]'); 0 writes no TensorBoard output")
     pool = cfg["objectives"]["coral_ambient"]["pool_size"]
     if pool > data["image_size"]:
         raise ConfigError(f"objectives.coral_ambient.pool_size: {pool} exceeds data.image_size = {data['image_size']}")

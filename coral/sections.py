@@ -65,6 +65,7 @@ class TrainConfig(Section):
     keep_checkpoints: int
     prune_after_final: bool
     log_every: int
+    tensorboard_every: int  # 0: no TensorBoard output (coral.tensorboard_log)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from coral.io import atomic_path, exclusive, provenance, write_json
 from coral.objectives import build_objective, drop_labels
 from coral.progress import Progress
 from coral.sections import TrainConfig
+from coral.tensorboard_log import TensorBoardLog
 from coral.tensors import default_device, uint8_to_unit
 from coral.unet import UNet, build_unet
 
@@ -195,6 +196,10 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
              "checkpoint every %d", tcfg.steps, tcfg.batch_size, start, tcfg.log_every, tcfg.checkpoint_every)
     write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
     _truncate_stats(run_dir / "stats.jsonl", start)
+    board = None
+    if tcfg.tensorboard_every:
+        board = TensorBoardLog(run_dir / "tensorboard", tcfg.tensorboard_every, setup.diffusion,
+                               tuple(images.shape[1:]), len(split.class_names), tcfg.bf16_autocast)
 
     def snapshot(step: int) -> dict:
         state = {"step": step, "config": run_cfg, "in_channels": images.shape[1], "class_names": split.class_names,
@@ -240,9 +245,13 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                 with open(run_dir / "stats.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 last_record = record
+                if board is not None:
+                    board.scalars(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", img_per_s=f"{record['img_per_s']:.0f}", refresh=False)
             out_of_time = done < tcfg.steps and deadline.must_stop(
                 2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds)
+            if board is not None:
+                board.grid(done, ema)
             if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or out_of_time:
                 save_start = time.perf_counter()
                 checkpoint.save(checkpoint.step_path(run_dir / "checkpoints", done), snapshot(done))
@@ -253,6 +262,8 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                 raise OutOfTime(f"{run_dir}: stopped at step {done} of {tcfg.steps} before the job's time limit; "
                                 f"saved a checkpoint, run the job again to continue")
 
+        if board is not None:
+            board.close()
         final = snapshot(tcfg.steps)
         for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
             final.pop(key, None)

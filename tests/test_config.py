@@ -138,3 +138,20 @@ def test_a_per_method_omega_gives_each_method_its_own_guidance():
     assert omega_of({"omega": 1}, "t2h") == 1.0
     rows = study_rows(paper, "latent_vs_ambient")  # a study's other points sample with their method's omega
     assert [(r["variant"], r["omega"]) for r in rows] == [("coral", 0.8), ("coral_ambient", 0.8)]
+
+
+def test_tensorboard_without_its_package_is_refused_before_any_job(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train.tensorboard_every: 100 needs the tensorboard package"):
+        resolve_with(lambda c: c["train"].update(tensorboard_every=100))
+    assert resolve_with(lambda c: None)["train"]["tensorboard_every"] == 0  # off: nothing to install
+
+
+def test_a_preset_switches_a_study_off_with_null():
+    cfg = load("config.yaml", preset="claims")
+    assert "label_drop" not in cfg["ablations"]["studies"] and "coral_reduction" not in cfg["ablations"]["studies"]
+    assert cfg["ablations"]["studies"]["tau_r"] == {"methods": ["coral"], "key": "objectives.coral.tau_r",
+                                                    "values": [0.3, 1.0]}
+    assert set(load("config.yaml")["ablations"]["studies"]) >= {"label_drop", "coral_reduction"}

@@ -210,3 +210,29 @@ def test_log_starts_with_a_header_and_ends_with_a_summary(setup, caplog):
     assert lines[-2].startswith("this job trained steps 0 to 20 (20 steps) at a mean ")
     assert " img/s; wall time " in lines[-2] and lines[-2].endswith(" s")
     assert lines[-1] == f"final model written to {final}"
+
+
+def test_tensorboard_gets_every_stats_line_and_sample_grids_without_changing_training(setup):
+    """train.tensorboard_every = 10: the event file holds stats.jsonl's values at its steps and a grid of
+    one image per class at steps 10 and 20; the weights equal those of a run without TensorBoard."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    root, run = setup
+    plain = root / "plain" / "final.pt"
+    if not plain.exists():
+        train(run, root / "split.npz", root / "plain")
+    logged = {**run, "train": {**run["train"], "tensorboard_every": 10}}
+    final = train(logged, root / "split.npz", root / "board")
+    for key in ("model", "ema"):
+        for name, tensor in load_checkpoint(plain)[key].items():
+            assert torch.equal(tensor, load_checkpoint(final)[key][name]), f"{key}.{name}"
+    events = event_accumulator.EventAccumulator(str(root / "board" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    stats = [json.loads(line) for line in open(root / "board" / "stats.jsonl")]
+    assert set(events.Tags()["scalars"]) == set(stats[0]) - {"step"}
+    for name in ("loss", "supcon", "lr", "img_per_s"):
+        assert [(e.step, e.value) for e in events.Scalars(name)] == \
+            [(s["step"], pytest.approx(s[name], rel=1e-6)) for s in stats]
+    grids = events.Images("samples")
+    assert [g.step for g in grids] == [10, 20]
+    side = run["data"]["image_size"] + 2  # make_grid pads 2 px around each image
+    assert (grids[0].width, grids[0].height) == (2 + 8 * side, 2 + 2 * side)  # 10 classes in rows of 8
