@@ -226,11 +226,11 @@ def needs_latent(claims: Sequence[dict] | None = None) -> set[str]:
 
 
 def _record(runs: str, metrics_json, separation_json, value) -> dict:
-    record = tables._metrics_record(metrics_json)
+    record = tables.metrics_record(metrics_json)
     rho = None if math.isnan(record["rho"]) else record["rho"]
     record.update(runs=runs, setting=setting_name(record["dataset"], rho), value=value)
     if separation_json is not None:
-        scores = tables._latent_record(separation_json)
+        scores = tables.latent_record(separation_json)
         record.update({key: scores[key] for key in tables.LATENT_SCORES})
     return record
 
@@ -262,7 +262,7 @@ def write_claims(records: pd.DataFrame, out_csv: str | os.PathLike, out_md: str 
     rows, summary = evaluate(records)
     verdicts = dict(zip(summary["claim"], summary["verdict"]))
     rows.insert(1, "claim_verdict", rows["claim"].map(verdicts))
-    tables._write_table(rows, out_csv, "claims", list(inputs))
+    tables.write_table(rows, out_csv, "claims", list(inputs))
     shown = summary.drop(columns="rows").rename(columns={"min_seeds": "seeds"})
     text = ("# Does the paper hold?\n\n" + tables.markdown(shown) + "\n" + VERDICT_RULE + "\n\n## Every comparison\n\n"
             + tables.markdown(rows.drop(columns="claim_verdict"), digits=3))

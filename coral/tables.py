@@ -123,7 +123,7 @@ def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str], const
     return pd.DataFrame(rows)
 
 
-def _write_table(df: pd.DataFrame, out_csv: str | os.PathLike, stage: str, inputs: Sequence) -> None:
+def write_table(df: pd.DataFrame, out_csv: str | os.PathLike, stage: str, inputs: Sequence) -> None:
     """Write a table atomically with its lineage record."""
     _write_csv(df, out_csv)
     lineage.record([out_csv], stage, inputs, {})
@@ -134,7 +134,8 @@ def _write_csv(df: pd.DataFrame, out_csv: str | os.PathLike) -> None:
         df.to_csv(tmp, index=False)
 
 
-def _metrics_record(path: str | os.PathLike) -> dict:
+def metrics_record(path: str | os.PathLike) -> dict:
+    """One run's row of metrics and sampling settings from its metrics JSON (checked against its lineage)."""
     data = lineage.read_json_artifact(path, "the metrics file", "evaluate")
     record = _run_record(path, data)
     record.update({name: _number(_lookup(data, keys, path)) for name, keys in MAIN_METRICS.items()})
@@ -153,14 +154,14 @@ def main_table(metrics_jsons: Sequence[str | os.PathLike], out_csv: str | os.Pat
     """
     if not metrics_jsons:
         raise ValueError("main_table: no metrics JSON files given")
-    records = pd.DataFrame([_metrics_record(path) for path in metrics_jsons])
+    records = pd.DataFrame([metrics_record(path) for path in metrics_jsons])
     table = _sort(_aggregate(records, SETTING, list(MAIN_METRICS), list(SAMPLING)))
-    _write_table(table, out_csv, "main_table", metrics_jsons)
+    write_table(table, out_csv, "main_table", metrics_jsons)
     return table
 
 
 def _per_class_records(json_path: str | os.PathLike, csv_path: str | os.PathLike) -> pd.DataFrame:
-    run = _metrics_record(json_path)
+    run = metrics_record(json_path)
     with lineage.reading(csv_path, "the per-class metrics file", "evaluate"):
         frame = pd.read_csv(csv_path)
     missing = [c for c in PER_CLASS_COLUMNS if c not in frame.columns]
@@ -195,11 +196,12 @@ def per_class_table(metrics_of: Mapping[str | os.PathLike, str | os.PathLike],
                                                                   if c not in SETTING + ["class", "omega"] + CLASS_INFO]]
     table = _sort(table, ["train_count", "class"], [False, True])
     if out_csv is not None:
-        _write_table(table, out_csv, "per_class_table", [*metrics_of.values(), *metrics_of])
+        write_table(table, out_csv, "per_class_table", [*metrics_of.values(), *metrics_of])
     return table
 
 
-def _latent_record(path: str | os.PathLike) -> dict:
+def latent_record(path: str | os.PathLike) -> dict:
+    """One run's bottleneck separation scores from its separation JSON (checked against its lineage)."""
     data = lineage.read_json_artifact(path, "the latent scores file", "latent")
     record = _run_record(path, data)
     record.update({key: _number(_lookup(data, (key,), path)) for key in LATENT_SCORES})
@@ -217,9 +219,9 @@ def latent_table(separation_jsons: Sequence[str | os.PathLike], out_csv: str | o
     """
     if not separation_jsons:
         raise ValueError("latent_table: no separation JSON files given")
-    records = pd.DataFrame([_latent_record(path) for path in separation_jsons])
+    records = pd.DataFrame([latent_record(path) for path in separation_jsons])
     table = _sort(_aggregate(records, SETTING, LATENT_SCORES, LATENT_SETTINGS))
-    _write_table(table, out_csv, "latent_table", separation_jsons)
+    write_table(table, out_csv, "latent_table", separation_jsons)
     return table
 
 
@@ -236,7 +238,7 @@ def ablation_table(study: str, key: str | None, points: Mapping[str | os.PathLik
         raise ValueError(f"ablation_table {study}: no metrics JSON files given")
     records = []
     for path, value in points.items():
-        record = _metrics_record(path)
+        record = metrics_record(path)
         records.append({**record, "run": record["variant"], "value": str(value)})
     records = pd.DataFrame(records)
     table = _aggregate(records, ["method", "value"], list(MAIN_METRICS), ["dataset", "rho", "run", *SAMPLING])
@@ -244,7 +246,7 @@ def ablation_table(study: str, key: str | None, points: Mapping[str | os.PathLik
     table.insert(1, "key", key or "method")
     front = ["study", "key", "dataset", "rho", "method", "value", "run", "num_seeds"]
     table = table[front + [c for c in table.columns if c not in front]]
-    _write_table(table, out_csv, "ablation_table", list(points))
+    write_table(table, out_csv, "ablation_table", list(points))
     return table
 
 
@@ -286,7 +288,7 @@ def paper_vs_ours(main_csv: str | os.PathLike, published_csv: str | os.PathLike,
     columns = ["setting", "metric", "method", "published", "ours", "ours_std", "num_seeds", "omega", "difference",
                "comparable", "feature_extractor", "num_samples", "source"]
     table = pd.DataFrame(rows, columns=columns)
-    _write_table(table, out_csv, "paper_vs_ours", [main_csv, published_csv])
+    write_table(table, out_csv, "paper_vs_ours", [main_csv, published_csv])
     if table.empty:
         text = ("# Published vs ours\n\nNo setting of this run has published numbers "
                 f"(published settings: {', '.join(sorted(set(published['setting'])))}).\n")

@@ -246,9 +246,17 @@ TABLES = MAIN_TABLES + ABLATION_TABLES
 # The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
 # everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
 # rerun the chain after it).
-MAIN_TARGETS = CHECKPOINTS + MAIN_TABLES + MAIN_FIGURES
 CLAIM_TARGETS = ["results/tables/claims.csv", "results/figures/claims.png"]  # the paper's claims, with verdicts
-ALL_TARGETS = sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES + CLAIM_TARGETS
+
+
+def pages(tables):
+    """The HTML page of each table: the report shows a table through its page (report.smk)."""
+    return [table.removesuffix(".csv") + ".html" for table in tables]
+
+
+MAIN_TARGETS = CHECKPOINTS + MAIN_TABLES + MAIN_FIGURES + pages(MAIN_TABLES)
+ALL_TARGETS = (sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES + CLAIM_TARGETS
+               + pages(TABLES + CLAIM_TARGETS[:1]))
 
 
 # ---------------------------------------------------------------- cluster resources

@@ -200,9 +200,7 @@ rule training_curves:
 # Snakemake's report shows images and HTML pages but lists any other file (a .csv) with a download link
 # only, which shows nothing in the report. So each table is in the report as an HTML page rendered from
 # its CSV (coral.tables.html_page; the CSV itself is inside the page, to download), and the pages are
-# targets beside the tables.
-MAIN_TARGETS += [table.removesuffix(".csv") + ".html" for table in MAIN_TABLES]
-ALL_TARGETS += [table.removesuffix(".csv") + ".html" for table in TABLES + ["results/tables/claims.csv"]]
+# targets beside the tables (common.smk, pages).
 
 
 rule main_table_page:
