@@ -42,6 +42,7 @@ FEATURE_EXTRACTORS = {
 PER_CLASS_COLUMNS = ["class", "class_name", "train_count", "group", "num_generated", "num_real",
                      "fid", "kid_mean", "kid_std", "precision", "recall", "accuracy"]
 GROUP_METRICS = ("fid", "kid_mean", "precision", "recall", "accuracy")
+HALVES_SEED = 0  # the split of the reference set into a selection and a report half (reference_halves)
 # Sizes of the pieces worked on at once; they bound memory and do not change any result.
 _BLOCK = 4096                # rows (and columns) of a distance block
 _FID_BATCH_ELEMENTS = 2 ** 25  # float64 elements of the per-class features stacked into one FID batch
@@ -90,6 +91,20 @@ def _class_members(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]
     """Indices of each class's rows, class 0 first."""
     order = torch.argsort(labels, stable=True)
     return list(order.split(torch.bincount(labels, minlength=num_classes).tolist()))
+
+
+def reference_halves(labels: torch.Tensor, num_classes: int, seed: int = HALVES_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of two disjoint halves of the reference set, (selection, report), each holding half of
+    every class (an odd one more goes to report), fixed by `seed`. Tuning omega on FID against the
+    selection half and reporting FID against the report half keeps the choice off the reported number
+    (tables.omega_tuned_table)."""
+    generator = torch.Generator().manual_seed(seed)
+    selection, report = [], []
+    for members in _class_members(labels, num_classes):
+        shuffled = members[torch.randperm(len(members), generator=generator)]
+        selection.append(shuffled[: len(members) // 2])
+        report.append(shuffled[len(members) // 2:])
+    return torch.cat(selection).sort().values, torch.cat(report).sort().values
 
 
 def class_frechet_distances(gen: torch.Tensor, gen_labels: torch.Tensor, real: torch.Tensor,
@@ -482,6 +497,9 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
     correct = (gen_logits.argmax(dim=1) == gen_labels).float()
 
     overall = _overall_metrics(gen_features, real.features, gen[isc_layer], correct, num_classes, eval_cfg)
+    selection, report = reference_halves(real.labels, num_classes)
+    halves = {"seed": HALVES_SEED, "selection_fid": frechet_distance(gen_features, real.features[selection]),
+              "report_fid": frechet_distance(gen_features, real.features[report])}
     rows = _per_class_rows(gen_features, gen_labels, real, correct, split.class_counts, eval_cfg)
     extractor_label = eval_cfg.feature_extractor
     if fidelity_name == FEATURE_EXTRACTOR_NAME:
@@ -495,6 +513,7 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
         "num_real": len(real.labels),
         "overall": overall,
         "groups": _group_means(rows),
+        "reference_halves": halves,
         "eval_config": eval_cfg.as_dict(),
         "provenance": provenance(),
     }

@@ -254,6 +254,51 @@ def ablation_table(study: str, key: str | None, points: Mapping[str | os.PathLik
 PUBLISHED_METRICS = {"FID": "fid", "IS": "isc", "Recall": "recall"}
 
 
+def omega_tuned_table(metrics_jsons: Sequence[str | os.PathLike], fixed_omega: Mapping[str, float],
+                      out_csv: str | os.PathLike | None) -> pd.DataFrame:
+    """Each method at a tuned omega beside its fixed one (sample.omega), from the sample sets of the
+    omega study and the main runs.
+
+    tuned: the omega with the lowest mean FID over seeds against the reference set's selection half;
+    both rows are then scored by FID against the other half (metrics.reference_halves), which the
+    choice never saw. Columns: dataset, rho, method, num_seeds, omega_fixed, omega_tuned, omegas (the
+    candidates), report_fid_fixed_mean/_std, report_fid_tuned_mean/_std, gain (fixed - tuned, mean),
+    selection (the rule, in words). Writes out_csv atomically (unless None).
+    """
+    records = []
+    for path in metrics_jsons:
+        data = lineage.read_json_artifact(path, "the metrics file", "evaluate")
+        if "reference_halves" not in data:
+            raise ValueError(f"{path}: no reference_halves (written by an older evaluation); evaluate it again")
+        records.append({**_run_record(path, data), "omega": float(_lookup(data, ("sampling", "omega"), path)),
+                        **{key: _number(data["reference_halves"][key]) for key in ("selection_fid", "report_fid")}})
+    records = pd.DataFrame(records).drop_duplicates(["dataset", "rho", "method", "omega", "seed"])
+    rows = []
+    for (dataset, rho, method), runs in records.groupby(["dataset", "rho", "method"], sort=False, dropna=False):
+        by_omega = runs.groupby("omega")
+        tuned = by_omega["selection_fid"].mean().idxmin()
+        fixed = float(fixed_omega[method])
+        if fixed not in by_omega.groups:
+            raise ValueError(f"{method}: no sample set at its fixed omega {fixed} among {sorted(by_omega.groups)}")
+        report = {name: by_omega.get_group(w).set_index("seed")["report_fid"] for name, w in (("fixed", fixed),
+                                                                                             ("tuned", tuned))}
+        seeds = report["fixed"].index.intersection(report["tuned"].index)
+        row = {"dataset": dataset, "rho": rho, "method": method, "num_seeds": len(seeds), "omega_fixed": fixed,
+               "omega_tuned": float(tuned), "omegas": ", ".join(f"{w:g}" for w in sorted(by_omega.groups))}
+        for name, values in report.items():
+            values = values.loc[seeds].to_numpy(dtype=float)
+            row[f"report_fid_{name}_mean"] = values.mean()
+            row[f"report_fid_{name}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        row["gain"] = row["report_fid_fixed_mean"] - row["report_fid_tuned_mean"]
+        row["selection"] = ("omega: the lowest mean FID against the reference's selection half; FID: against "
+                            "its report half")
+        rows.append(row)
+    table = _sort(pd.DataFrame(rows))
+    if out_csv is not None:
+        write_table(table, out_csv, "omega_tuned_table", list(metrics_jsons))
+    return table
+
+
 def paper_vs_ours(main_csv: str | os.PathLike, published_csv: str | os.PathLike, out_csv: str | os.PathLike,
                   out_md: str | os.PathLike) -> pd.DataFrame:
     """The published numbers beside ours for every (setting, metric, method) cell both have.

@@ -285,6 +285,14 @@ def test_whole_class_kid_has_no_spread_and_tables_read_it(classifier_ckpt, refer
     assert all(abs(float(r["fid"])) < 1e-6 and float(r["precision"]) == float(r["recall"]) == 1.0 for r in rows)
     table = per_class_table({tmp_path / "per_class.csv": tmp_path / "metrics.json"}, None)
     assert len(table) == 10 and np.isfinite(table["kid_mean"]).all()
+    # the FIDs against the reference's halves, by torch-fidelity on the same features (samples = reference)
+    features = torch.from_numpy(np.load(tmp_path / "features.npz")["features"]).double()
+    selection, report = metrics.reference_halves(data.labels[picks], 10)
+    halves = result["reference_halves"]
+    for name, half in (("selection_fid", selection), ("report_fid", report)):
+        expected = fid_statistics_to_metric(fid_features_to_statistics(features),
+                                            fid_features_to_statistics(features[half]), False)[KEY_METRIC_FID]
+        assert halves[name] == pytest.approx(expected, rel=1e-4, abs=1e-6), name
     main = main_table([tmp_path / "metrics.json"], tmp_path / "main.csv")
     assert np.isfinite(main[["kid_mean", "tail_kid_mean", "fid_mean"]].to_numpy(dtype=float)).all()
 
@@ -297,3 +305,13 @@ def test_evaluate_rejects_features_of_other_weights(classifier_ckpt, reference_f
         evaluate(tmp_path / "s.npz", reference_features, tmp_path / "split.npz", other, EVAL_CFG,
                  tmp_path / "m.json", tmp_path / "p.csv")
 
+
+
+def test_reference_halves_split_every_class_in_two():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    selection, report = metrics.reference_halves(labels, 3)
+    assert sorted(torch.cat([selection, report]).tolist()) == list(range(6))  # disjoint, every image once
+    assert torch.bincount(labels[selection], minlength=3).tolist() == [1, 1, 0]  # floor(n/2) of each class
+    assert torch.bincount(labels[report], minlength=3).tolist() == [2, 1, 1]
+    again = metrics.reference_halves(labels, 3)
+    assert torch.equal(again[0], selection) and torch.equal(again[1], report)  # fixed by the seed

@@ -9,12 +9,13 @@ from PIL import Image
 
 from coral.figures import ablation_figure, per_class_fid_figure, samples_figure, tsne_figure, tsne_run_figure
 from coral.images import image_grid, save_grid_png
-from coral.tables import ablation_table, latent_table, main_table, markdown, paper_vs_ours, per_class_table
+from coral.tables import (ablation_table, latent_table, main_table, markdown, omega_tuned_table, paper_vs_ours,
+                          per_class_table)
 
 SAMPLING = {"sampler": "ddim", "steps": 50, "eta": 0.0, "omega": 1.0, "num_samples": 100, "labels": "stratified"}
 
 
-def metrics_json(tmp_path, dataset, rho, variant, seed, fid, tail_fid=10.0, omega=1.0):
+def metrics_json(tmp_path, dataset, rho, variant, seed, fid, tail_fid=10.0, omega=1.0, halves=None):
     """A metrics file as the evaluate stage writes it; every metric derived from `fid` for easy checks.
     `variant` is a method or an ablation variant of one (coral~tau_sc=0.5)."""
     overall = {"fid": fid, "isc_mean": fid / 10, "isc_std": 0.1, "kid_mean": fid / 100, "kid_std": 0.0,
@@ -24,6 +25,8 @@ def metrics_json(tmp_path, dataset, rho, variant, seed, fid, tail_fid=10.0, omeg
             "sampling": dict(SAMPLING, omega=omega), "feature_extractor": "toy-classifier",
             "classifier_test_accuracy": 0.95, "num_generated": 100, "num_real": 1000, "overall": overall,
             "groups": {"head": dict(group, accuracy=0.75), "medium": group, "tail": group}, "provenance": {}}
+    if halves is not None:
+        data["reference_halves"] = {"seed": 0, "selection_fid": halves[0], "report_fid": halves[1]}
     path = tmp_path / f"{dataset}-{rho}-{variant}-{seed}-w{omega}.json"
     path.write_text(json.dumps(data))
     return path
@@ -319,3 +322,26 @@ def test_published_numbers_match_spec_section_7():
         cells = published[(published["setting"] == setting) & (published["metric"] == metric)].set_index("method")
         assert cells.loc[["coral", "ddpm", "cbdm", "t2h"], "value"].tolist() == values
     assert len(published) == 40 and not published.duplicated(["setting", "metric", "method"]).any()
+
+
+def test_omega_tuned_picks_on_the_selection_half_and_reports_on_the_other(tmp_path):
+    """DDPM's selection-half FID is lowest at omega 2 (means 5.5 vs 6.5 at 1), though its report-half FID
+    is lowest at 1: the tuned omega is 2 and the reported gain is negative, as the rule demands."""
+    halves = {("ddpm", 1.0): [(6, 7), (7, 8)], ("ddpm", 2.0): [(5, 9), (6, 10)],
+              ("coral", 1.0): [(4, 4), (4, 6)], ("coral", 2.0): [(5, 3), (6, 3)]}
+    files = [metrics_json(tmp_path, "toy", 0.01, method, seed, 1.0, omega=omega, halves=pair)
+             for (method, omega), pairs in halves.items() for seed, pair in enumerate(pairs)]
+    table = omega_tuned_table(files, {"ddpm": 1.0, "coral": 1.0}, tmp_path / "omega_tuned.csv").set_index("method")
+    assert list(table.index) == ["ddpm", "coral"]
+    assert table.loc["ddpm", "omega_tuned"] == 2.0 and table.loc["coral", "omega_tuned"] == 1.0
+    assert table.loc["ddpm", "report_fid_fixed_mean"] == pytest.approx(7.5)
+    assert table.loc["ddpm", "report_fid_tuned_mean"] == pytest.approx(9.5)
+    assert table.loc["ddpm", "gain"] == pytest.approx(-2.0)
+    assert table.loc["ddpm", "report_fid_tuned_std"] == pytest.approx(math.sqrt(0.5))
+    assert table.loc["coral", "gain"] == 0.0 and table.loc["coral", "omegas"] == "1, 2"
+    assert pd.read_csv(tmp_path / "omega_tuned.csv")["num_seeds"].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="no sample set at its fixed omega 1.5"):
+        omega_tuned_table(files, {"ddpm": 1.5, "coral": 1.0}, None)
+    old = metrics_json(tmp_path, "toy", 0.01, "t2h", 0, 1.0)
+    with pytest.raises(ValueError, match="no reference_halves"):
+        omega_tuned_table([old], {"t2h": 1.0}, None)

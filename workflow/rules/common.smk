@@ -128,6 +128,22 @@ def study_points(study):
             for row in coral_config.study_rows(CFG, study) for seed in SEEDS}
 
 
+# The study of sample.omega (if any): its sample sets, with the main runs', give each method a tuned omega.
+OMEGA_STUDY = next((name for name, study in CFG["ablations"]["studies"].items()
+                    if study.get("key") == coral_config.SAMPLING_KEY), None)
+
+
+def omega_tuned_inputs():
+    """The metrics JSONs the omega_tuned table reads: every point of the omega study and the main runs of
+    its methods on the ablation setting (their fixed omega), and each method's fixed omega."""
+    methods = CFG["ablations"]["studies"][OMEGA_STUDY]["methods"]
+    main = [path for method in methods for path in run_files("results/metrics/{run}/{tag}.json", [ABLATION_SETTING])
+            if f"/{method}/seed" in path]
+    sample_cfg = coral_config.setting_config(CFG, ABLATION_SETTING)["sample"]
+    return {"metrics": list(dict.fromkeys(list(study_points(OMEGA_STUDY)) + main)),
+            "fixed": {method: coral_config.omega_of(sample_cfg, method) for method in methods}}
+
+
 def samples_of(wildcards):
     """The first seed's sample set of a main run (its method's guidance)."""
     return f"results/samples/{wildcards.setting}/{wildcards.variant}/seed{SEEDS[0]}/{run_tag(wildcards.setting, wildcards.variant)}.npz"
@@ -242,6 +258,7 @@ MAIN_TABLES = [
     "results/tables/paper_vs_ours.csv",  # reads main.csv only: no runs of its own
 ]
 ABLATION_TABLES = expand("results/tables/ablation_{study}.csv", study=STUDIES)
+ABLATION_TABLES += ["results/tables/omega_tuned.csv"] if OMEGA_STUDY else []  # report.smk, rule omega_tuned_table
 TABLES = MAIN_TABLES + ABLATION_TABLES
 # The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
 # everything after it exists, so listing them makes a deleted checkpoint retrain its run (and

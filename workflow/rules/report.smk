@@ -86,6 +86,46 @@ rule ablation_table:
         "../scripts/ablation_table.py"
 
 
+if OMEGA_STUDY:
+
+    rule omega_tuned_table:
+        """Each method at its fixed omega and at the omega tuned on half of the reference set, both scored
+        on the other half (coral.tables.omega_tuned_table)."""
+        input:
+            omega_tuned_inputs()["metrics"],
+        output:
+            "results/tables/omega_tuned.csv",
+        params:
+            fixed=omega_tuned_inputs()["fixed"],
+        resources:
+            **planned_resources("omega_tuned_table"),
+        log:
+            "results/logs/tables/omega_tuned.log",
+        conda:
+            ENV
+        script:
+            "../scripts/omega_tuned_table.py"
+
+    rule omega_tuned_page:
+        input:
+            "results/tables/omega_tuned.csv",
+        output:
+            report("results/tables/omega_tuned.html", caption="../report/omega_tuned_table.rst",
+                   category="Ablations", subcategory=OMEGA_STUDY),
+        params:
+            title="Tuned omega (results/tables/omega_tuned.csv)",
+            made_by="omega_tuned_table",
+        localrule: True
+        resources:
+            **planned_resources("table_page"),
+        log:
+            "results/logs/tables/omega_tuned_page.log",
+        conda:
+            ENV
+        script:
+            "../scripts/table_page.py"
+
+
 rule ablation_figure:
     input:
         "results/tables/ablation_{study}.csv",
