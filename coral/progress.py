@@ -1,5 +1,6 @@
 """Progress bars for long stages: the bar goes to stderr (a rule's log file inside a Snakemake job) and,
-when stderr is such a log, one status line per CONSOLE_EVERY seconds goes to the console as well, e.g.
+when stderr is such a log, one status line per CONSOLE_EVERY seconds (and one at the end of a bar that
+ran that long) goes to the console as well, e.g.
 
     train results/runs/animals-rho0.01/ddpm/seed0: 750/1500 (50%), loss=0.0412, img/s=512, 1.9 it/s, ETA 06:30
 
@@ -17,7 +18,8 @@ CONSOLE_EVERY = 30.0  # seconds between a job's console lines
 class Progress(tqdm):
     """tqdm on stderr that also reports to the console (sys.__stderr__) when stderr was redirected.
 
-    console_every: seconds between console lines (the first comes after that long, the last at close).
+    console_every: seconds between console lines (the first comes after that long, the last at close;
+    a bar closed sooner says nothing on the console).
     """
 
     def __init__(self, *args, console_every: float = CONSOLE_EVERY, mininterval: float = 5, **kwargs):
@@ -35,8 +37,9 @@ class Progress(tqdm):
         return displayed
 
     def close(self):
-        if self._console is not None and not self.disable and self.n and self.n != self._console_n:
-            self._to_console()
+        long = self._console_n is not None or self.format_dict["elapsed"] >= self._console_every
+        if self._console is not None and not self.disable and self.n and self.n != self._console_n and long:
+            self._to_console()  # the end of a job that ran long enough to report
             self._console = None  # a second close says nothing
         super().close()
 

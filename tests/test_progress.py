@@ -44,3 +44,12 @@ def test_on_the_console_itself_only_the_bar_is_drawn(monkeypatch):
     bar.update(10)
     bar.close()
     assert "took" not in console.getvalue() and "10/10" in console.getvalue()
+
+
+def test_a_short_job_says_nothing_on_the_console(monkeypatch):
+    bar, clock, console, _ = _bar(monkeypatch, redirected=True)
+    bar._console_every = 30.0
+    clock[0] = 29.0
+    bar.update(10)
+    bar.close()
+    assert console.getvalue() == ""
