@@ -29,6 +29,7 @@ from coral import lineage
 from coral.data import class_groups, load_reference, load_split
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
+from coral.progress import Progress
 from coral.checkpoint import load_model
 from coral.sections import LATENT_INPUTS, LatentConfig
 from coral.tensors import uint8_to_unit
@@ -68,7 +69,8 @@ def bottleneck_features(model: torch.nn.Module, diffusion: Diffusion, images_uin
     was_training = model.training
     model.eval()
     features = []
-    for start in range(0, len(images), batch_size):
+    for start in Progress(range(0, len(images), batch_size), desc=f"bottleneck features ({inputs} images)",
+                          unit="batch"):
         stop = start + batch_size
         x0 = uint8_to_unit(images[start:stop]).to(device)
         t = torch.full((len(x0),), t_value, dtype=torch.int64, device=device)

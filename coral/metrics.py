@@ -293,7 +293,7 @@ def prd_scores(gen_features, real_features, num_clusters: int, num_angles: int =
     union = torch.cat([gen, real]).to(device)
     k = min(num_clusters, len(union))
     precisions, recalls = [], []
-    for run in range(num_runs):
+    for run in Progress(range(num_runs), desc=f"PRD: k-means of {len(union)} points into {k} clusters", unit="run"):
         generator = torch.Generator(device=device).manual_seed(seed + run)
         assignment = kmeans_labels(union, k, kmeans_steps, generator).cpu()
         gen_hist = torch.bincount(assignment[:len(gen)], minlength=k).numpy() / len(gen)
