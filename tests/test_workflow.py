@@ -138,7 +138,8 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
                     "tsne_run_figure": 1, "samples_figure": 1, "training_curves": 1, "claims": 1, "claims_figure": 1,
                     "main_table_page": 1, "per_class_table_page": 1, "latent_table_page": 1, "paper_vs_ours_page": 1,
-                    "ablation_table_page": 1, "claims_page": 1, "all": 1}, \
+                    "ablation_table_page": 1, "claims_page": 1, "omega_tuned_table": 1, "omega_tuned_page": 1,
+                    "all": 1}, \
         dry_run.stdout + dry_run.stderr
 
 
@@ -326,6 +327,17 @@ def test_paper_preset_plans_the_training_grid(tmp_path):
     # each method samples with its published guidance (sample.omega per method in the paper preset)
     for method, omega in [("ddpm", 0.8), ("cbdm", 1.6), ("t2h", 1.5), ("coral", 0.8)]:
         assert f"results/metrics/celeba5/{method}/seed0/ddpm-w{omega}.json" in result.stdout
+
+
+def test_paper_omega_tuned_plans_the_study_and_each_methods_own_omega(tmp_path):
+    standins.touch_paper_layout(tmp_path / "data")
+    result = snakemake(tmp_path, "-n", "results/tables/omega_tuned.csv", "--config", "preset=paper")
+    seeds = 3
+    sets = 4 * 6 + 3  # the study's six values per method, and DDPM's, CBDM's and CORAL's own omega (T2H's is 1.5)
+    assert planned_jobs(result) == {
+        "subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": 4 * seeds,
+        "sample": sets * seeds, "evaluate": sets * seeds, "omega_tuned_table": 1}, result.stdout + result.stderr
+    assert "results/metrics/cifar10-rho0.01/cbdm/seed2/ddpm-w1.6.json" in result.stdout
 
 
 @pytest.mark.parametrize("study,trained,sampled", [
