@@ -62,7 +62,7 @@ CONFIG_CASES = [
     (edited(evaluate__prd_max_clusters=0), "evaluate.prd_max_clusters: 0 is less than the minimum of 1"),
     (edited(classifier__test_fraction=1.0), "classifier.test_fraction: 1.0 is greater than or equal to the maximum of 1"),
     (edited(latent__knn_k=0), "latent.knn_k: 0 is less than the minimum of 1"),
-    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: embedded, paper, rehearsal, smoke"),
+    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: claims, embedded, paper, rehearsal, smoke"),
     (lambda c: c["data"].update(settings=[{"dataset": "cifar10"}]), "data.settings[0].rho: missing; cifar10 is balanced"),
     (lambda c: c["data"].update(settings=[{"dataset": "celeba5", "rho": 0.1}]),
      "data.settings[0].rho: 0.1 is not allowed for celeba5"),

@@ -17,7 +17,7 @@ def test_check_config_and_bad_preset():
     assert "valid (preset 'smoke'" in coral("check-config", "--preset", "smoke").stdout
     bad = coral("check-config", "--preset", "huge")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, paper, rehearsal"
+    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, claims, paper, rehearsal"
 
 
 def test_subsample_then_train_one_run(tmp_path):
@@ -121,7 +121,7 @@ def test_configfiles_merge_over_config_yaml_in_order(tmp_path):
     assert _cli_config("--configfile", str(second), "--configfile", str(first), "--preset", "embedded")["seeds"] == [0, 1, 2]
     assert _cli_config("--configfiles", str(first), "--preset", "mine")["seeds"] == [5]
     # An unknown preset lists those of the merged config, the overlay's included.
-    with pytest.raises(ConfigError, match="'huge' is not defined under presets; allowed: embedded, smoke, paper, "
+    with pytest.raises(ConfigError, match="'huge' is not defined under presets; allowed: embedded, smoke, claims, paper, "
                                           "rehearsal, mine$"):
         _cli_config("--configfile", str(first), "--preset", "huge")
     # A partial file given as the base config says how to merge it instead.

@@ -215,7 +215,7 @@ def test_cli_prints_a_row_per_rule_and_totals(capfd):
     assert rows["train"][1] == rows["sample"][1] == rows["evaluate"][1] == "4" and rows["main_table"][1] == "1"
     assert any(line.startswith("partition time limit: cluster.max_runtime_min") for line in lines)
     assert main(["plan", "--config", str(REPO / "config.yaml"), "--preset", "nope"]) == 2
-    assert "config error: preset: 'nope' is not defined under presets; allowed: embedded, smoke, paper" in \
+    assert "config error: preset: 'nope' is not defined under presets; allowed: embedded, smoke, claims, paper" in \
         capfd.readouterr().err
 
 
