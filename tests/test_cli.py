@@ -135,6 +135,6 @@ def test_an_unknown_preset_with_an_overlay_is_one_line(tmp_path):
     bad = coral("check-config", "--configfile", str(overlay), "--preset", "huge")
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("config error: preset: 'huge' is not defined under presets; allowed: embedded, "
-                                  "smoke, paper, rehearsal")
+                                  "smoke, claims, paper, rehearsal")
     good = coral("check-config", "--configfile", str(overlay), "--preset", "smoke")
     assert good.returncode == 0 and good.stdout.startswith(f"config.yaml + {overlay}: valid (preset 'smoke'")

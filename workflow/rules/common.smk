@@ -137,8 +137,8 @@ def omega_tuned_inputs():
     """The metrics JSONs the omega_tuned table reads: every point of the omega study and the main runs of
     its methods on the ablation setting (their fixed omega), and each method's fixed omega."""
     methods = CFG["ablations"]["studies"][OMEGA_STUDY]["methods"]
-    main = [path for method in methods for path in run_files("results/metrics/{run}/{tag}.json", [ABLATION_SETTING])
-            if f"/{method}/seed" in path]
+    main = [f"results/metrics/{ABLATION_SETTING}/{method}/seed{seed}/{run_tag(ABLATION_SETTING, method)}.json"
+            for method in methods for seed in SEEDS]
     sample_cfg = coral_config.setting_config(CFG, ABLATION_SETTING)["sample"]
     return {"metrics": list(dict.fromkeys(list(study_points(OMEGA_STUDY)) + main)),
             "fixed": {method: coral_config.omega_of(sample_cfg, method) for method in methods}}
