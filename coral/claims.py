@@ -93,8 +93,9 @@ def _omegas(frame: pd.DataFrame, column: str | None = None, arms: Sequence = ())
     if not arms:
         return values(frame)
     of_arm = {arm: frame[frame[column].astype(str) == str(arm)] for arm in arms}
-    if pd.concat(of_arm.values())["omega"].nunique() <= 1:
-        return values(pd.concat(of_arm.values()))
+    compared = pd.concat(of_arm.values())
+    if compared["omega"].nunique() <= 1:
+        return values(compared)
     return "; ".join(f"{arm}: {values(rows)}" for arm, rows in of_arm.items())
 
 

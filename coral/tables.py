@@ -270,7 +270,7 @@ def omega_tuned_table(metrics_jsons: Sequence[str | os.PathLike], fixed_omega: M
         data = lineage.read_json_artifact(path, "the metrics file", "evaluate")
         if "reference_halves" not in data:
             raise ValueError(f"{path}: no reference_halves (written by an older evaluation); evaluate it again")
-        records.append({**_run_record(path, data), "omega": float(_lookup(data, ("sampling", "omega"), path)),
+        records.append({**_run_record(path, data), "omega": float(_lookup(data, SAMPLING["omega"], path)),
                         **{key: _number(data["reference_halves"][key]) for key in ("selection_fid", "report_fid")}})
     records = pd.DataFrame(records).drop_duplicates(["dataset", "rho", "method", "omega", "seed"])
     rows = []

@@ -7,7 +7,6 @@ across steps. Sampling the grid draws from its own generators: training is uncha
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -18,11 +17,6 @@ from coral.sections import SampleConfig
 from coral.unet import UNet
 
 GRID_CLASSES, GRID_STEPS, GRID_OMEGA = 64, 25, 1.0
-
-
-def available() -> bool:
-    """Whether the tensorboard package (the `tensorboard` extra) is installed."""
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 class TensorBoardLog:

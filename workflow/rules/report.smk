@@ -87,16 +87,17 @@ rule ablation_table:
 
 
 if OMEGA_STUDY:
+    OMEGA_TUNED_INPUTS = omega_tuned_inputs()  # built once: the rule's inputs and params
 
     rule omega_tuned_table:
         """Each method at its fixed omega and at the omega tuned on half of the reference set, both scored
         on the other half (coral.tables.omega_tuned_table)."""
         input:
-            omega_tuned_inputs()["metrics"],
+            OMEGA_TUNED_INPUTS["metrics"],
         output:
             "results/tables/omega_tuned.csv",
         params:
-            fixed=omega_tuned_inputs()["fixed"],
+            fixed=OMEGA_TUNED_INPUTS["fixed"],
         resources:
             **planned_resources("omega_tuned_table"),
         log:
