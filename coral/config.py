@@ -286,9 +286,10 @@ def resolve(raw: dict) -> dict:
 def preset_config(raw: dict, preset: str) -> dict:
     """A preset merged over the base keys of a raw config and validated, without looking for its
     datasets or weights on disk (for sizing work on a machine that has neither)."""
-    if preset not in raw.get("presets", {}):
-        raise ConfigError(f"preset: {preset!r} is not defined under presets; allowed: {', '.join(raw.get('presets', {}))}")
-    cfg = with_preset(raw, raw["presets"][preset])
+    presets = raw.get("presets", {})
+    if not isinstance(presets, dict) or preset not in presets:
+        raise ConfigError(f"preset: {preset!r} is not defined under presets; allowed: {', '.join(presets)}")
+    cfg = with_preset({**raw, "preset": preset}, presets[preset])
     validate(cfg, check_files=False)
     return cfg
 

@@ -602,13 +602,7 @@ class CostModel:
 
 def resolve_unchecked(raw: dict, preset: str | None = None) -> dict:
     """The config with `preset` merged in and validated, without checking that the datasets are on disk."""
-    name = preset or raw.get("preset", "embedded")
-    presets = raw.get("presets", {})
-    if not isinstance(presets, dict) or name not in presets:
-        raise ConfigError(f"preset: {name!r} is not defined under presets; allowed: {', '.join(presets)}")
-    cfg = config_module.with_preset({**raw, "preset": name}, presets[name])
-    config_module.validate(cfg, check_files=False)
-    return cfg
+    return config_module.preset_config(raw, preset or raw.get("preset", "embedded"))
 
 
 def stand_in_config(cfg: dict, folder: Path) -> dict:
