@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coral import lineage
+from coral import identity, lineage
 from coral.io import DatasetError, atomic_path
 from coral.sources import CIFAR_ARCHIVES, dataset_files, missing_dataset_message
 
@@ -220,6 +220,7 @@ def write_split(data_cfg: dict, rho: float | None, out_split: str | Path, out_co
     data.training_set, a balanced set of the diagnosis drawn from a balanced pool (training_set_counts
     of the long-tailed counts; each class's images are the first of the same seeded shuffle, so the
     balanced_scarce set lies inside the long-tailed one)."""
+    data_cfg = identity.plain(data_cfg)
     data = load_dataset(data_cfg, "train")
     labels = data.labels.numpy()
     training_set = data_cfg["training_set"]
@@ -242,15 +243,17 @@ def write_split(data_cfg: dict, rho: float | None, out_split: str | Path, out_co
             writer.writerow(["class", "class_name", "count", "group"])
             for c, (name, n) in enumerate(zip(data.class_names, counts)):
                 writer.writerow([c, name, int(n), groups[c]])
-    lineage.record([out_split, out_counts], "subsample", source_files(data_cfg), {"data": data_cfg, "rho": rho})
+    lineage.record([out_split, out_counts], "subsample", source_files(data_cfg), {"data": data_cfg, "rho": rho},
+                   identity.split({**data_cfg, "rho": rho}))
 
 
 def write_reference(data_cfg: dict, out_npz: str | Path) -> None:
     """Write the balanced reference set of a dataset: what every evaluation compares against."""
+    data_cfg = identity.plain(data_cfg)
     data = load_dataset(data_cfg, "reference")
     _save_npz(out_npz, images=data.images.numpy(), labels=data.labels.numpy(),
               class_names=np.array(data.class_names))
-    lineage.record([out_npz], "reference", source_files(data_cfg), {"data": data_cfg})
+    lineage.record([out_npz], "reference", source_files(data_cfg), {"data": data_cfg}, identity.reference(data_cfg))
 
 
 @dataclass

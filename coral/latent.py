@@ -25,7 +25,7 @@ from sklearn.metrics import silhouette_samples
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from coral import lineage
+from coral import identity, lineage
 from coral.data import class_groups, load_reference, load_split
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
@@ -216,4 +216,5 @@ def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, refe
                           "num_points": len(labels),
                           "num_classes": len(split.class_names), "checkpoint": str(checkpoint),
                           "latent_cfg": latent_cfg.as_dict(), "provenance": provenance()})
-    lineage.record([out_npz, out_json], "latent", [checkpoint, split_npz, reference_npz], {"run": run, "latent": latent_cfg.as_dict()})
+    lineage.record([out_npz, out_json], "latent", [checkpoint, split_npz, reference_npz],
+                   {"run": run, "latent": latent_cfg.as_dict()}, identity.latent(latent_cfg.as_dict()))

@@ -80,6 +80,14 @@ def reading(path: str | os.PathLike, what: str, rule: str) -> Iterator[str | Non
         raise DamagedArtifact(f"{path}: {what} cannot be read ({_reason(err)}); delete it and rerun rule {rule}") from err
 
 
+def read_record(artifact: str | os.PathLike) -> dict | None:
+    """The lineage record of `artifact` (None if it has none or it cannot be read)."""
+    try:
+        return read_json(lineage_path(artifact))
+    except (OSError, ValueError):
+        return None
+
+
 def read_json_artifact(path: str | os.PathLike, what: str, rule: str):
     """A JSON artifact, verified and read (see reading)."""
     with reading(path, what, rule):
@@ -151,12 +159,13 @@ def _data_root(config: dict) -> str | None:
 
 
 def record(outputs: Iterable[str | os.PathLike], stage: str, inputs: Iterable[str | os.PathLike],
-           config: dict, data_root: str | os.PathLike | None = None) -> None:
-    """Write the lineage record of each output (call after the outputs are complete). Inputs under
-    `data_root` (default: the config's data.data_root, if it has one) are named relative to it."""
+           config: dict, identity: dict, data_root: str | os.PathLike | None = None) -> None:
+    """Write the lineage record of each output (call after the outputs are complete): `config` is what
+    the stage ran with, `identity` the part of it that changes its numbers (coral.identity). Inputs
+    under `data_root` (default: the config's data.data_root, if it has one) are named relative to it."""
     data_root = str(data_root) if data_root is not None else _data_root(config)
     named = {portable(p, data_root): sha256_file(p) for p in inputs}
-    entry = {"stage": stage, "config": config, "inputs": named, "provenance": provenance()}
+    entry = {"stage": stage, "config": config, "identity": identity, "inputs": named, "provenance": provenance()}
     if any(name.startswith(DATA_ROOT + "/") for name in named):
         entry["data_root"] = data_root
     for output in outputs:

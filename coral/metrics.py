@@ -24,7 +24,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, i
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kernel_mmd, kid_features_to_metric
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from coral import lineage
+from coral import identity, lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
 from coral.data import class_groups, load_reference, load_split
 from coral.io import atomic_path, provenance, sha256_file, write_json
@@ -400,7 +400,7 @@ def write_reference_features(reference_npz: str | Path, weights: str | Path, ext
                      class_names=np.array(real.class_names), image_shape=np.array(real.images.shape[1:]),
                      meta=np.array(json.dumps(meta)))
     lineage.record([out_npz], "reference_features", [reference_npz, weights],
-                   {"evaluate": extractor.as_dict()})
+                   {"evaluate": extractor.as_dict()}, identity.features(extractor.as_dict()))
 
 
 def load_reference_features(path: str | Path) -> ReferenceFeatures:
@@ -526,7 +526,7 @@ def evaluate(samples_npz: str | Path, reference_features_npz: str | Path, split_
             writer.writerows(rows)  # None (a meaningless spread) is written as an empty cell
     lineage.record([out_json, out_per_class_csv], "evaluate",
                    [samples_npz, reference_features_npz, split_npz, classifier_ckpt],
-                   {"run": meta["run"], "evaluate": eval_cfg.as_dict()})
+                   {"run": meta["run"], "evaluate": eval_cfg.as_dict()}, identity.evaluate(eval_cfg.as_dict()))
     return result
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coral import lineage, methods
+from coral import identity, lineage, methods
 from coral.config import setting_name
 from coral.io import atomic_path
 
@@ -126,7 +126,7 @@ def _aggregate(records: pd.DataFrame, keys: list[str], metrics: list[str], const
 def write_table(df: pd.DataFrame, out_csv: str | os.PathLike, stage: str, inputs: Sequence) -> None:
     """Write a table atomically with its lineage record."""
     _write_csv(df, out_csv)
-    lineage.record([out_csv], stage, inputs, {})
+    lineage.record([out_csv], stage, inputs, {}, identity.table(stage))
 
 
 def _write_csv(df: pd.DataFrame, out_csv: str | os.PathLike) -> None:
@@ -344,7 +344,7 @@ def paper_vs_ours(main_csv: str | os.PathLike, published_csv: str | os.PathLike,
     with atomic_path(out_md) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
-    lineage.record([out_md], "paper_vs_ours", [main_csv, published_csv], {})
+    lineage.record([out_md], "paper_vs_ours", [main_csv, published_csv], {}, identity.table("paper_vs_ours"))
     return table
 
 
@@ -396,5 +396,5 @@ def html_page(csv_path: str | os.PathLike, out_html: str | os.PathLike, title: s
             f"{table}\n</body>\n</html>\n")
     with atomic_path(out_html) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
-    lineage.record([out_html], "table_page", [csv_path], {})
+    lineage.record([out_html], "table_page", [csv_path], {}, identity.table("table_page"))
     return df

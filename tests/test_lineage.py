@@ -27,18 +27,18 @@ def make_tree(data_root: Path) -> dict[str, Path]:
     dataset = write(data_root / "toy" / "train.bin", b"raw images")
     files = {"dataset": dataset}
     files["split"] = write(Path("results/data/toy-rho0.1/split.npz"), b"split")
-    lineage.record([files["split"]], "subsample", [dataset], {"data": {"data_root": str(data_root)}, "rho": 0.1})
+    lineage.record([files["split"]], "subsample", [dataset], {"data": {"data_root": str(data_root)}, "rho": 0.1}, {})
     for method in ("ddpm", "coral"):
         run = f"{LONG}/{method}"
         final = write(Path(f"results/runs/{run}/final.pt"), f"weights {method}".encode())
-        lineage.record([final], "train", [files["split"]], {"run": {"seed": 0, "method": method}})
+        lineage.record([final], "train", [files["split"]], {"run": {"seed": 0, "method": method}}, {})
         samples = write(Path(f"results/samples/{run}/ddim50-w1.0.npz"), f"samples {method}".encode())
-        lineage.record([samples], "sample", [final], {"run": {"seed": 0}})
+        lineage.record([samples], "sample", [final], {"run": {"seed": 0}}, {})
         metrics = write(Path(f"results/metrics/{run}/ddim50-w1.0.json"), f'{{"fid": "{method}"}}'.encode())
-        lineage.record([metrics], "evaluate", [samples, files["split"]], {"run": {"seed": 0}})
+        lineage.record([metrics], "evaluate", [samples, files["split"]], {"run": {"seed": 0}}, {})
         files.update({f"final_{method}": final, f"samples_{method}": samples, f"metrics_{method}": metrics})
     files["table"] = write(Path("results/tables/main.csv"), b"method,fid\n")
-    lineage.record([files["table"]], "main_table", [files["metrics_ddpm"], files["metrics_coral"]], {})
+    lineage.record([files["table"]], "main_table", [files["metrics_ddpm"], files["metrics_coral"]], {}, {})
     return files
 
 
@@ -143,7 +143,7 @@ def test_files_of_installed_packages_and_outside_files(tmp_path, monkeypatch):
     outside = write(tmp_path / "elsewhere" / "weights.pth", b"w")
     monkeypatch.chdir(write(tmp_path / "work" / "x", b"").parent)
     out = write(Path("results/out.bin"), b"out")
-    lineage.record([out], "stage", [installed, outside], {})
+    lineage.record([out], "stage", [installed, outside], {}, {})
     inputs = list(json.loads(lineage.lineage_path(out).read_text())["inputs"])
     assert inputs[0].startswith("{site-packages}/") and inputs[0].endswith("yaml/__init__.py")
     assert inputs[1] == str(outside)
@@ -158,7 +158,7 @@ def test_a_missing_input_and_a_long_path_are_reported_within_100_columns(tmp_pat
     deep = Path("results/" + "/".join(["a-rather-long-folder-name-for-an-ablation-variant"] * 3))
     first = write(deep / "first.bin", b"1")
     second = write(deep / "second.bin", b"2")
-    lineage.record([second], "stage", [first], {})
+    lineage.record([second], "stage", [first], {}, {})
     first.unlink()
     lines, problems = lineage.audit(second)
     assert problems == 1 and all(len(line) <= WIDTH for line in lines), lines
@@ -169,14 +169,14 @@ def test_a_data_root_holding_the_working_directory_leaves_results_paths_alone(tm
     monkeypatch.chdir(tmp_path)
     dataset = write(Path("cifar-10-batches-py/data_batch_1"), b"pickle")
     split = write(Path("results/data/cifar10-rho0.01/split.npz"), b"split")
-    lineage.record([split], "subsample", [dataset], {"data": {"data_root": "."}})
+    lineage.record([split], "subsample", [dataset], {"data": {"data_root": "."}}, {})
     final = write(Path("results/runs/x/final.pt"), b"w")
-    lineage.record([final], "train", [split], {"data": {"data_root": "."}})
+    lineage.record([final], "train", [split], {"data": {"data_root": "."}}, {})
     assert list(json.loads(lineage.lineage_path(split).read_text())["inputs"]) == ["cifar-10-batches-py/data_batch_1"]
     assert list(json.loads(lineage.lineage_path(final).read_text())["inputs"]) == [str(split)]
     assert lineage.audit(final)[1] == 0
     # the default data_root, data/ under the working directory, names dataset files relative to it
     inside = write(Path("data/cifar-10-batches-py/data_batch_1"), b"pickle")
-    lineage.record([split], "subsample", [inside], {"data": {"data_root": "data/"}})
+    lineage.record([split], "subsample", [inside], {"data": {"data_root": "data/"}}, {})
     assert list(json.loads(lineage.lineage_path(split).read_text())["inputs"]) == ["{data_root}/cifar-10-batches-py/data_batch_1"]
     assert lineage.audit(final)[1] == 0

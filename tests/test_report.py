@@ -42,7 +42,7 @@ def test_a_table_page_shows_the_table_and_carries_the_csv(tmp_path):
     csv = tmp_path / "t.csv"
     pd.DataFrame({"method": ["ddpm", "coral<b>"], "fid": [12.34567, float("nan")], "steps": [50, 50]}) \
         .to_csv(csv, index=False)
-    lineage.record([csv], "test", [], {})
+    lineage.record([csv], "test", [], {}, {})
     tables.html_page(csv, tmp_path / "t.html", "A & B", "main_table")
     page = (tmp_path / "t.html").read_text()
     assert "<title>A &amp; B</title>" in page and "coral&lt;b&gt;" in page
@@ -57,7 +57,7 @@ def test_a_table_page_shows_the_table_and_carries_the_csv(tmp_path):
 def test_a_damaged_table_is_one_line_and_no_page(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("a,b\n1,2\n")
-    lineage.record([csv], "test", [], {})
+    lineage.record([csv], "test", [], {}, {})
     csv.write_text("a,b\n1,3\n")
     with pytest.raises(lineage.DamagedArtifact, match="rerun rule main_table"):
         tables.html_page(csv, tmp_path / "t.html", "t", "main_table")
