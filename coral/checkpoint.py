@@ -7,12 +7,16 @@ matching checksum was interrupted or damaged, and resuming skips it for the one 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from coral import lineage
 from coral.diffusion import Diffusion
+from coral.identity import digest
 from coral.io import atomic_path, checksum_path, sha256_file
 from coral.tensors import default_device
 from coral.unet import UNet, build_unet
@@ -54,22 +58,65 @@ def is_intact(path: Path) -> bool:
 
 
 def newest_intact(folder: Path) -> tuple[Path, dict] | None:
-    """The newest step checkpoint of `folder` whose checksum matches, skipping damaged ones with a warning."""
+    """The newest step checkpoint of `folder` whose checksum matches, skipping damaged ones with a
+    warning (in the job's log and on the console)."""
     for path in reversed(step_checkpoints(folder)):
         if is_intact(path):
             return path, load(path)
-        log.warning("checkpoint %s does not match its checksum (interrupted or damaged); trying the previous one",
-                    path)
+        console_warning(f"checkpoint {path} does not match its checksum (interrupted or damaged); trying the "
+                        "previous one")
     return None
 
 
-def resume_point(folder: Path, key: str, expected, start_afresh: Path) -> tuple[Path, dict] | None:
-    """The newest intact step checkpoint of `folder` (None: start from step 0). Its `key` entry must equal
-    `expected` (what it continues: the config and inputs); ValueError otherwise, naming what to delete."""
-    resumed = newest_intact(folder)
-    if resumed and resumed[1][key] != expected:
-        raise ValueError(f"{resumed[0]} was written for another config or input; delete {start_afresh} to retrain")
+def console_warning(message: str) -> None:
+    """A warning for the job's log and, when the log is not the console, for the console too."""
+    log.warning(message)
+    if sys.stderr is not sys.__stderr__:
+        print(f"warning: {message}", file=sys.__stderr__, flush=True)
+
+
+def resume_point(folder: Path, identity: dict, inputs: dict, identity_of: Callable[[dict], tuple[dict, dict | None]]
+                 ) -> tuple[Path, dict] | None:
+    """The newest intact step checkpoint of `folder` written for `identity` from `inputs` (None: start
+    from step 0). Step checkpoints of another identity or other inputs are set aside, never deleted: moved
+    to `folder/<digest>/`, from where a later job of that identity and those inputs takes them back.
+    `identity_of(state)` gives a checkpoint's (identity, inputs or None where it did not record them)."""
+    def usable() -> tuple[Path, dict] | None:
+        resumed = newest_intact(folder)
+        if resumed is None:
+            return None
+        theirs, their_inputs = identity_of(resumed[1])
+        if theirs == identity and their_inputs in (None, inputs):
+            return resumed
+        aside = folder / aside_name(theirs, their_inputs)
+        why = "for another config" if theirs != identity else "from other inputs"
+        console_warning(f"{folder}: its step checkpoints were written {why}; they are set aside in {aside} "
+                        "and this run starts from step 0")
+        _move_steps(folder, aside)
+        return None
+
+    resumed = usable()
+    own = folder / aside_name(identity, inputs)
+    if resumed is None and step_checkpoints(own):
+        log.info("taking back the step checkpoints of this config and inputs set aside in %s", own)
+        _move_steps(own, folder)
+        if not any(own.iterdir()):
+            own.rmdir()
+        resumed = usable()
     return resumed
+
+
+def aside_name(identity: dict, inputs: dict | None) -> str:
+    """The folder, under a run's checkpoints/, of step checkpoints set aside for another identity or inputs."""
+    return digest({"identity": identity, "inputs": inputs})
+
+
+def _move_steps(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in step_checkpoints(source):
+        for file in (path, checksum_path(path)):
+            if file.exists():
+                os.replace(file, target / file.name)
 
 
 def rng_states(device: torch.device) -> dict:

@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from coral import checkpoint, lineage
+from coral import checkpoint, identity, lineage, reuse
 from coral.data import load_reference
 from coral.io import provenance, sha256_file, write_json
 from coral.progress import Progress
@@ -148,7 +148,10 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
     torch.load(weights_only=True), with a .sha256 sidecar) holding the state dict, the constructor
     arguments, image_size, class_names and test_accuracy, and a JSON summary.
     """
-    out_ckpt = Path(out_ckpt)
+    out_ckpt, hflip = Path(out_ckpt), bool(hflip)
+    clf_identity = identity.classifier(clf_cfg.as_dict(), hflip)
+    if reuse.restore([out_ckpt, out_json], clf_identity, [reference_npz]):
+        return
     steps, batch_size, seed = clf_cfg.steps, clf_cfg.batch_size, clf_cfg.seed
     device = default_device()
     data = load_reference(reference_npz)
@@ -166,11 +169,11 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
     optimizer = torch.optim.Adam(model.parameters(), lr=clf_cfg.lr, fused=True)  # fused: no per-step .item()
 
     # What the step checkpoints continue: resuming any other training would silently mix two.
-    trained = {k: v for k, v in clf_cfg.as_dict().items() if k != "checkpoint_every"}
-    inputs = {"classifier": trained, "hflip": bool(hflip), "reference_sha256": sha256_file(reference_npz)}
+    inputs = {"reference": sha256_file(reference_npz)}
     folder = out_ckpt.parent / "checkpoints"
     start = 0
-    resumed = checkpoint.resume_point(folder, "inputs", inputs, folder)
+    resumed = checkpoint.resume_point(folder, clf_identity, inputs,
+                                      lambda state: identity.of_checkpoint("train_classifier", state))
     if resumed:
         path, state = resumed
         model.load_state_dict(state["model"])
@@ -180,7 +183,8 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
         log.info("resuming the classifier %s from step %d (%s)", out_ckpt, start, path.name)
 
     def snapshot(step: int) -> dict:
-        return {"step": step, "inputs": inputs, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"step": step, "identity": clf_identity, "inputs": inputs, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
                 **checkpoint.rng_states(device)}
 
     model.train()
@@ -214,7 +218,8 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
     lineage.record([out_ckpt, out_json], "train_classifier", [reference_npz],
-                   {"hflip": hflip, "classifier": clf_cfg.as_dict()})
+                   {"hflip": hflip, "classifier": clf_cfg.as_dict()}, clf_identity)
+    reuse.keep([out_ckpt, out_json], clf_identity)
 
 
 def save_classifier(path: str | Path, model: SmallClassifier, image_size: int, class_names: list[str],

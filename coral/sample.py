@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coral import lineage
+from coral import identity, lineage, reuse
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral.images import save_grid_png
@@ -144,6 +144,9 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
     model, diffusion, run_cfg = checkpoints.model_from_state(state, default_device())
     # a per-method omega (a mapping) resolves to this run's method's value
     sample_cfg = dataclasses.replace(sample_cfg, omega=omega_of(sample_cfg.as_dict(), run_cfg["run"]["method"]))
+    sample_identity = identity.sample(sample_cfg.as_dict(), run_cfg["run"]["method"])
+    if reuse.restore([out_npz, out_png], sample_identity, [checkpoint]):
+        return
     num_classes = model.class_embedding.num_embeddings
     image_size = run_cfg["data"]["image_size"]
     image_shape = (model.head.in_channels, image_size, image_size)
@@ -179,7 +182,9 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
         with open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), labels=labels.numpy(), meta=np.array(json.dumps(meta)))
     save_grid_png(images.numpy(), labels.numpy(), num_classes, out_png, class_names=class_names)
-    lineage.record([out_npz, out_png], "sample", [checkpoint], {"run": run_cfg["run"], "sample": sample_cfg.as_dict()})
+    lineage.record([out_npz, out_png], "sample", [checkpoint], {"run": run_cfg["run"], "sample": sample_cfg.as_dict()},
+                   sample_identity)
+    reuse.keep([out_npz, out_png], sample_identity)
     partial.remove()
 
 

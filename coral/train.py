@@ -19,12 +19,12 @@ from typing import Callable
 
 import torch
 
-from coral import lineage
+from coral import identity, lineage, reuse
 from coral.data import load_split
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
 from coral import checkpoint
-from coral.io import atomic_path, exclusive, provenance, write_json
+from coral.io import atomic_path, exclusive, provenance, sha256_file, write_json
 from coral.objectives import build_objective, drop_labels
 from coral.progress import Progress
 from coral.sections import TrainConfig
@@ -147,14 +147,20 @@ def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Ten
 
 
 def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budget: float | None = None) -> Path:
-    """Train one run (resuming from its newest checkpoint) and write run_dir/final.pt.
+    """Train one run and write run_dir/final.pt: the kept model of the same identity and training set
+    when there is one (coral.reuse), else resuming from the newest step checkpoint of this identity.
 
     Stops with OutOfTime after saving a checkpoint when the job's deadline nears (coral.deadline:
     `time_budget` seconds, or the SLURM time limit); running it again continues. One process at a
     time per run directory (Locked otherwise).
     """
     run_dir = Path(run_dir)
+    run_cfg = identity.plain(run_cfg)
     with exclusive(run_dir / ".lock", f"run directory {run_dir}"):
+        if reuse.restore([run_dir / "final.pt"], identity.run(run_cfg), [split_path]):
+            if run_cfg["train"]["prune_after_final"]:  # left by a job stopped at its time limit
+                checkpoint.prune(run_dir / "checkpoints", 0)
+            return run_dir / "final.pt"
         return _train(run_cfg, split_path, run_dir, time_budget)
 
 
@@ -173,13 +179,15 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
     if len(images) < tcfg.batch_size:
         raise ValueError(f"train.batch_size: {tcfg.batch_size} exceeds the {len(images)} training images")
 
+    run_identity, inputs = identity.run(run_cfg), {"split": sha256_file(split_path)}
     torch.manual_seed(seed)
     setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], len(split.class_names), device)
     model, ema, objective, optimizer, scheduler = (setup.model, setup.ema, setup.objective, setup.optimizer,
                                                    setup.scheduler)
 
     start = 0
-    resumed = checkpoint.resume_point(run_dir / "checkpoints", "config", run_cfg, run_dir)
+    resumed = checkpoint.resume_point(run_dir / "checkpoints", run_identity, inputs,
+                                      lambda state: identity.of_checkpoint("train", state))
     if resumed:
         path, state = resumed
         model.load_state_dict(state["model"])
@@ -202,7 +210,8 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                                tuple(images.shape[1:]), len(split.class_names), tcfg.bf16_autocast)
 
     def snapshot(step: int) -> dict:
-        state = {"step": step, "config": run_cfg, "in_channels": images.shape[1], "class_names": split.class_names,
+        state = {"step": step, "config": run_cfg, "identity": run_identity, "inputs": inputs,
+                 "in_channels": images.shape[1], "class_names": split.class_names,
                  "model": model.state_dict(), "ema": ema.state_dict(), "objective": objective.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  **checkpoint.rng_states(device)}
@@ -275,7 +284,8 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
             checkpoint.prune(run_dir / "checkpoints", 0)
         elif tcfg.prune_after_final:
             log.warning("%s: kept the step checkpoints, this job is at its time limit", run_dir)
-    lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg)
+    lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg, run_identity)
+    reuse.keep([run_dir / "final.pt"], run_identity)
     _log_summary(run_dir, tcfg, start, last_record, last_window, tick - loop_start, time.perf_counter() - job_start)
     return run_dir / "final.pt"
 

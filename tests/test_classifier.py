@@ -158,13 +158,24 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference, uninter
     _assert_same_weights(uninterrupted, load_classifier_checkpoint(out))
 
 
-def test_checkpoint_of_another_config_refuses(reference, tmp_path, monkeypatch):
+def test_checkpoints_of_another_config_are_set_aside_and_taken_back(reference, uninterrupted, tmp_path, monkeypatch):
+    """Another config trains from step 0, keeping the first config's step checkpoints aside; the first
+    config, run again, takes them back and resumes to the weights of an uninterrupted run."""
+    other = dataclasses.replace(CFG, lr=1e-2)
+    fresh = tmp_path / "fresh"
+    train_classifier(reference, other, True, fresh / "classifier.pt", fresh / "classifier.json")
     _count_steps(monkeypatch, crash_at=7)
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(reference, CFG, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
-    with pytest.raises(ValueError, match="another config or input"):
-        train_classifier(reference, dataclasses.replace(CFG, lr=1e-2), True, tmp_path / "classifier.pt",
-                         tmp_path / "classifier.json")
+        train_classifier(reference, CFG, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")  # step 4
+    seen = _count_steps(monkeypatch)
+    train_classifier(reference, other, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
+    assert seen["calls"] == CFG.steps  # from step 0
+    _assert_same_weights(load_classifier_checkpoint(fresh / "classifier.pt"),
+                         load_classifier_checkpoint(tmp_path / "classifier.pt"))
+    seen = _count_steps(monkeypatch)
+    train_classifier(reference, CFG, True, tmp_path / "classifier.pt", tmp_path / "classifier.json")
+    assert seen["calls"] == CFG.steps - 4  # resumed from the step checkpoint set aside
+    _assert_same_weights(uninterrupted, load_classifier_checkpoint(tmp_path / "classifier.pt"))
 
 
 def test_sigkill_mid_run_then_rerun_gives_identical_weights(reference, tmp_path):

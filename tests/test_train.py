@@ -1,5 +1,6 @@
 """Training: EMA formula, warm-up, and resume after an interruption equals an uninterrupted run."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -73,13 +74,54 @@ def test_interrupted_run_resumes_to_identical_weights(setup, monkeypatch):
     assert steps == [5, 10, 15, 20]  # the log has no duplicated lines from before the crash
 
 
-def test_resume_with_another_config_refuses(setup):
+def test_step_checkpoints_of_another_config_are_set_aside_and_taken_back(setup, monkeypatch):
+    """A run whose step checkpoints were written for another config trains from step 0 (to the weights
+    of a fresh run) and keeps them aside; the first config, run again, takes them back and resumes."""
+    root, run = setup
+    changed = {**run, "train": {**run["train"], "lr": 1e-2}}
+    fresh = load_checkpoint(train(changed, root / "split.npz", root / "fresh-changed"))
+    run_dir = root / "other"
+    calls = {"n": 0}
+    original = train_module.ema_update
+
+    def crash_at_step_15(*args):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        original(*args)
+
+    monkeypatch.setattr(train_module, "ema_update", crash_at_step_15)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, root / "split.npz", run_dir)  # leaves step 10
+    monkeypatch.setattr(train_module, "ema_update", original)
+    trained = load_checkpoint(train(changed, root / "split.npz", run_dir))
+    for name, tensor in fresh["ema"].items():
+        assert torch.equal(tensor, trained["ema"][name]), f"{name}: not trained from step 0"
+    aside = [path for path in (run_dir / "checkpoints").iterdir() if path.is_dir()]
+    assert [path.name for path in aside[0].glob("*.pt")] == ["step-00000010.pt"]
+
+    (run_dir / "final.pt").unlink()
+    shutil.rmtree(run_dir / "kept")
+    calls["n"] = 0
+    monkeypatch.setattr(train_module, "ema_update", lambda *args: calls.update(n=calls["n"] + 1) or original(*args))
+    resumed = load_checkpoint(train(run, root / "split.npz", run_dir))
+    assert calls["n"] == 10  # steps 11 to 20: resumed from the checkpoint set aside
+    reference = load_checkpoint(train(run, root / "split.npz", root / "fresh-first"))
+    for name, tensor in reference["ema"].items():
+        assert torch.equal(tensor, resumed["ema"][name])
+
+
+def test_a_setting_that_leaves_the_weights_alone_resumes(setup):
+    """Logging, checkpoint cadence and TensorBoard are outside the run's identity: a step checkpoint
+    written with other values is resumed, not set aside."""
     root, run = setup
     run = {**run, "train": {**run["train"], "prune_after_final": False}}
-    train(run, root / "split.npz", root / "other")
-    changed = {**run, "train": {**run["train"], "lr": 1e-2}}
-    with pytest.raises(ValueError, match="another config"):
-        train(changed, root / "split.npz", root / "other")
+    train(run, root / "split.npz", root / "settings")
+    (root / "settings" / "final.pt").unlink()
+    shutil.rmtree(root / "settings" / "kept")
+    relogged = {**run, "train": {**run["train"], "log_every": 10, "checkpoint_every": 5}}
+    train(relogged, root / "split.npz", root / "settings")
+    assert not [path for path in (root / "settings" / "checkpoints").iterdir() if path.is_dir()]
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(setup, caplog):
@@ -89,6 +131,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(setup, caplog):
     run_dir = root / "damaged"
     train(run, root / "split.npz", run_dir)
     (run_dir / "final.pt").unlink()
+    shutil.rmtree(run_dir / "kept")  # no finished model to reuse: resume from the step checkpoints
     newest = run_dir / "checkpoints" / "step-00000020.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
     with caplog.at_level("WARNING"):
@@ -184,7 +227,7 @@ def test_out_of_time_saves_and_the_next_job_continues_identically(setup):
     steps = [json.loads(line)["step"] for line in (run_dir / "stats.jsonl").read_text().splitlines()]
     assert steps == [4, 6]
     # the last job ended at its limit (SLURM may count it TIMEOUT and Snakemake delete final.pt), so its
-    # step checkpoints stay: without final.pt the next job rewrites it from them, training nothing
+    # step checkpoints stay; without final.pt the next job links the kept model back, training nothing
     assert (run_dir / "checkpoints" / "step-00000006.pt").exists()
     (run_dir / "final.pt").unlink()
     rewritten = load_checkpoint(train(run, root / "split.npz", run_dir))
