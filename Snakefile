@@ -38,6 +38,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/latent.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/claims.smk"
+include: "workflow/rules/preflight.smk"  # last: it checks the outputs of the rules above
 
 
 rule all:

@@ -11,6 +11,7 @@ rule claims:
         markdown="results/tables/claims.md",
     params:
         inputs=CLAIM_INPUTS,
+        **versioned("claims"),
     resources:
         **planned_resources("claims"),
     log:

@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 
 from coral import config as coral_config
 from coral import claims as coral_claims
+from coral import identity as coral_identity
 from coral import sections as coral_sections
 from coral.config import ConfigError
 
@@ -330,3 +331,43 @@ def reference_features_params(wildcards):
 
 def reference_features_of(wildcards):
     return f"results/features/{dataset_of(wildcards)}/reference.npz"
+
+
+# ---------------------------------------------------------------- what reruns a job (coral/identity.py)
+# A rule whose outputs record an identity gets its params from TRACKED: `identity`, the part of its
+# config that changes its numbers (what Snakemake compares to decide a rerun), and the job's whole
+# section as coral.identity.Settings, which Snakemake does not compare. The workflow's start
+# (preflight.smk) checks the finished outputs of these rules against the identity the config gives now.
+def settings(section_of):
+    """The job's config section as Settings: read by the job, not compared by Snakemake."""
+    def section(wildcards):
+        return coral_identity.Settings(section_of(wildcards))
+    return section
+
+
+def method_of(wildcards):
+    return VARIANTS[wildcards.variant][0]
+
+
+TRACKED = {
+    "subsample": {"identity": lambda w: coral_identity.split(setting_data(w)), "data": settings(setting_data)},
+    "subsample_diagnosis": {"identity": lambda w: coral_identity.split(diagnosis_data(w)),
+                            "data": settings(diagnosis_data)},
+    "reference": {"identity": lambda w: coral_identity.reference(dataset_data(w)), "data": settings(dataset_data)},
+    "train_classifier": {"identity": lambda w: coral_identity.classifier(classifier_params(w), classifier_hflip(w)),
+                         "hflip": classifier_hflip, "classifier": settings(classifier_params)},
+    "reference_features": {"identity": lambda w: coral_identity.features(reference_features_params(w)),
+                           "extractor": settings(reference_features_params)},
+    "train": {"identity": lambda w: coral_identity.run(run_params(w)), "run": settings(run_params),
+              "run_dir": run_dir},
+    "sample": {"identity": lambda w: coral_identity.sample(sample_params(w), method_of(w)),
+               "sample": settings(sample_params)},
+    "evaluate": {"identity": lambda w: coral_identity.evaluate(evaluate_params(w)),
+                 "evaluate": settings(evaluate_params)},
+    "latent": {"identity": lambda w: coral_identity.latent(latent_params(w)), "latent": settings(latent_params)},
+}
+
+
+def versioned(stage):
+    """The params of a table rule: its identity once its stage's numbers changed (coral.identity.VERSIONS)."""
+    return {"identity": coral_identity.table(stage)} if coral_identity.VERSIONS.get(stage, 1) > 1 else {}

@@ -4,7 +4,7 @@ rule subsample:
         split="results/data/{setting}/split.npz",
         counts="results/data/{setting}/class_counts.csv",
     params:
-        data=setting_data,
+        **TRACKED["subsample"],
     threads: planned_threads("subsample")
     resources:
         **planned_resources("subsample"),
@@ -23,7 +23,7 @@ rule subsample_diagnosis:
         split="results/data/{setting}/split_{training_set}.npz",
         counts="results/data/{setting}/class_counts_{training_set}.csv",
     params:
-        data=diagnosis_data,
+        **TRACKED["subsample_diagnosis"],
     threads: planned_threads("subsample")
     resources:
         **planned_resources("subsample"),
@@ -40,7 +40,7 @@ rule reference:
     output:
         reference="results/data/{dataset}/reference.npz",
     params:
-        data=dataset_data,
+        **TRACKED["reference"],
     threads: planned_threads("reference")
     resources:
         **planned_resources("reference"),
@@ -62,8 +62,7 @@ rule train_classifier:
         checkpoint="results/classifier/{dataset}/classifier.pt",
         summary="results/classifier/{dataset}/classifier.json",
     params:
-        hflip=classifier_hflip,
-        classifier=classifier_params,
+        **TRACKED["train_classifier"],
     threads: planned_threads("train_classifier")
     resources:
         gpu=1,

@@ -7,7 +7,7 @@ rule reference_features:
     output:
         features="results/features/{dataset}/reference.npz",
     params:
-        extractor=reference_features_params,
+        **TRACKED["reference_features"],
     threads: planned_threads("reference_features")
     resources:
         gpu=1,
@@ -33,7 +33,7 @@ rule evaluate:
         metrics=f"results/metrics/{RUN}/{{sampler}}-w{{omega}}.json",
         per_class=f"results/metrics/{RUN}/{{sampler}}-w{{omega}}_per_class.csv",
     params:
-        evaluate=evaluate_params,
+        **TRACKED["evaluate"],
     threads: planned_threads("evaluate")
     resources:
         gpu=1,

@@ -9,7 +9,7 @@ rule latent:
         features=f"results/latent/{RUN}/features.npz",
         separation=f"results/latent/{RUN}/separation.json",
     params:
-        latent=latent_params,
+        **TRACKED["latent"],
     threads: planned_threads("latent")
     resources:
         gpu=1,

@@ -6,7 +6,7 @@ rule sample:
         samples=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.npz",
         preview=f"results/samples/{RUN}/{{sampler}}-w{{omega}}.png",
     params:
-        sample=sample_params,
+        **TRACKED["sample"],
     threads: planned_threads("sample")
     resources:
         gpu=1,

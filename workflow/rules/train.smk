@@ -5,8 +5,7 @@ rule train:
     output:
         final=f"results/runs/{RUN}/final.pt",
     params:
-        run=run_params,
-        run_dir=run_dir,
+        **TRACKED["train"],
     threads: planned_threads("train")
     resources:
         gpu=1,
