@@ -83,6 +83,12 @@ def _per_seed(frame: pd.DataFrame, column: str, arm, metric: str) -> pd.Series:
     return rows.set_index("seed")[metric].astype(float)
 
 
+def _paired(sides: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """A column per side, on the seeds where every side has a value (a run not made or a null metric has
+    none; an infinite value is kept)."""
+    return pd.DataFrame(dict(sides)).dropna()
+
+
 def _omegas(frame: pd.DataFrame, column: str | None = None, arms: Sequence = ()) -> str:
     """The guidance scales of the runs compared: one value where all share it, else each arm's (with
     `arms`) or every value (a sweep)."""
@@ -139,15 +145,18 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
                              "reason": f"no {', '.join(absent)} for these runs"})
                 continue
             if claim["kind"] in ("compare", "gain_gap"):
-                ours = _per_seed(frame, column, claim["ours"], metric)
                 for against in claim["against"]:
-                    theirs = _per_seed(frame, column, against, metric)
-                    effects = sign * (ours - theirs)
+                    sides = {"ours": _per_seed(frame, column, claim["ours"], metric),
+                             "theirs": _per_seed(frame, column, against, metric)}
                     if claim["kind"] == "gain_gap":
                         minus = claim["minus_metric"]
-                        effects = effects - sign * (_per_seed(frame, column, claim["ours"], minus)
-                                                    - _per_seed(frame, column, against, minus))
-                    margin = claim.get("margin", 0.0) * abs(theirs.mean())
+                        sides.update(ours_minus=_per_seed(frame, column, claim["ours"], minus),
+                                     theirs_minus=_per_seed(frame, column, against, minus))
+                    seeds = _paired(sides)
+                    effects = sign * (seeds["ours"] - seeds["theirs"])
+                    if claim["kind"] == "gain_gap":
+                        effects = effects - sign * (seeds["ours_minus"] - seeds["theirs_minus"])
+                    margin = claim.get("margin", 0.0) * abs(seeds["theirs"].mean())  # the paired seeds' baseline
                     label = f"{claim['ours']} vs {against}"
                     if claim["kind"] == "gain_gap":
                         label += f" ({metric} gain minus {claim['minus_metric']} gain)"

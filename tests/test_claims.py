@@ -189,3 +189,18 @@ def test_each_row_records_the_guidance_of_the_runs_it_compares():
                            "omega": w} for m in ("coral", "ddpm") for w in (2.0, 0.5, 1.0) for seed in range(2)])
     (row,) = claims.claim_rows(sweep, frame)
     assert row["omega"] == "0.5, 1, 2"
+
+
+def test_no_worse_margin_uses_only_the_paired_seeds_baseline():
+    """DDPM's head FID is 10 on seeds 0-2 and 70 on seed 3, which CORAL lacks. The margin is 5% of the
+    paired baseline (10): 0.5, not 5% of 25 (1.25). Effects -0.7, -0.8, -0.9: mean -0.8, sd 0.1,
+    interval -0.8 +- 4.303 * 0.1 / sqrt(3) = [-1.048, -0.552], below -0.5: contradicted (inside
+    [-1.25, ...] it would hold)."""
+    claim = {"id": "C3-head", "kind": "compare", "runs": "main", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["head_fid"], "better": "lower", "margin": 0.05}
+    frame = records([("main", "s", "coral", None, seed, 0, 0, head) for seed, head in enumerate([10.7, 10.8, 10.9])]
+                    + [("main", "s", "ddpm", None, seed, 0, 0, head) for seed, head in enumerate([10, 10, 10, 70])])
+    (row,) = claims.claim_rows(claim, frame)
+    assert row["num_seeds"] == 3 and row["effect"] == pytest.approx(-0.8)
+    assert row["high"] == pytest.approx(-0.8 + 4.303 * 0.1 / math.sqrt(3), abs=1e-3)
+    assert row["verdict"] == CONTRADICTED and row["reason"] == "the 95% interval lies below -0.5"
