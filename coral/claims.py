@@ -6,7 +6,8 @@ Student's t at 95% over the seeds' effects. The verdict rule (docs/method.md §7
 
     holds         the interval lies above -margin (margin 0 unless the claim is "no worse than");
     contradicted  the interval lies below -margin;
-    inconclusive  the interval contains -margin, or there is one seed (no interval).
+    inconclusive  the interval contains -margin, there is one seed (no interval), or the effect or its
+                  interval is not finite (an infinite metric value; the reason says so).
 
 A claim whose runs were not made is "not covered". A claim holds where every one of its rows holds,
 is contradicted where any row is, and is otherwise inconclusive.
@@ -57,7 +58,7 @@ def paired_effect(effects: Sequence[float], level: float = LEVEL) -> Effect:
     if n == 0:
         return Effect(math.nan, math.nan, math.nan, 0)
     mean = float(values.mean())
-    if n < 2:
+    if n < 2 or not math.isfinite(mean):  # an infinite value: no spread either
         return Effect(mean, math.nan, math.nan, n)
     half = float(stats.t.ppf((1 + level) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
     return Effect(mean, mean - half, mean + half, n)
@@ -67,8 +68,12 @@ def verdict(effect: Effect, margin: float = 0.0) -> tuple[str, str]:
     """(verdict, reason) of an effect under the rule of the module docstring."""
     if effect.num_seeds == 0:
         return NOT_COVERED, "no seed has both runs"
+    if not math.isfinite(effect.mean):
+        return INCONCLUSIVE, f"a value is not finite: the effect is {effect.mean:g}"
     if effect.num_seeds < 2:
         return INCONCLUSIVE, "1 seed: no interval"
+    if not (math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return INCONCLUSIVE, f"a value is not finite: the interval is [{effect.low:g}, {effect.high:g}]"
     bound = f"-{margin:.4g}" if margin else "0"
     if effect.low > -margin:
         return HOLDS, f"the {LEVEL:.0%} interval lies above {bound}"
@@ -107,7 +112,8 @@ def _omegas(frame: pd.DataFrame, column: str | None = None, arms: Sequence = ())
 
 def _row(claim: dict, setting: str, comparison: str, metric: str, effects: pd.Series,
          margin: float = 0.0, omega: str = "") -> dict:
-    effect = paired_effect(effects.dropna().to_numpy())
+    """effects: one per paired seed (see _paired), so a NaN among them is arithmetic on infinite values."""
+    effect = paired_effect(effects.to_numpy())
     decision, reason = verdict(effect, margin)
     return {"claim": claim["id"], "setting": setting, "comparison": comparison, "metric": metric, "omega": omega,
             "effect": effect.mean, "low": effect.low, "high": effect.high, "num_seeds": effect.num_seeds,
@@ -116,6 +122,11 @@ def _row(claim: dict, setting: str, comparison: str, metric: str, effects: pd.Se
 
 def _best(values: pd.Series, better: str):
     return values.idxmin() if better == "lower" else values.idxmax()
+
+
+def _best_per_seed(table: pd.DataFrame, better: str) -> pd.Series:
+    """The best value of each row (seed) of a seed x value table, skipping missing ones."""
+    return table.min(axis=1) if better == "lower" else table.max(axis=1)
 
 
 def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
@@ -129,7 +140,6 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
     runs = records[records["runs"] == claim["runs"]] if len(records) else records
     if "method" in claim and len(runs):
         runs = runs[runs["method"] == claim["method"]]
-    column = claim.get("arms", "method")
     if runs.empty:
         return [{"claim": claim["id"], "setting": "", "comparison": "", "metric": ", ".join(claim["metrics"]),
                  "omega": "", "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
@@ -145,28 +155,32 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
                              "reason": f"no {', '.join(absent)} for these runs"})
                 continue
             if claim["kind"] in ("compare", "gain_gap"):
-                for against in claim["against"]:
-                    sides = {"ours": _per_seed(frame, column, claim["ours"], metric),
-                             "theirs": _per_seed(frame, column, against, metric)}
-                    if claim["kind"] == "gain_gap":
-                        minus = claim["minus_metric"]
-                        sides.update(ours_minus=_per_seed(frame, column, claim["ours"], minus),
-                                     theirs_minus=_per_seed(frame, column, against, minus))
-                    seeds = _paired(sides)
-                    effects = sign * (seeds["ours"] - seeds["theirs"])
-                    if claim["kind"] == "gain_gap":
-                        effects = effects - sign * (seeds["ours_minus"] - seeds["theirs_minus"])
-                    margin = claim.get("margin", 0.0) * abs(seeds["theirs"].mean())  # the paired seeds' baseline
-                    label = f"{claim['ours']} vs {against}"
-                    if claim["kind"] == "gain_gap":
-                        label += f" ({metric} gain minus {claim['minus_metric']} gain)"
-                    omega = _omegas(frame, column, [claim["ours"], against])
-                    rows.append(_row(claim, setting, label, metric, effects, margin, omega))
+                rows += [_compare_row(claim, setting, frame, metric, against, sign) for against in claim["against"]]
             elif claim["kind"] == "best_in_range":
                 rows.append(_best_in_range_row(claim, setting, frame, metric, sign))
             else:
                 rows.append(_same_best_row(claim, setting, frame, metric, sign))
     return rows
+
+
+def _compare_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, against: str, sign: float) -> dict:
+    """Ours against one of `against` on `metric` (gain_gap: the gain on `metric` minus the gain on
+    `minus_metric`), per seed that has both runs."""
+    column = claim.get("arms", "method")
+    sides = {"ours": _per_seed(frame, column, claim["ours"], metric), "theirs": _per_seed(frame, column, against, metric)}
+    label = f"{claim['ours']} vs {against}"
+    if claim["kind"] == "gain_gap":
+        minus = claim["minus_metric"]
+        sides.update(ours_minus=_per_seed(frame, column, claim["ours"], minus),
+                     theirs_minus=_per_seed(frame, column, against, minus))
+        label += f" ({metric} gain minus {minus} gain)"
+    seeds = _paired(sides)
+    effects = sign * (seeds["ours"] - seeds["theirs"])
+    if claim["kind"] == "gain_gap":
+        effects = effects - sign * (seeds["ours_minus"] - seeds["theirs_minus"])
+    # no worse than: by a fraction of the baseline's mean over the paired seeds
+    margin = claim["margin"] * abs(seeds["theirs"].mean()) if "margin" in claim else 0.0
+    return _row(claim, setting, label, metric, effects, margin, _omegas(frame, column, [claim["ours"], against]))
 
 
 def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
@@ -181,8 +195,9 @@ def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: s
         where = "inside" if not inside else "outside"
         return {**_row(claim, setting, label, metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
                 "reason": f"the study has no value {where} [{low}, {high}]: {values}"}
-    pick = np.min if claim["better"] == "lower" else np.max
-    effects = sign * (pick(table[inside], axis=1) - pick(table[outside], axis=1))
+    seeds = _paired({"inside": _best_per_seed(table[inside], claim["better"]),
+                     "outside": _best_per_seed(table[outside], claim["better"])})
+    effects = sign * (seeds["inside"] - seeds["outside"])
     return _row(claim, setting, label, metric, effects, omega=_omegas(frame))
 
 
@@ -195,9 +210,10 @@ def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, 
     ours_best = _best(by_value[claim["ours"]].mean(), claim["better"])
     their_best = _best(by_value[against].mean(), claim["better"])
     label = f"{claim['ours']} best {ours_best} vs {against} best {their_best}"
-    effects = sign * (by_value[claim["ours"]][their_best] - by_value[claim["ours"]][ours_best])
+    seeds = _paired({"at_theirs": by_value[claim["ours"]][their_best], "at_own": by_value[claim["ours"]][ours_best]})
+    effects = sign * (seeds["at_theirs"] - seeds["at_own"])
     row = _row(claim, setting, label, metric, effects, omega=_omegas(frame))
-    if ours_best == their_best and row["num_seeds"] >= 2:  # every effect is 0: the same runs
+    if ours_best == their_best and row["num_seeds"] >= 2 and math.isfinite(row["effect"]):  # the same runs: 0
         row.update(verdict=HOLDS, reason=f"both are best at {ours_best}")
     return row
 
@@ -259,7 +275,8 @@ def read_records(main: Mapping[str | os.PathLike, str | os.PathLike | None],
 VERDICT_RULE = (f"Each effect is paired over training seeds (the same seed and sampling noise on both sides) and "
                 f"oriented so that > 0 supports the claim; its interval is Student's t at {LEVEL:.0%}. A row holds "
                 "when the interval lies above 0 (above -margin for a no-worse claim), is contradicted when it "
-                "lies below, and is inconclusive when it contains it or there is one seed. A claim holds when "
+                "lies below, and is inconclusive when it contains it, there is one seed, or a value is not finite "
+                "(an infinite metric). A claim holds when "
                 "every row holds, is contradicted when any row is, and is otherwise inconclusive; not covered: "
                 "its runs were not made.")
 

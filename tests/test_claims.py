@@ -204,3 +204,26 @@ def test_no_worse_margin_uses_only_the_paired_seeds_baseline():
     assert row["num_seeds"] == 3 and row["effect"] == pytest.approx(-0.8)
     assert row["high"] == pytest.approx(-0.8 + 4.303 * 0.1 / math.sqrt(3), abs=1e-3)
     assert row["verdict"] == CONTRADICTED and row["reason"] == "the 95% interval lies below -0.5"
+
+
+@pytest.mark.parametrize("effect,reason", [
+    (Effect(math.inf, math.nan, math.nan, 3), "a value is not finite: the effect is inf"),
+    (Effect(math.nan, math.nan, math.nan, 2), "a value is not finite: the effect is nan"),
+    (Effect(-math.inf, math.nan, math.nan, 1), "a value is not finite: the effect is -inf"),
+    (Effect(1.0, -math.inf, math.inf, 3), "a value is not finite: the interval is [-inf, inf]"),
+])
+def test_a_value_that_is_not_finite_is_inconclusive_and_says_so(effect, reason):
+    assert verdict(effect) == (INCONCLUSIVE, reason)
+
+
+def test_an_infinite_metric_is_inconclusive_even_where_both_sides_are_infinite():
+    """CORAL's FID is inf on seed 1: effects 2, -inf, 2.5 (mean -inf). Where DDPM's is inf too, seed 1's
+    effect is inf - inf = nan, still a paired seed (not dropped as if it had no run)."""
+    claim = {"id": "X", "kind": "compare", "runs": "main", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["fid"], "better": "lower"}
+    coral = [("main", "s", "coral", None, seed, fid, 0, 0) for seed, fid in enumerate([5.0, math.inf, 5.5])]
+    for ddpm, effect in (([7.0, 7.5, 8.0], "-inf"), ([7.0, math.inf, 8.0], "nan")):
+        frame = records(coral + [("main", "s", "ddpm", None, seed, fid, 0, 0) for seed, fid in enumerate(ddpm)])
+        (row,) = claims.claim_rows(claim, frame)
+        assert row["num_seeds"] == 3 and row["verdict"] == INCONCLUSIVE
+        assert row["reason"] == f"a value is not finite: the effect is {effect}"
