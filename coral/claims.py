@@ -120,6 +120,11 @@ def _row(claim: dict, setting: str, comparison: str, metric: str, effects: pd.Se
             "verdict": decision, "reason": reason}
 
 
+def _not_covered(claim: dict, setting: str, comparison: str, metric: str, reason: str, omega: str = "") -> dict:
+    """A row without an effect: not covered, for `reason`."""
+    return {**_row(claim, setting, comparison, metric, pd.Series(dtype=float), omega=omega), "reason": reason}
+
+
 def _best(values: pd.Series, better: str):
     return values.idxmin() if better == "lower" else values.idxmax()
 
@@ -141,9 +146,8 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
     if "method" in claim and len(runs):
         runs = runs[runs["method"] == claim["method"]]
     if runs.empty:
-        return [{"claim": claim["id"], "setting": "", "comparison": "", "metric": ", ".join(claim["metrics"]),
-                 "omega": "", "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
-                 "reason": f"no runs of {claim['runs']!r} (not in this preset's studies)"}]
+        return [_not_covered(claim, "", "", ", ".join(claim["metrics"]),
+                             f"no runs of {claim['runs']!r} (not in this preset's studies)")]
     sign = -1.0 if claim["better"] == "lower" else 1.0  # effect = sign * (ours - theirs) > 0 supports
     rows = []
     for setting, frame in runs.groupby("setting", sort=False):
@@ -151,8 +155,7 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
             needed = [metric] + ([claim["minus_metric"]] if claim["kind"] == "gain_gap" else [])
             absent = [m for m in needed if m not in frame.columns or frame[m].isna().all()]
             if absent:
-                rows.append({**_row(claim, setting, "", metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
-                             "reason": f"no {', '.join(absent)} for these runs"})
+                rows.append(_not_covered(claim, setting, "", metric, f"no {', '.join(absent)} for these runs"))
                 continue
             if claim["kind"] in ("compare", "gain_gap"):
                 rows += [_compare_row(claim, setting, frame, metric, against, sign) for against in claim["against"]]
@@ -193,8 +196,7 @@ def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: s
     label = f"best in [{low}, {high}] vs best outside"
     if not inside or not outside:
         where = "inside" if not inside else "outside"
-        return {**_row(claim, setting, label, metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
-                "reason": f"the study has no value {where} [{low}, {high}]: {values}"}
+        return _not_covered(claim, setting, label, metric, f"the study has no value {where} [{low}, {high}]: {values}")
     seeds = _paired({"inside": _best_per_seed(table[inside], claim["better"]),
                      "outside": _best_per_seed(table[outside], claim["better"])})
     effects = sign * (seeds["inside"] - seeds["outside"])
@@ -207,6 +209,10 @@ def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, 
     by_value = {arm: frame[frame["method"] == arm].pivot_table(index="seed", columns="value", values=metric,
                                                                 aggfunc="first")
                 for arm in (claim["ours"], against)}
+    missing = [arm for arm, table in by_value.items() if table.empty]
+    if missing:
+        return _not_covered(claim, setting, f"{claim['ours']} best vs {against} best", metric,
+                            f"the study has no {' or '.join(missing)} runs with {metric}", _omegas(frame))
     ours_best = _best(by_value[claim["ours"]].mean(), claim["better"])
     their_best = _best(by_value[against].mean(), claim["better"])
     label = f"{claim['ours']} best {ours_best} vs {against} best {their_best}"

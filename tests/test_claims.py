@@ -227,3 +227,14 @@ def test_an_infinite_metric_is_inconclusive_even_where_both_sides_are_infinite()
         (row,) = claims.claim_rows(claim, frame)
         assert row["num_seeds"] == 3 and row["verdict"] == INCONCLUSIVE
         assert row["reason"] == f"a value is not finite: the effect is {effect}"
+
+
+def test_same_best_without_the_other_method_is_not_covered():
+    """An omega study of CORAL alone: DDPM's best omega is unknown, so C9 is not covered (it raised
+    'argmin of an empty sequence')."""
+    claim = {"id": "C9", "kind": "same_best", "runs": "omega", "ours": "coral", "against": ["ddpm"],
+             "metrics": ["fid"], "better": "lower"}
+    frame = records([("omega", "s", "coral", w, seed, 5.0 + w + seed, 0, 0) for w in (0.5, 1.0) for seed in range(2)])
+    (row,) = claims.claim_rows(claim, frame)
+    assert row["verdict"] == NOT_COVERED and row["num_seeds"] == 0
+    assert row["reason"] == "the study has no ddpm runs with fid"
