@@ -25,13 +25,14 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from coral import tables
+from coral import lineage, tables
 from coral.config import setting_name
 from coral.io import atomic_path
 
 LEVEL = 0.95
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
 KINDS = ("compare", "gain_gap", "best_in_range", "same_best")
+REFERENCE_HALVES = ("selection_fid", "report_fid")  # FID against the reference set's two halves (coral.metrics)
 ROW_COLUMNS = ["claim", "setting", "comparison", "metric", "omega", "effect", "low", "high", "num_seeds", "verdict",
                "reason"]
 
@@ -203,22 +204,41 @@ def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: s
     return _row(claim, setting, label, metric, effects, omega=_omegas(frame))
 
 
+def _by_value(frame: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
+    """A seed x value table of one method's `metric`."""
+    return frame[frame["method"] == method].pivot_table(index="seed", columns="value", values=metric, aggfunc="first")
+
+
 def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
-    """Ours at its own best value (by the mean over seeds) against ours at the best value of `against`."""
-    against = claim["against"][0]
-    by_value = {arm: frame[frame["method"] == arm].pivot_table(index="seed", columns="value", values=metric,
-                                                                aggfunc="first")
-                for arm in (claim["ours"], against)}
-    missing = [arm for arm, table in by_value.items() if table.empty]
+    """Ours at its own best value (by the mean over seeds) against ours at the best value of `against`.
+
+    For FID each best is chosen on the reference set's selection half and the effect is taken on its
+    report half, which the choice never saw (as tables.omega_tuned_table). The halves hold FID only: any
+    other metric chooses and tests on the same values."""
+    ours, against = claim["ours"], claim["against"][0]
+    label, omega = f"{ours} best vs {against} best", _omegas(frame)
+    missing = [arm for arm in (ours, against) if frame.loc[frame["method"] == arm, metric].isna().all()]
     if missing:
-        return _not_covered(claim, setting, f"{claim['ours']} best vs {against} best", metric,
-                            f"the study has no {' or '.join(missing)} runs with {metric}", _omegas(frame))
-    ours_best = _best(by_value[claim["ours"]].mean(), claim["better"])
-    their_best = _best(by_value[against].mean(), claim["better"])
-    label = f"{claim['ours']} best {ours_best} vs {against} best {their_best}"
-    seeds = _paired({"at_theirs": by_value[claim["ours"]][their_best], "at_own": by_value[claim["ours"]][ours_best]})
+        return _not_covered(claim, setting, label, metric, f"the study has no {' or '.join(missing)} runs with {metric}",
+                            omega)
+    select = test = metric
+    if metric == "fid":
+        compared = frame[frame["method"].isin([ours, against])]
+        if any(half not in compared or compared[half].isna().any() for half in REFERENCE_HALVES):
+            return _not_covered(claim, setting, label, metric, "a metrics file has no reference_halves (an older "
+                                "evaluation): evaluate it again to choose on one half and test on the other", omega)
+        select, test = REFERENCE_HALVES
+    ours_best = _best(_by_value(frame, ours, select).mean(), claim["better"])
+    their_best = _best(_by_value(frame, against, select).mean(), claim["better"])
+    label = f"{ours} best {ours_best} vs {against} best {their_best}"
+    if metric == "fid":
+        label += " (chosen on the reference's selection half, FID on its report half)"
+    tested = _by_value(frame, ours, test)
+    if their_best not in tested:
+        return _not_covered(claim, setting, label, metric, f"{ours} has no run at {their_best}", omega)
+    seeds = _paired({"at_theirs": tested[their_best], "at_own": tested[ours_best]})
     effects = sign * (seeds["at_theirs"] - seeds["at_own"])
-    row = _row(claim, setting, label, metric, effects, omega=_omegas(frame))
+    row = _row(claim, setting, label, metric, effects, omega=omega)
     if ours_best == their_best and row["num_seeds"] >= 2 and math.isfinite(row["effect"]):  # the same runs: 0
         row.update(verdict=HOLDS, reason=f"both are best at {ours_best}")
     return row
@@ -257,8 +277,14 @@ def needs_latent(claims: Sequence[dict] | None = None) -> set[str]:
             if set(claim["metrics"]) & set(tables.LATENT_SCORES)}
 
 
+def _reference_halves(metrics_json) -> dict:
+    """selection_fid and report_fid of a metrics JSON; NaN where it predates reference_halves."""
+    halves = lineage.read_json_artifact(metrics_json, "the metrics file", "evaluate").get("reference_halves", {})
+    return {key: math.nan if halves.get(key) is None else float(halves[key]) for key in REFERENCE_HALVES}
+
+
 def _record(runs: str, metrics_json, separation_json, value) -> dict:
-    record = tables.metrics_record(metrics_json)
+    record = {**tables.metrics_record(metrics_json), **_reference_halves(metrics_json)}
     rho = None if math.isnan(record["rho"]) else record["rho"]
     record.update(runs=runs, setting=setting_name(record["dataset"], rho), value=value)
     if separation_json is not None:

@@ -90,6 +90,11 @@ def test_best_in_range_compares_the_best_inside_with_the_best_outside():
     assert claims.claim_rows(claim, only_inside)[0]["verdict"] == NOT_COVERED
 
 
+def with_halves(frame):
+    """Both reference halves' FID equal to the whole reference's: selection and test see the same values."""
+    return frame.assign(selection_fid=frame["fid"], report_fid=frame["fid"])
+
+
 def test_same_best_holds_when_both_bests_coincide_and_measures_the_cost_otherwise():
     claim = {"id": "C9", "kind": "same_best", "runs": "omega", "ours": "coral", "against": ["ddpm"],
              "metrics": ["fid"], "better": "lower"}
@@ -97,10 +102,10 @@ def test_same_best_holds_when_both_bests_coincide_and_measures_the_cost_otherwis
             for seed, fid in enumerate(f)]
     same = rows + [("omega", "s", "ddpm", w, seed, fid, 0, 0) for w, f in {0.0: [9, 9.5], 1.0: [7, 7.1]}.items()
                    for seed, fid in enumerate(f)]
-    assert claims.claim_rows(claim, records(same))[0]["verdict"] == HOLDS
+    assert claims.claim_rows(claim, with_halves(records(same)))[0]["verdict"] == HOLDS
     other = rows + [("omega", "s", "ddpm", w, seed, fid, 0, 0) for w, f in {0.0: [7, 7.2], 1.0: [8, 8.1]}.items()
                     for seed, fid in enumerate(f)]
-    (row,) = claims.claim_rows(claim, records(other))
+    (row,) = claims.claim_rows(claim, with_halves(records(other)))
     # coral at ddpm's best (0.0) against at its own best (1.0): -(9 - 6) and -(9.5 - 6.2)
     assert row["effect"] == pytest.approx(-(3 + 3.3) / 2) and row["verdict"] == CONTRADICTED
 
@@ -135,8 +140,9 @@ def test_arms_may_be_the_values_of_a_study_for_one_method():
     assert row["comparison"] == "balanced_scarce vs long_tailed" and row["verdict"] == HOLDS
 
 
-def _metrics(tmp_path, variant, seed, fid, head_fid, tail_fid, rho=0.01):
-    """A metrics JSON as the evaluate stage writes it (the fields the claims read)."""
+def _metrics(tmp_path, variant, seed, fid, head_fid, tail_fid, rho=0.01, halves=None):
+    """A metrics JSON as the evaluate stage writes it (the fields the claims read); `halves`: the FIDs
+    against the reference's selection and report halves (absent, as from an older evaluation, if None)."""
     overall = {"fid": fid, "isc_mean": 10 - fid, "isc_std": 0.1, "kid_mean": fid / 100, "kid_std": 0.0,
                "precision": 0.5, "recall": 1 / fid, "prd_f8": 1 / fid, "prd_f1_8": 0.7, "accuracy": 0.9}
     groups = {"head": {"fid": head_fid, "kid_mean": 0.1, "accuracy": 0.8}, "tail": {"fid": tail_fid, "kid_mean": 0.1,
@@ -144,6 +150,8 @@ def _metrics(tmp_path, variant, seed, fid, head_fid, tail_fid, rho=0.01):
     data = {"run": {"dataset": "toy", "rho": rho, "method": variant.split("~")[0], "variant": variant, "seed": seed},
             "sampling": {"sampler": "ddim", "steps": 5, "eta": 0.0, "omega": 1.0, "num_samples": 10},
             "feature_extractor": "toy", "overall": overall, "groups": groups}
+    if halves is not None:
+        data["reference_halves"] = {"seed": 0, "selection_fid": halves[0], "report_fid": halves[1]}
     path = tmp_path / f"{variant}-{seed}.json"
     path.write_text(__import__("json").dumps(data))
     return path
@@ -238,3 +246,49 @@ def test_same_best_without_the_other_method_is_not_covered():
     (row,) = claims.claim_rows(claim, frame)
     assert row["verdict"] == NOT_COVERED and row["num_seeds"] == 0
     assert row["reason"] == "the study has no ddpm runs with fid"
+
+
+C9 = {"id": "C9", "kind": "same_best", "runs": "omega", "ours": "coral", "against": ["ddpm"], "metrics": ["fid"],
+      "better": "lower"}
+
+
+def test_same_best_chooses_on_the_selection_half_and_tests_on_the_report_half():
+    """(selection, report, whole-reference) FID per omega and seed. On the selection half CORAL is best at
+    0.5 (mean 5 vs 6) and DDPM at 1.0 (6.1 vs 7); on the whole reference both would be best at 1.0.
+    Effect on CORAL's report half: -(6 - 8) = 2 and -(6.2 - 8.4) = 2.2, mean 2.1, sd 0.1414,
+    interval 2.1 +- 12.706 * 0.1414 / sqrt(2) = [0.829, 3.371]: holds."""
+    fids = {("coral", 0.5): [(5, 8, 9), (5, 8.4, 9)], ("coral", 1.0): [(6, 6, 6), (6, 6.2, 6)],
+            ("ddpm", 0.5): [(7, 6.5, 7), (7, 6.5, 7)], ("ddpm", 1.0): [(6, 7, 6), (6.2, 7, 6.2)]}
+    frame = pd.DataFrame([{"runs": "omega", "setting": "s", "method": method, "value": w, "seed": seed,
+                           "selection_fid": selection, "report_fid": report, "fid": fid}
+                          for (method, w), seeds in fids.items() for seed, (selection, report, fid) in enumerate(seeds)])
+    (row,) = claims.claim_rows(C9, frame)
+    assert row["comparison"].startswith("coral best 0.5 vs ddpm best 1.0 (chosen on the reference's selection half")
+    assert row["num_seeds"] == 2 and row["effect"] == pytest.approx(2.1)
+    assert (row["low"], row["high"]) == pytest.approx((2.1 - 12.706 * 0.1, 2.1 + 12.706 * 0.1), abs=1e-3)
+    assert row["verdict"] == HOLDS
+
+
+def test_same_best_from_metrics_files_without_reference_halves_is_not_covered(tmp_path):
+    """CORAL's omega-study files have reference_halves, DDPM's are from an older evaluation."""
+    points = {}
+    for w in (0.5, 1.0):
+        for seed in range(2):
+            points[_metrics(tmp_path, f"coral~w{w}", seed, 6.0, 5.0, 40.0, halves=(5.0 + w, 7.0 + w))] = {"value": w}
+            points[_metrics(tmp_path, f"ddpm~w{w}", seed, 7.0, 5.0, 40.0)] = {"value": w}
+    records = claims.read_records({}, {"omega": points})
+    coral = records[records["method"] == "coral"].sort_values("value")
+    assert coral["selection_fid"].tolist() == [5.5, 5.5, 6.0, 6.0] and coral["report_fid"].tolist() == [7.5, 7.5, 8, 8]
+    assert records.loc[records["method"] == "ddpm", ["selection_fid", "report_fid"]].isna().all().all()
+    (row,) = claims.claim_rows(C9, records)
+    assert row["verdict"] == NOT_COVERED and row["reason"].startswith("a metrics file has no reference_halves")
+
+
+def test_same_best_where_ours_lacks_the_others_best_value_is_not_covered():
+    """DDPM is best at 2.0 (selection FID 4), which CORAL's runs do not include."""
+    fids = {("coral", 0.5): 5.0, ("coral", 1.0): 6.0, ("ddpm", 1.0): 6.0, ("ddpm", 2.0): 4.0}
+    frame = pd.DataFrame([{"runs": "omega", "setting": "s", "method": method, "value": w, "seed": seed, "fid": fid,
+                           "selection_fid": fid, "report_fid": fid} for (method, w), fid in fids.items()
+                          for seed in range(2)])
+    (row,) = claims.claim_rows(C9, frame)
+    assert row["verdict"] == NOT_COVERED and row["reason"] == "coral has no run at 2.0"
