@@ -292,3 +292,20 @@ def test_same_best_where_ours_lacks_the_others_best_value_is_not_covered():
                           for seed in range(2)])
     (row,) = claims.claim_rows(C9, frame)
     assert row["verdict"] == NOT_COVERED and row["reason"] == "coral has no run at 2.0"
+
+
+def test_best_in_range_never_pools_the_runs_of_different_methods():
+    """A tau_r study with CORAL and DDPM runs. CORAL: outside 6, 6; inside 5, 5.2: effects 1, 0.8 (mean 0.9).
+    DDPM: outside 4, 4; inside 7, 7.4: effects -3, -3.4 (mean -3.2). Without `method`, a row per method;
+    C7 in the registry names coral, so only CORAL's row."""
+    claim = {"id": "X", "kind": "best_in_range", "runs": "tau_r", "range": [0.5, 1.0], "metrics": ["fid"],
+             "better": "lower"}
+    fids = {("coral", 0.3): [6.0, 6.0], ("coral", 1.0): [5.0, 5.2], ("ddpm", 0.3): [4.0, 4.0], ("ddpm", 1.0): [7.0, 7.4]}
+    frame = records([("tau_r", "s", method, v, seed, fid, 0, 0) for (method, v), f in fids.items()
+                     for seed, fid in enumerate(f)])
+    coral, ddpm = claims.claim_rows(claim, frame)
+    assert coral["comparison"] == "coral best in [0.5, 1.0] vs best outside" and coral["effect"] == pytest.approx(0.9)
+    assert ddpm["comparison"].startswith("ddpm ") and ddpm["effect"] == pytest.approx(-3.2)
+    (c7,) = [c for c in claims.registry() if c["id"] == "C7"]
+    (row,) = claims.claim_rows(c7, frame)
+    assert row["effect"] == pytest.approx(0.9) and c7["method"] == "coral"
