@@ -9,8 +9,9 @@ Student's t at 95% over the seeds' effects. The verdict rule (docs/method.md §7
     inconclusive  the interval contains -margin, there is one seed (no interval), or the effect or its
                   interval is not finite (an infinite metric value; the reason says so).
 
-A claim whose runs were not made is "not covered". A claim holds where every one of its rows holds,
-is contradicted where any row is, and is otherwise inconclusive.
+A row whose runs were not made is "not covered". A claim holds when every one of its rows is covered
+and holds, is contradicted when any covered row is contradicted, is not covered when none of its rows
+is, and is otherwise inconclusive; its reason names the rows not covered.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ LEVEL = 0.95
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
 KINDS = ("compare", "gain_gap", "best_in_range", "same_best")
 REFERENCE_HALVES = ("selection_fid", "report_fid")  # FID against the reference set's two halves (coral.metrics)
+CLAIM_RULE = ("A claim holds when every one of its rows is covered and holds, is contradicted when any covered "
+              "row is contradicted, is not covered when none of its rows is, and is otherwise inconclusive; its "
+              "reason names the rows not covered.")
 ROW_COLUMNS = ["claim", "setting", "comparison", "metric", "omega", "effect", "low", "high", "num_seeds", "verdict",
                "reason"]
 
@@ -172,7 +176,8 @@ def _compare_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, ag
     """Ours against one of `against` on `metric` (gain_gap: the gain on `metric` minus the gain on
     `minus_metric`), per seed that has both runs."""
     column = claim.get("arms", "method")
-    sides = {"ours": _per_seed(frame, column, claim["ours"], metric), "theirs": _per_seed(frame, column, against, metric)}
+    sides = {"ours": _per_seed(frame, column, claim["ours"], metric),
+             "theirs": _per_seed(frame, column, against, metric)}
     label = f"{claim['ours']} vs {against}"
     if claim["kind"] == "gain_gap":
         minus = claim["minus_metric"]
@@ -221,8 +226,8 @@ def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, 
     label, omega = f"{ours} best vs {against} best", _omegas(frame)
     missing = [arm for arm in (ours, against) if frame.loc[frame["method"] == arm, metric].isna().all()]
     if missing:
-        return _not_covered(claim, setting, label, metric, f"the study has no {' or '.join(missing)} runs with {metric}",
-                            omega)
+        return _not_covered(claim, setting, label, metric,
+                            f"the study has no {' or '.join(missing)} runs with {metric}", omega)
     select = test = metric
     if metric == "fid":
         compared = frame[frame["method"].isin([ours, against])]
@@ -246,30 +251,47 @@ def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, 
     return row
 
 
-def claim_verdict(rows: Sequence[dict]) -> str:
-    """The verdict of a claim from its rows (module docstring)."""
+def _describe(row: dict) -> str:
+    """A row as a claim's reason names it: setting / comparison / metric: its reason."""
+    where = " / ".join(str(row[key]) for key in ("setting", "comparison", "metric") if row.get(key))
+    return f"{where}: {row['reason']}" if row.get("reason") else where
+
+
+def claim_decision(rows: Sequence[dict]) -> tuple[str, str]:
+    """(verdict, reason) of a claim from its rows under CLAIM_RULE; the reason counts the rows by verdict
+    and names those not covered."""
     verdicts = [row["verdict"] for row in rows]
-    covered = [v for v in verdicts if v != NOT_COVERED]
-    if not covered:
-        return NOT_COVERED
-    if CONTRADICTED in covered:
-        return CONTRADICTED
-    if all(v == HOLDS for v in covered):
-        return HOLDS
-    return INCONCLUSIVE
+    uncovered = [_describe(row) for row in rows if row["verdict"] == NOT_COVERED]
+    counts = [f"{verdicts.count(v)} {v}" for v in (HOLDS, CONTRADICTED, INCONCLUSIVE) if v in verdicts]
+    if uncovered:
+        counts.append(f"{len(uncovered)} not covered ({'; '.join(uncovered)})")
+    reason = "rows: " + ", ".join(counts)
+    if len(uncovered) == len(rows):
+        return NOT_COVERED, reason
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED, reason
+    if verdicts.count(HOLDS) == len(rows):  # every row covered and holds
+        return HOLDS, reason
+    return INCONCLUSIVE, reason
+
+
+def claim_verdict(rows: Sequence[dict]) -> str:
+    """The verdict of a claim from its rows (CLAIM_RULE)."""
+    return claim_decision(rows)[0]
 
 
 def evaluate(records: pd.DataFrame, claims: Sequence[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows, summary): every claim's rows, and one line per claim with its wording, source, verdict
-    and the smallest number of seeds behind it."""
+    """(rows, summary): every claim's rows, and one line per claim with its wording, source, verdict,
+    the verdict's reason and the smallest number of seeds behind it."""
     claims = registry() if claims is None else claims
     rows, summary = [], []
     for claim in claims:
         found = claim_rows(claim, records)
         rows += found
         seeds = [row["num_seeds"] for row in found if row["verdict"] != NOT_COVERED]
+        decision, reason = claim_decision(found)
         summary.append({"claim": claim["id"], "statement": claim["claim"], "source": claim["source"],
-                        "verdict": claim_verdict(found), "rows": len(found), "min_seeds": min(seeds, default=0)})
+                        "verdict": decision, "reason": reason, "rows": len(found), "min_seeds": min(seeds, default=0)})
     return pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(summary)
 
 
@@ -309,24 +331,23 @@ def read_records(main: Mapping[str | os.PathLike, str | os.PathLike | None],
 VERDICT_RULE = (f"Each effect is paired over training seeds (the same seed and sampling noise on both sides) and "
                 f"oriented so that > 0 supports the claim; its interval is Student's t at {LEVEL:.0%}. A row holds "
                 "when the interval lies above 0 (above -margin for a no-worse claim), is contradicted when it "
-                "lies below, and is inconclusive when it contains it, there is one seed, or a value is not finite "
-                "(an infinite metric). A claim holds when "
-                "every row holds, is contradicted when any row is, and is otherwise inconclusive; not covered: "
-                "its runs were not made.")
+                "lies below, is inconclusive when it contains it, there is one seed, or a value is not finite "
+                "(an infinite metric), and is not covered when its runs were not made. " + CLAIM_RULE)
 
 
 def write_claims(records: pd.DataFrame, out_csv: str | os.PathLike, out_md: str | os.PathLike,
                  inputs: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """claims.csv (a row per claim, setting, comparison and metric, with the claim's verdict beside
-    each row's) and claims.md (the verdicts, the rule, then every row), each atomically with a lineage
-    record naming `inputs`."""
+    """claims.csv (a row per claim, setting, comparison and metric, with the claim's verdict and its
+    reason beside each row's) and claims.md (the verdicts, the rule, then every row), each atomically
+    with a lineage record naming `inputs`."""
     rows, summary = evaluate(records)
-    verdicts = dict(zip(summary["claim"], summary["verdict"]))
-    rows.insert(1, "claim_verdict", rows["claim"].map(verdicts))
+    by_claim = summary.set_index("claim")
+    rows.insert(1, "claim_verdict", rows["claim"].map(by_claim["verdict"]))
+    rows.insert(2, "claim_reason", rows["claim"].map(by_claim["reason"]))
     tables.write_table(rows, out_csv, "claims", list(inputs))
     shown = summary.drop(columns="rows").rename(columns={"min_seeds": "seeds"})
     text = ("# Does the paper hold?\n\n" + tables.markdown(shown) + "\n" + VERDICT_RULE + "\n\n## Every comparison\n\n"
-            + tables.markdown(rows.drop(columns="claim_verdict"), digits=3))
+            + tables.markdown(rows.drop(columns=["claim_verdict", "claim_reason"]), digits=3))
     with atomic_path(out_md) as tmp:
         tmp.write_text(text)
     return rows, summary

@@ -159,7 +159,8 @@ def _metrics(tmp_path, variant, seed, fid, head_fid, tail_fid, rho=0.01, halves=
 
 def test_the_claims_table_from_metrics_files(tmp_path):
     """Three seeds where CORAL's FID is 1 below DDPM's: C1 holds against DDPM; its rows against CBDM and
-    T2H (not run) are not covered, so C1 holds on what was run. Without separation files C4 is not covered."""
+    T2H (not run) are not covered, so C1 is inconclusive and says which. Without separation files C4 is
+    not covered."""
     main = {}
     for seed in range(3):
         main[_metrics(tmp_path, "coral", seed, 6.0 + seed / 10, 5.0, 40.0 - seed)] = None
@@ -172,9 +173,13 @@ def test_the_claims_table_from_metrics_files(tmp_path):
     gap = rows[rows["claim"] == "C3"].iloc[0]  # tail gains 5, 6, 7 minus head gain 0.5
     assert gap["effect"] == pytest.approx(5.5) and gap["verdict"] == HOLDS
     verdicts = dict(zip(summary["claim"], summary["verdict"]))
-    assert verdicts["C1"] == HOLDS and verdicts["C4"] == NOT_COVERED and verdicts["C7"] == NOT_COVERED
+    assert verdicts["C1"] == INCONCLUSIVE and verdicts["C4"] == NOT_COVERED and verdicts["C7"] == NOT_COVERED
+    c1_reason = ("rows: 1 holds, 2 not covered (toy-rho0.01 / coral vs cbdm / fid: no seed has both runs; "
+                 "toy-rho0.01 / coral vs t2h / fid: no seed has both runs)")
+    assert summary.set_index("claim").loc["C1", "reason"] == c1_reason
     written = pd.read_csv(tmp_path / "claims.csv")
-    assert written.loc[written["claim"] == "C1", "claim_verdict"].unique().tolist() == [HOLDS]
+    assert written.loc[written["claim"] == "C1", "claim_verdict"].unique().tolist() == [INCONCLUSIVE]
+    assert written.loc[written["claim"] == "C1", "claim_reason"].unique().tolist() == [c1_reason]
     assert "| C1 |" in (tmp_path / "claims.md").read_text()
     from coral.figures import claims_figure
     claims_figure(tmp_path / "claims.csv", tmp_path / "claims.png")
@@ -261,7 +266,8 @@ def test_same_best_chooses_on_the_selection_half_and_tests_on_the_report_half():
             ("ddpm", 0.5): [(7, 6.5, 7), (7, 6.5, 7)], ("ddpm", 1.0): [(6, 7, 6), (6.2, 7, 6.2)]}
     frame = pd.DataFrame([{"runs": "omega", "setting": "s", "method": method, "value": w, "seed": seed,
                            "selection_fid": selection, "report_fid": report, "fid": fid}
-                          for (method, w), seeds in fids.items() for seed, (selection, report, fid) in enumerate(seeds)])
+                          for (method, w), seeds in fids.items()
+                          for seed, (selection, report, fid) in enumerate(seeds)])
     (row,) = claims.claim_rows(C9, frame)
     assert row["comparison"].startswith("coral best 0.5 vs ddpm best 1.0 (chosen on the reference's selection half")
     assert row["num_seeds"] == 2 and row["effect"] == pytest.approx(2.1)
@@ -300,7 +306,8 @@ def test_best_in_range_never_pools_the_runs_of_different_methods():
     C7 in the registry names coral, so only CORAL's row."""
     claim = {"id": "X", "kind": "best_in_range", "runs": "tau_r", "range": [0.5, 1.0], "metrics": ["fid"],
              "better": "lower"}
-    fids = {("coral", 0.3): [6.0, 6.0], ("coral", 1.0): [5.0, 5.2], ("ddpm", 0.3): [4.0, 4.0], ("ddpm", 1.0): [7.0, 7.4]}
+    fids = {("coral", 0.3): [6.0, 6.0], ("coral", 1.0): [5.0, 5.2],
+            ("ddpm", 0.3): [4.0, 4.0], ("ddpm", 1.0): [7.0, 7.4]}
     frame = records([("tau_r", "s", method, v, seed, fid, 0, 0) for (method, v), f in fids.items()
                      for seed, fid in enumerate(f)])
     coral, ddpm = claims.claim_rows(claim, frame)
@@ -309,3 +316,38 @@ def test_best_in_range_never_pools_the_runs_of_different_methods():
     (c7,) = [c for c in claims.registry() if c["id"] == "C7"]
     (row,) = claims.claim_rows(c7, frame)
     assert row["effect"] == pytest.approx(0.9) and c7["method"] == "coral"
+
+
+@pytest.mark.parametrize("verdicts,expected", [
+    ([HOLDS, HOLDS], HOLDS),
+    ([HOLDS, NOT_COVERED], INCONCLUSIVE),       # a row not covered: the claim cannot hold
+    ([CONTRADICTED, NOT_COVERED], CONTRADICTED),
+    ([INCONCLUSIVE, CONTRADICTED, HOLDS], CONTRADICTED),
+    ([NOT_COVERED, NOT_COVERED], NOT_COVERED),
+])
+def test_a_claim_holds_only_where_every_row_is_covered_and_holds(verdicts, expected):
+    assert claims.claim_verdict([{"verdict": v} for v in verdicts]) == expected
+
+
+def test_c4_does_not_hold_on_the_overall_silhouette_alone():
+    """Silhouette effects 0.40, 0.42, 0.44 (interval 0.42 +- 4.303 * 0.02 / sqrt(3), above 0: holds); no
+    run has a tail silhouette, so that row is not covered and C4 is inconclusive, naming it."""
+    frame = pd.DataFrame([{"runs": "main", "setting": "s", "method": method, "value": None, "seed": seed,
+                           "silhouette": base + 0.02 * seed * (method == "coral"), "silhouette_tail": math.nan}
+                          for method, base in (("coral", 0.9), ("ddpm", 0.5)) for seed in range(3)])
+    (c4,) = [c for c in claims.registry() if c["id"] == "C4"]
+    rows, summary = claims.evaluate(frame, [c4])
+    assert rows["verdict"].tolist() == [HOLDS, NOT_COVERED]
+    assert rows["low"].iloc[0] == pytest.approx(0.42 - 4.303 * 0.02 / math.sqrt(3), abs=1e-3)
+    assert summary["verdict"].tolist() == [INCONCLUSIVE]
+    assert summary["reason"].tolist() == ["rows: 1 holds, 1 not covered (s / silhouette_tail: no silhouette_tail "
+                                          "for these runs)"]
+
+
+def test_the_claim_rule_is_stated_identically_in_code_docstring_and_method_doc():
+    from pathlib import Path
+    def flat(text):
+        return " ".join(text.split())
+    method = (Path(__file__).resolve().parents[1] / "docs" / "method.md").read_text()
+    for text in (claims.__doc__, claims.VERDICT_RULE, method):
+        assert claims.CLAIM_RULE in flat(text)
