@@ -6,10 +6,12 @@ Student's t at 95% over the seeds' effects. The verdict rule (docs/method.md §7
 
     holds         the interval lies above -margin (margin 0 unless the claim is "no worse than");
     contradicted  the interval lies below -margin;
-    inconclusive  the interval contains -margin, or there is one seed (no interval).
+    inconclusive  the interval contains -margin, there is one seed (no interval), or the effect or its
+                  interval is not finite (an infinite metric value; the reason says so).
 
-A claim whose runs were not made is "not covered". A claim holds where every one of its rows holds,
-is contradicted where any row is, and is otherwise inconclusive.
+A row whose runs were not made is "not covered". A claim holds when every one of its rows is covered
+and holds, is contradicted when any covered row is contradicted, is not covered when none of its rows
+is, and is otherwise inconclusive; its reason names the rows not covered.
 """
 from __future__ import annotations
 
@@ -24,13 +26,17 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from coral import tables
+from coral import lineage, tables
 from coral.config import setting_name
 from coral.io import atomic_path
 
 LEVEL = 0.95
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
 KINDS = ("compare", "gain_gap", "best_in_range", "same_best")
+REFERENCE_HALVES = ("selection_fid", "report_fid")  # FID against the reference set's two halves (coral.metrics)
+CLAIM_RULE = ("A claim holds when every one of its rows is covered and holds, is contradicted when any covered "
+              "row is contradicted, is not covered when none of its rows is, and is otherwise inconclusive; its "
+              "reason names the rows not covered.")
 ROW_COLUMNS = ["claim", "setting", "comparison", "metric", "omega", "effect", "low", "high", "num_seeds", "verdict",
                "reason"]
 
@@ -57,7 +63,7 @@ def paired_effect(effects: Sequence[float], level: float = LEVEL) -> Effect:
     if n == 0:
         return Effect(math.nan, math.nan, math.nan, 0)
     mean = float(values.mean())
-    if n < 2:
+    if n < 2 or not math.isfinite(mean):  # an infinite value: no spread either
         return Effect(mean, math.nan, math.nan, n)
     half = float(stats.t.ppf((1 + level) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n))
     return Effect(mean, mean - half, mean + half, n)
@@ -67,8 +73,12 @@ def verdict(effect: Effect, margin: float = 0.0) -> tuple[str, str]:
     """(verdict, reason) of an effect under the rule of the module docstring."""
     if effect.num_seeds == 0:
         return NOT_COVERED, "no seed has both runs"
+    if not math.isfinite(effect.mean):
+        return INCONCLUSIVE, f"a value is not finite: the effect is {effect.mean:g}"
     if effect.num_seeds < 2:
         return INCONCLUSIVE, "1 seed: no interval"
+    if not (math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return INCONCLUSIVE, f"a value is not finite: the interval is [{effect.low:g}, {effect.high:g}]"
     bound = f"-{margin:.4g}" if margin else "0"
     if effect.low > -margin:
         return HOLDS, f"the {LEVEL:.0%} interval lies above {bound}"
@@ -81,6 +91,12 @@ def _per_seed(frame: pd.DataFrame, column: str, arm, metric: str) -> pd.Series:
     """metric by seed of one arm: the runs whose `column` (method or value) is `arm`."""
     rows = frame[frame[column].astype(str) == str(arm)]
     return rows.set_index("seed")[metric].astype(float)
+
+
+def _paired(sides: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """A column per side, on the seeds where every side has a value (a run not made or a null metric has
+    none; an infinite value is kept)."""
+    return pd.DataFrame(dict(sides)).dropna()
 
 
 def _omegas(frame: pd.DataFrame, column: str | None = None, arms: Sequence = ()) -> str:
@@ -101,15 +117,26 @@ def _omegas(frame: pd.DataFrame, column: str | None = None, arms: Sequence = ())
 
 def _row(claim: dict, setting: str, comparison: str, metric: str, effects: pd.Series,
          margin: float = 0.0, omega: str = "") -> dict:
-    effect = paired_effect(effects.dropna().to_numpy())
+    """effects: one per paired seed (see _paired), so a NaN among them is arithmetic on infinite values."""
+    effect = paired_effect(effects.to_numpy())
     decision, reason = verdict(effect, margin)
     return {"claim": claim["id"], "setting": setting, "comparison": comparison, "metric": metric, "omega": omega,
             "effect": effect.mean, "low": effect.low, "high": effect.high, "num_seeds": effect.num_seeds,
             "verdict": decision, "reason": reason}
 
 
+def _not_covered(claim: dict, setting: str, comparison: str, metric: str, reason: str, omega: str = "") -> dict:
+    """A row without an effect: not covered, for `reason`."""
+    return {**_row(claim, setting, comparison, metric, pd.Series(dtype=float), omega=omega), "reason": reason}
+
+
 def _best(values: pd.Series, better: str):
     return values.idxmin() if better == "lower" else values.idxmax()
+
+
+def _best_per_seed(table: pd.DataFrame, better: str) -> pd.Series:
+    """The best value of each row (seed) of a seed x value table, skipping missing ones."""
+    return table.min(axis=1) if better == "lower" else table.max(axis=1)
 
 
 def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
@@ -123,11 +150,9 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
     runs = records[records["runs"] == claim["runs"]] if len(records) else records
     if "method" in claim and len(runs):
         runs = runs[runs["method"] == claim["method"]]
-    column = claim.get("arms", "method")
     if runs.empty:
-        return [{"claim": claim["id"], "setting": "", "comparison": "", "metric": ", ".join(claim["metrics"]),
-                 "omega": "", "effect": math.nan, "low": math.nan, "high": math.nan, "num_seeds": 0, "verdict": NOT_COVERED,
-                 "reason": f"no runs of {claim['runs']!r} (not in this preset's studies)"}]
+        return [_not_covered(claim, "", "", ", ".join(claim["metrics"]),
+                             f"no runs of {claim['runs']!r} (not in this preset's studies)")]
     sign = -1.0 if claim["better"] == "lower" else 1.0  # effect = sign * (ours - theirs) > 0 supports
     rows = []
     for setting, frame in runs.groupby("setting", sort=False):
@@ -135,88 +160,138 @@ def claim_rows(claim: dict, records: pd.DataFrame) -> list[dict]:
             needed = [metric] + ([claim["minus_metric"]] if claim["kind"] == "gain_gap" else [])
             absent = [m for m in needed if m not in frame.columns or frame[m].isna().all()]
             if absent:
-                rows.append({**_row(claim, setting, "", metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
-                             "reason": f"no {', '.join(absent)} for these runs"})
+                rows.append(_not_covered(claim, setting, "", metric, f"no {', '.join(absent)} for these runs"))
                 continue
             if claim["kind"] in ("compare", "gain_gap"):
-                ours = _per_seed(frame, column, claim["ours"], metric)
-                for against in claim["against"]:
-                    theirs = _per_seed(frame, column, against, metric)
-                    effects = sign * (ours - theirs)
-                    if claim["kind"] == "gain_gap":
-                        minus = claim["minus_metric"]
-                        effects = effects - sign * (_per_seed(frame, column, claim["ours"], minus)
-                                                    - _per_seed(frame, column, against, minus))
-                    margin = claim.get("margin", 0.0) * abs(theirs.mean())
-                    label = f"{claim['ours']} vs {against}"
-                    if claim["kind"] == "gain_gap":
-                        label += f" ({metric} gain minus {claim['minus_metric']} gain)"
-                    omega = _omegas(frame, column, [claim["ours"], against])
-                    rows.append(_row(claim, setting, label, metric, effects, margin, omega))
-            elif claim["kind"] == "best_in_range":
-                rows.append(_best_in_range_row(claim, setting, frame, metric, sign))
+                rows += [_compare_row(claim, setting, frame, metric, against, sign) for against in claim["against"]]
+            elif claim["kind"] == "best_in_range":  # a row per method: never one method's best against another's
+                rows += [_best_in_range_row(claim, setting, of_method, metric, sign)
+                         for _, of_method in frame.groupby("method", sort=False)]
             else:
                 rows.append(_same_best_row(claim, setting, frame, metric, sign))
     return rows
 
 
+def _compare_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, against: str, sign: float) -> dict:
+    """Ours against one of `against` on `metric` (gain_gap: the gain on `metric` minus the gain on
+    `minus_metric`), per seed that has both runs."""
+    column = claim.get("arms", "method")
+    sides = {"ours": _per_seed(frame, column, claim["ours"], metric),
+             "theirs": _per_seed(frame, column, against, metric)}
+    label = f"{claim['ours']} vs {against}"
+    if claim["kind"] == "gain_gap":
+        minus = claim["minus_metric"]
+        sides.update(ours_minus=_per_seed(frame, column, claim["ours"], minus),
+                     theirs_minus=_per_seed(frame, column, against, minus))
+        label += f" ({metric} gain minus {minus} gain)"
+    seeds = _paired(sides)
+    effects = sign * (seeds["ours"] - seeds["theirs"])
+    if claim["kind"] == "gain_gap":
+        effects = effects - sign * (seeds["ours_minus"] - seeds["theirs_minus"])
+    # no worse than: by a fraction of the baseline's mean over the paired seeds
+    margin = claim["margin"] * abs(seeds["theirs"].mean()) if "margin" in claim else 0.0
+    return _row(claim, setting, label, metric, effects, margin, _omegas(frame, column, [claim["ours"], against]))
+
+
 def _best_in_range_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
-    """Per seed: the best `metric` over the values inside the range against the best outside it."""
+    """Per seed: the best `metric` over the values inside the range against the best outside it, of the
+    runs of one method (`frame`)."""
     low, high = claim["range"]
     table = frame.pivot_table(index="seed", columns="value", values=metric, aggfunc="first")
     values = [float(v) for v in table.columns]
     inside = [c for c, v in zip(table.columns, values) if low <= v <= high]
     outside = [c for c in table.columns if c not in inside]
-    label = f"best in [{low}, {high}] vs best outside"
+    label = f"{frame['method'].iloc[0]} best in [{low}, {high}] vs best outside"
     if not inside or not outside:
         where = "inside" if not inside else "outside"
-        return {**_row(claim, setting, label, metric, pd.Series(dtype=float)), "verdict": NOT_COVERED,
-                "reason": f"the study has no value {where} [{low}, {high}]: {values}"}
-    pick = np.min if claim["better"] == "lower" else np.max
-    effects = sign * (pick(table[inside], axis=1) - pick(table[outside], axis=1))
+        return _not_covered(claim, setting, label, metric, f"the study has no value {where} [{low}, {high}]: {values}")
+    seeds = _paired({"inside": _best_per_seed(table[inside], claim["better"]),
+                     "outside": _best_per_seed(table[outside], claim["better"])})
+    effects = sign * (seeds["inside"] - seeds["outside"])
     return _row(claim, setting, label, metric, effects, omega=_omegas(frame))
 
 
+def _by_value(frame: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
+    """A seed x value table of one method's `metric`."""
+    return frame[frame["method"] == method].pivot_table(index="seed", columns="value", values=metric, aggfunc="first")
+
+
 def _same_best_row(claim: dict, setting: str, frame: pd.DataFrame, metric: str, sign: float) -> dict:
-    """Ours at its own best value (by the mean over seeds) against ours at the best value of `against`."""
-    against = claim["against"][0]
-    by_value = {arm: frame[frame["method"] == arm].pivot_table(index="seed", columns="value", values=metric,
-                                                                aggfunc="first")
-                for arm in (claim["ours"], against)}
-    ours_best = _best(by_value[claim["ours"]].mean(), claim["better"])
-    their_best = _best(by_value[against].mean(), claim["better"])
-    label = f"{claim['ours']} best {ours_best} vs {against} best {their_best}"
-    effects = sign * (by_value[claim["ours"]][their_best] - by_value[claim["ours"]][ours_best])
-    row = _row(claim, setting, label, metric, effects, omega=_omegas(frame))
-    if ours_best == their_best and row["num_seeds"] >= 2:  # every effect is 0: the same runs
+    """Ours at its own best value (by the mean over seeds) against ours at the best value of `against`.
+
+    For FID each best is chosen on the reference set's selection half and the effect is taken on its
+    report half, which the choice never saw (as tables.omega_tuned_table). The halves hold FID only: any
+    other metric chooses and tests on the same values."""
+    ours, against = claim["ours"], claim["against"][0]
+    label, omega = f"{ours} best vs {against} best", _omegas(frame)
+    missing = [arm for arm in (ours, against) if frame.loc[frame["method"] == arm, metric].isna().all()]
+    if missing:
+        return _not_covered(claim, setting, label, metric,
+                            f"the study has no {' or '.join(missing)} runs with {metric}", omega)
+    select = test = metric
+    if metric == "fid":
+        compared = frame[frame["method"].isin([ours, against])]
+        if any(half not in compared or compared[half].isna().any() for half in REFERENCE_HALVES):
+            return _not_covered(claim, setting, label, metric, "a metrics file has no reference_halves (an older "
+                                "evaluation): evaluate it again to choose on one half and test on the other", omega)
+        select, test = REFERENCE_HALVES
+    ours_best = _best(_by_value(frame, ours, select).mean(), claim["better"])
+    their_best = _best(_by_value(frame, against, select).mean(), claim["better"])
+    label = f"{ours} best {ours_best} vs {against} best {their_best}"
+    if metric == "fid":
+        label += " (chosen on the reference's selection half, FID on its report half)"
+    tested = _by_value(frame, ours, test)
+    if their_best not in tested:
+        return _not_covered(claim, setting, label, metric, f"{ours} has no run at {their_best}", omega)
+    seeds = _paired({"at_theirs": tested[their_best], "at_own": tested[ours_best]})
+    effects = sign * (seeds["at_theirs"] - seeds["at_own"])
+    row = _row(claim, setting, label, metric, effects, omega=omega)
+    if ours_best == their_best and row["num_seeds"] >= 2 and math.isfinite(row["effect"]):  # the same runs: 0
         row.update(verdict=HOLDS, reason=f"both are best at {ours_best}")
     return row
 
 
-def claim_verdict(rows: Sequence[dict]) -> str:
-    """The verdict of a claim from its rows (module docstring)."""
+def _describe(row: dict) -> str:
+    """A row as a claim's reason names it: setting / comparison / metric: its reason."""
+    where = " / ".join(str(row[key]) for key in ("setting", "comparison", "metric") if row.get(key))
+    return f"{where}: {row['reason']}" if row.get("reason") else where
+
+
+def claim_decision(rows: Sequence[dict]) -> tuple[str, str]:
+    """(verdict, reason) of a claim from its rows under CLAIM_RULE; the reason counts the rows by verdict
+    and names those not covered."""
     verdicts = [row["verdict"] for row in rows]
-    covered = [v for v in verdicts if v != NOT_COVERED]
-    if not covered:
-        return NOT_COVERED
-    if CONTRADICTED in covered:
-        return CONTRADICTED
-    if all(v == HOLDS for v in covered):
-        return HOLDS
-    return INCONCLUSIVE
+    uncovered = [_describe(row) for row in rows if row["verdict"] == NOT_COVERED]
+    counts = [f"{verdicts.count(v)} {v}" for v in (HOLDS, CONTRADICTED, INCONCLUSIVE) if v in verdicts]
+    if uncovered:
+        counts.append(f"{len(uncovered)} not covered ({'; '.join(uncovered)})")
+    reason = "rows: " + ", ".join(counts)
+    if len(uncovered) == len(rows):
+        return NOT_COVERED, reason
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED, reason
+    if verdicts.count(HOLDS) == len(rows):  # every row covered and holds
+        return HOLDS, reason
+    return INCONCLUSIVE, reason
+
+
+def claim_verdict(rows: Sequence[dict]) -> str:
+    """The verdict of a claim from its rows (CLAIM_RULE)."""
+    return claim_decision(rows)[0]
 
 
 def evaluate(records: pd.DataFrame, claims: Sequence[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rows, summary): every claim's rows, and one line per claim with its wording, source, verdict
-    and the smallest number of seeds behind it."""
+    """(rows, summary): every claim's rows, and one line per claim with its wording, source, verdict,
+    the verdict's reason and the smallest number of seeds behind it."""
     claims = registry() if claims is None else claims
     rows, summary = [], []
     for claim in claims:
         found = claim_rows(claim, records)
         rows += found
         seeds = [row["num_seeds"] for row in found if row["verdict"] != NOT_COVERED]
+        decision, reason = claim_decision(found)
         summary.append({"claim": claim["id"], "statement": claim["claim"], "source": claim["source"],
-                        "verdict": claim_verdict(found), "rows": len(found), "min_seeds": min(seeds, default=0)})
+                        "verdict": decision, "reason": reason, "rows": len(found), "min_seeds": min(seeds, default=0)})
     return pd.DataFrame(rows, columns=ROW_COLUMNS), pd.DataFrame(summary)
 
 
@@ -226,8 +301,14 @@ def needs_latent(claims: Sequence[dict] | None = None) -> set[str]:
             if set(claim["metrics"]) & set(tables.LATENT_SCORES)}
 
 
+def _reference_halves(metrics_json) -> dict:
+    """selection_fid and report_fid of a metrics JSON; NaN where it predates reference_halves."""
+    halves = lineage.read_json_artifact(metrics_json, "the metrics file", "evaluate").get("reference_halves", {})
+    return {key: math.nan if halves.get(key) is None else float(halves[key]) for key in REFERENCE_HALVES}
+
+
 def _record(runs: str, metrics_json, separation_json, value) -> dict:
-    record = tables.metrics_record(metrics_json)
+    record = {**tables.metrics_record(metrics_json), **_reference_halves(metrics_json)}
     rho = None if math.isnan(record["rho"]) else record["rho"]
     record.update(runs=runs, setting=setting_name(record["dataset"], rho), value=value)
     if separation_json is not None:
@@ -250,23 +331,23 @@ def read_records(main: Mapping[str | os.PathLike, str | os.PathLike | None],
 VERDICT_RULE = (f"Each effect is paired over training seeds (the same seed and sampling noise on both sides) and "
                 f"oriented so that > 0 supports the claim; its interval is Student's t at {LEVEL:.0%}. A row holds "
                 "when the interval lies above 0 (above -margin for a no-worse claim), is contradicted when it "
-                "lies below, and is inconclusive when it contains it or there is one seed. A claim holds when "
-                "every row holds, is contradicted when any row is, and is otherwise inconclusive; not covered: "
-                "its runs were not made.")
+                "lies below, is inconclusive when it contains it, there is one seed, or a value is not finite "
+                "(an infinite metric), and is not covered when its runs were not made. " + CLAIM_RULE)
 
 
 def write_claims(records: pd.DataFrame, out_csv: str | os.PathLike, out_md: str | os.PathLike,
                  inputs: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """claims.csv (a row per claim, setting, comparison and metric, with the claim's verdict beside
-    each row's) and claims.md (the verdicts, the rule, then every row), each atomically with a lineage
-    record naming `inputs`."""
+    """claims.csv (a row per claim, setting, comparison and metric, with the claim's verdict and its
+    reason beside each row's) and claims.md (the verdicts, the rule, then every row), each atomically
+    with a lineage record naming `inputs`."""
     rows, summary = evaluate(records)
-    verdicts = dict(zip(summary["claim"], summary["verdict"]))
-    rows.insert(1, "claim_verdict", rows["claim"].map(verdicts))
+    by_claim = summary.set_index("claim")
+    rows.insert(1, "claim_verdict", rows["claim"].map(by_claim["verdict"]))
+    rows.insert(2, "claim_reason", rows["claim"].map(by_claim["reason"]))
     tables.write_table(rows, out_csv, "claims", list(inputs))
     shown = summary.drop(columns="rows").rename(columns={"min_seeds": "seeds"})
     text = ("# Does the paper hold?\n\n" + tables.markdown(shown) + "\n" + VERDICT_RULE + "\n\n## Every comparison\n\n"
-            + tables.markdown(rows.drop(columns="claim_verdict"), digits=3))
+            + tables.markdown(rows.drop(columns=["claim_verdict", "claim_reason"]), digits=3))
     with atomic_path(out_md) as tmp:
         tmp.write_text(text)
     return rows, summary
