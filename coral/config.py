@@ -34,16 +34,44 @@ def schema() -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A config file's mapping. Every problem is one ConfigError naming the file, and for bad text or YAML
+    the line and column (read as UTF-8, as Snakemake reads config files)."""
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path}: byte 0x{data[err.start]:02x} at {_line_column(data[:err.start])} is "
+                          "not UTF-8 text; save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"config file {path} is not valid YAML{_yaml_problem(err, text)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, found {type(raw).__name__}")
     return raw
+
+
+def _line_column(before: str | bytes) -> str:
+    """'line L, column C' of the character that follows `before` (the text up to it)."""
+    lines = before.split(b"\n" if isinstance(before, bytes) else "\n")
+    return f"line {len(lines)}, column {len(lines[-1]) + 1}"
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """' at line L, column C: what is wrong' (and where the construct it was reading began)."""
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+        return f" at {_line_column(text[:err.position])}: {str(err).splitlines()[0]}"
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return f": {' '.join(str(err).split())}"
+    context = ""
+    if err.context and err.context_mark is not None:
+        context = f" ({err.context} at {_line_column(text[:err.context_mark.index])})"
+    return f" at {_line_column(text[:err.problem_mark.index])}: {err.problem}{context}"
 
 
 def from_command_line(cfg: dict) -> dict:
