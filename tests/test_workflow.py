@@ -71,6 +71,19 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize("text,expected", [
+    (b"train:\n  steps: 30\n  lr 0.1\n  warmup: 5\n",
+     "config error: config file config.yaml is not valid YAML at line 4, column 3: could not find expected ':'"),
+    (b"train:\n  steps: \xff30\n", "config error: config file config.yaml: byte 0xff at line 2, column 10 is not UTF-8"),
+])
+def test_a_broken_config_yaml_in_the_working_directory_is_one_line(tmp_path, text, expected):
+    """The Snakefile's `configfile: "config.yaml"` (the working directory's): coral reads it first."""
+    (tmp_path / "config.yaml").write_bytes(text)
+    result = snakemake(tmp_path, "-n", "--config", "preset=smoke")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith(expected), result.stderr
+
+
 def test_seeds_from_the_command_line(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "preset=smoke", "seeds=[0,1,2]")
     assert result.returncode == 0, result.stderr[-2000:]
