@@ -290,8 +290,9 @@ def _check_ablations(cfg: dict, validator) -> None:
 
 
 def resolve(raw: dict) -> dict:
-    """Merge the chosen preset over the base keys and validate; every preset is checked too
-    (the datasets and weights files only for the chosen one)."""
+    """Merge the chosen preset over the base keys and validate. The base keys (the user's own merged in) are
+    checked alone, then under each preset, the chosen one first, so that an error names the preset it comes
+    from, or none; the datasets and weights files are looked for only for the chosen preset."""
     raw = copy.deepcopy(raw)
     presets = raw.get("presets", {})
     preset = raw.get("preset", "embedded")
@@ -301,13 +302,14 @@ def resolve(raw: dict) -> dict:
     for name, override in presets.items():
         if not isinstance(override, dict):
             raise ConfigError(f"presets.{name}: must be a mapping of keys, found {override!r}")
-    cfg = with_preset(raw, presets[preset])
-    validate(cfg)
-    for name, override in presets.items():  # catch typos in presets not chosen now, too
+    validate(with_preset(raw, {}), check_files=False)
+    for name in [preset, *(other for other in presets if other != preset)]:  # typos in presets not chosen, too
         try:
-            validate(with_preset(raw, override), check_files=False)
+            validate(with_preset(raw, presets[name]), check_files=False)
         except ConfigError as err:
             raise ConfigError(f"{err} (in preset {name!r})") from None
+    cfg = with_preset(raw, presets[preset])
+    validate(cfg)
     return cfg
 
 

@@ -155,3 +155,20 @@ def test_a_preset_switches_a_study_off_with_null():
     assert cfg["ablations"]["studies"]["tau_r"] == {"methods": ["coral"], "key": "objectives.coral.tau_r",
                                                     "values": [0.3, 1.0]}
     assert set(load("config.yaml")["ablations"]["studies"]) >= {"label_drop", "coral_reduction"}
+
+
+def test_an_error_names_the_preset_it_comes_from_or_none():
+    """Every preset is validated; an error names a preset only when that preset's keys bring it about."""
+    def overlaid(overlay, preset):
+        return {**deep_merge(BASE, overlay), "preset": preset}
+    # the user's own keys, shadowed by the chosen smoke preset (which sets train.steps and sample.num_samples)
+    for overlay, expected in [({"train": {"steps": 0}}, "train.steps: 0 is less than the minimum of 1"),
+                              ({"sample": {"num_samples": 55}}, "sample.num_samples: 55 must be a multiple of the 10")]:
+        with pytest.raises(ConfigError) as info:
+            resolve(overlaid(overlay, "smoke"))
+        assert str(info.value).startswith(expected) and "in preset" not in str(info.value), info.value
+    # a key under a preset not chosen, and one under the chosen preset
+    with pytest.raises(ConfigError, match=r"^train.steps: 0 is less than the minimum of 1 \(in preset 'claims'\)$"):
+        resolve(overlaid({"presets": {"claims": {"train": {"steps": 0}}}}, "smoke"))
+    with pytest.raises(ConfigError, match=r"^train.steps: 0 is less than the minimum of 1 \(in preset 'smoke'\)$"):
+        resolve(overlaid({"presets": {"smoke": {"train": {"steps": 0}}}}, "smoke"))
