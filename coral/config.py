@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import importlib.resources
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,63 @@ def preset_config(raw: dict, preset: str) -> dict:
     cfg = with_preset({**raw, "preset": preset}, presets[preset])
     validate(cfg, check_files=False)
     return cfg
+
+
+def preset_warnings(base: dict, given: dict, preset: str) -> list[str]:
+    """One warning line per key the user set that the chosen preset overrides (a preset's keys win), and one
+    per data setting of theirs that the preset's data.settings drops (a list is replaced, not merged).
+    `base` is config.yaml as read; `given` is base with the user's files and --config merged over it, before
+    the preset. Keys under presets and keys set to the preset's own value are not reported. For a valid config."""
+    override = given["presets"][preset]
+    sources = {f"presets.{preset}": override}  # and its dataset_overrides, which win for their dataset's settings
+    sources.update({f"presets.{preset}.dataset_overrides.{dataset}": part
+                    for dataset, part in override.get("dataset_overrides", {}).items()})
+    lines = []
+    for path, value in _leaves(given):
+        if path[0] in ("preset", "presets") or _set_at(base, path) == (path, value):
+            continue  # not a key of the user's
+        key = ".".join(path)
+        for where, tree in sources.items():
+            found = _set_at(tree, path)
+            if found is None or found[1] == value or (isinstance(value, dict) and isinstance(found[1], dict)):
+                continue  # not set, set alike, or mappings that merge
+            fix = f"set {key} under {where} or choose another preset"
+            if path == ("data", "settings"):
+                names = ", ".join(setting_name(s["dataset"], s.get("rho")) for s in found[1])
+                lines += [f"warning: data.settings: your setting {setting_name(s['dataset'], s.get('rho'))} is not "
+                          f"trained: {where}.data.settings replaces the list ({names}); to train it, {fix}"
+                          for s in value if s not in found[1]]
+            else:
+                lines.append(f"warning: {key}: your {_shown(value)} loses to {where}.{'.'.join(found[0])} = "
+                             f"{_shown(found[1])}; to keep yours, {fix}")
+    return lines
+
+
+def _leaves(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, value) of every value of `tree` that is not a non-empty mapping."""
+    found = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            found += _leaves(value, prefix + (key,))
+        else:
+            found.append((prefix + (key,), value))
+    return found
+
+
+def _set_at(tree: dict, path: tuple):
+    """What a (partial) config sets at `path`: (path, value), or (a prefix of path, value) where it holds a value
+    that is not a mapping and so replaces everything below; None where it sets nothing."""
+    for i, part in enumerate(path):
+        if part not in tree:
+            return None
+        tree = tree[part]
+        if not isinstance(tree, dict):
+            return path[:i + 1], tree
+    return path, tree
+
+
+def _shown(value) -> str:
+    return json.dumps(value, default=str)
 
 
 def load(path: str | Path, preset: str | None = None) -> dict:

@@ -71,6 +71,18 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_key_the_preset_overrides_is_warned_once_at_the_start(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train: {steps: 30}\n")  # the smoke preset sets train.steps: 20
+    command = SNAKEMAKE + ["-d", str(tmp_path / "work"), "--configfile", str(REPO / "config.yaml"), str(overlay), "-n",
+                           "--config", "preset=smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: train.steps: your 30 loses to presets.smoke.train.steps = 20; to keep yours, set "
+                        "train.steps under presets.smoke or choose another preset"], result.stderr
+
+
 @pytest.mark.parametrize("text,expected", [
     (b"train:\n  steps: 30\n  lr 0.1\n  warmup: 5\n",
      "config error: config file config.yaml is not valid YAML at line 4, column 3: could not find expected ':'"),
