@@ -27,6 +27,21 @@ min_version("9.0")
 report: "workflow/report/workflow.rst"
 
 
+# A broken config.yaml stops with one line naming its line and column (Snakemake's own message names
+# neither, or is a traceback). Snakemake reads --configfile files before this runs (README, on --configfile).
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)  # coral from this checkout
+from coral.config import ConfigError, load_yaml
+
+if os.path.exists("config.yaml"):  # the file the directive below reads, if present (relative to the working directory)
+    try:
+        load_yaml("config.yaml")
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+
+
 configfile: "config.yaml"
 
 

@@ -73,6 +73,9 @@ def _config(args) -> dict:
 
 def _cmd_check_config(args) -> None:
     cfg = _config(args)
+    base = config_module.load_yaml(args.config)
+    for line in config_module.preset_warnings(base, _raw_config(args), cfg["preset"]):
+        print(line, file=sys.stderr)
     files = " + ".join(str(path) for path in [args.config, *(args.configfile or ())])
     print(f"{files}: valid (preset {cfg['preset']!r}, methods {', '.join(cfg['methods'])})")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import importlib.resources
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,44 @@ def schema() -> dict:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A config file's mapping. Every problem is one ConfigError naming the file, and for bad text or YAML
+    the line and column (read as UTF-8, as Snakemake reads config files)."""
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path}: byte 0x{data[err.start]:02x} at {_line_column(data[:err.start])} is "
+                          "not UTF-8 text; save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"config file {path} is not valid YAML{_yaml_problem(err, text)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, found {type(raw).__name__}")
     return raw
+
+
+def _line_column(before: str | bytes) -> str:
+    """'line L, column C' of the character that follows `before` (the text up to it)."""
+    lines = before.split(b"\n" if isinstance(before, bytes) else "\n")
+    return f"line {len(lines)}, column {len(lines[-1]) + 1}"
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str) -> str:
+    """' at line L, column C: what is wrong' (and where the construct it was reading began)."""
+    if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+        return f" at {_line_column(text[:err.position])}: {str(err).splitlines()[0]}"
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return f": {' '.join(str(err).split())}"
+    context = ""
+    if err.context and err.context_mark is not None:
+        context = f" ({err.context} at {_line_column(text[:err.context_mark.index])})"
+    return f" at {_line_column(text[:err.problem_mark.index])}: {err.problem}{context}"
 
 
 def from_command_line(cfg: dict) -> dict:
@@ -262,8 +291,9 @@ def _check_ablations(cfg: dict, validator) -> None:
 
 
 def resolve(raw: dict) -> dict:
-    """Merge the chosen preset over the base keys and validate; every preset is checked too
-    (the datasets and weights files only for the chosen one)."""
+    """Merge the chosen preset over the base keys and validate. The base keys (the user's own merged in) are
+    checked alone, then under each preset, the chosen one first, so that an error names the preset it comes
+    from, or none; the datasets and weights files are looked for only for the chosen preset."""
     raw = copy.deepcopy(raw)
     presets = raw.get("presets", {})
     preset = raw.get("preset", "embedded")
@@ -273,13 +303,14 @@ def resolve(raw: dict) -> dict:
     for name, override in presets.items():
         if not isinstance(override, dict):
             raise ConfigError(f"presets.{name}: must be a mapping of keys, found {override!r}")
-    cfg = with_preset(raw, presets[preset])
-    validate(cfg)
-    for name, override in presets.items():  # catch typos in presets not chosen now, too
+    validate(with_preset(raw, {}), check_files=False)
+    for name in [preset, *(other for other in presets if other != preset)]:  # typos in presets not chosen, too
         try:
-            validate(with_preset(raw, override), check_files=False)
+            validate(with_preset(raw, presets[name]), check_files=False)
         except ConfigError as err:
             raise ConfigError(f"{err} (in preset {name!r})") from None
+    cfg = with_preset(raw, presets[preset])
+    validate(cfg)
     return cfg
 
 
@@ -292,6 +323,63 @@ def preset_config(raw: dict, preset: str) -> dict:
     cfg = with_preset({**raw, "preset": preset}, presets[preset])
     validate(cfg, check_files=False)
     return cfg
+
+
+def preset_warnings(base: dict, given: dict, preset: str) -> list[str]:
+    """One warning line per key the user set that the chosen preset overrides (a preset's keys win), and one
+    per data setting of theirs that the preset's data.settings drops (a list is replaced, not merged).
+    `base` is config.yaml as read; `given` is base with the user's files and --config merged over it, before
+    the preset. Keys under presets and keys set to the preset's own value are not reported. For a valid config."""
+    override = given["presets"][preset]
+    sources = {f"presets.{preset}": override}  # and its dataset_overrides, which win for their dataset's settings
+    sources.update({f"presets.{preset}.dataset_overrides.{dataset}": part
+                    for dataset, part in override.get("dataset_overrides", {}).items()})
+    lines = []
+    for path, value in _leaves(given):
+        if path[0] in ("preset", "presets") or _set_at(base, path) == (path, value):
+            continue  # not a key of the user's
+        key = ".".join(path)
+        for where, tree in sources.items():
+            found = _set_at(tree, path)
+            if found is None or found[1] == value or (isinstance(value, dict) and isinstance(found[1], dict)):
+                continue  # not set, set alike, or mappings that merge
+            fix = f"set {key} under {where} or choose another preset"
+            if path == ("data", "settings"):
+                names = ", ".join(setting_name(s["dataset"], s.get("rho")) for s in found[1])
+                lines += [f"warning: data.settings: your setting {setting_name(s['dataset'], s.get('rho'))} is not "
+                          f"trained: {where}.data.settings replaces the list ({names}); to train it, {fix}"
+                          for s in value if s not in found[1]]
+            else:
+                lines.append(f"warning: {key}: your {_shown(value)} loses to {where}.{'.'.join(found[0])} = "
+                             f"{_shown(found[1])}; to keep yours, {fix}")
+    return lines
+
+
+def _leaves(tree: dict, prefix: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, value) of every value of `tree` that is not a non-empty mapping."""
+    found = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            found += _leaves(value, prefix + (key,))
+        else:
+            found.append((prefix + (key,), value))
+    return found
+
+
+def _set_at(tree: dict, path: tuple):
+    """What a (partial) config sets at `path`: (path, value), or (a prefix of path, value) where it holds a value
+    that is not a mapping and so replaces everything below; None where it sets nothing."""
+    for i, part in enumerate(path):
+        if part not in tree:
+            return None
+        tree = tree[part]
+        if not isinstance(tree, dict):
+            return path[:i + 1], tree
+    return path, tree
+
+
+def _shown(value) -> str:
+    return json.dumps(value, default=str)
 
 
 def load(path: str | Path, preset: str | None = None) -> dict:

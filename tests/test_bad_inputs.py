@@ -127,13 +127,18 @@ FILE_CASES = [
     ("broken.yaml", "train: {steps: 10\n", "config file broken.yaml is not valid YAML"),
     ("list.yaml", "- 1\n- 2\n", "config file list.yaml must hold a mapping of keys, found list"),
     ("code.yaml", "preset: !!python/object/apply:os.system ['true']\n", "config file code.yaml is not valid YAML"),
+    ("colon.yaml", "train:\n  steps: 30\n  lr 0.1\n  warmup: 5\n", "config file colon.yaml is not valid YAML at "
+     "line 4, column 3: could not find expected ':' (while scanning a simple key at line 3, column 3)"),
+    ("latin1.yaml", b"train:\n  steps: \xff30\n", "config file latin1.yaml: byte 0xff at line 2, column 10 is not UTF-8 "
+     "text; save the file as UTF-8"),
 ]
 
 
 @pytest.mark.parametrize("name,text,expected", FILE_CASES)
 def test_bad_config_file(name, text, expected, finished_result, capfd):
+    path = finished_result.parents[2] / name
     if text is not None:
-        (finished_result.parents[2] / name).write_text(text)
+        path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     code, lines = run_cli(["check-config", "--config", name], capfd)
     assert code == 2 and len(lines) == 1 and lines[0].startswith("config error: ") and expected in lines[0]
 

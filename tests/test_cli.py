@@ -138,3 +138,25 @@ def test_an_unknown_preset_with_an_overlay_is_one_line(tmp_path):
                                   "smoke, claims, paper, rehearsal")
     good = coral("check-config", "--configfile", str(overlay), "--preset", "smoke")
     assert good.returncode == 0 and good.stdout.startswith(f"config.yaml + {overlay}: valid (preset 'smoke'")
+
+
+def test_check_config_warns_of_each_key_of_yours_the_preset_overrides(tmp_path):
+    """A preset's keys win over an overlay's; check-config says so, key by key, before its valid line."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train: {steps: 30, batch_size: 16, lr: 0.001}\n"  # smoke: steps 20, batch_size 16, no lr
+                       "data: {settings: [{dataset: animals, rho: 0.1}, {dataset: cifar10, rho: 0.01}]}\n")
+    result = coral("check-config", "--configfile", str(overlay), "--preset", "smoke")
+    assert result.returncode == 0 and result.stdout.startswith(f"config.yaml + {overlay}: valid (preset 'smoke'")
+    assert result.stderr.splitlines() == [
+        "warning: data.settings: your setting cifar10-rho0.01 is not trained: presets.smoke.data.settings replaces "
+        "the list (animals-rho0.1); to train it, set data.settings under presets.smoke or choose another preset",
+        "warning: train.steps: your 30 loses to presets.smoke.train.steps = 20; to keep yours, set train.steps under "
+        "presets.smoke or choose another preset"]
+    # a preset's dataset_overrides win over your keys and over your own dataset_overrides
+    overlay.write_text("train: {steps: 30}\ndataset_overrides: {animals: {sample: {batch_size: 50}}}\n"
+                       "presets: {mine: {dataset_overrides: {animals: {train: {steps: 7}, sample: {batch_size: 10}}}}}\n")
+    result = coral("check-config", "--configfile", str(overlay), "--preset", "mine")
+    assert result.returncode == 0 and [line.split(";")[0] for line in result.stderr.splitlines()] == [
+        "warning: dataset_overrides.animals.sample.batch_size: your 50 loses to "
+        "presets.mine.dataset_overrides.animals.sample.batch_size = 10",
+        "warning: train.steps: your 30 loses to presets.mine.dataset_overrides.animals.train.steps = 7"]

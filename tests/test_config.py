@@ -155,3 +155,51 @@ def test_a_preset_switches_a_study_off_with_null():
     assert cfg["ablations"]["studies"]["tau_r"] == {"methods": ["coral"], "key": "objectives.coral.tau_r",
                                                     "values": [0.3, 1.0]}
     assert set(load("config.yaml")["ablations"]["studies"]) >= {"label_drop", "coral_reduction"}
+
+
+def test_preset_warnings_name_each_key_of_yours_the_preset_overrides():
+    from coral.config import preset_warnings
+    overlay = {"train": {"steps": 30, "batch_size": 16, "lr": 1.0e-3},  # 16 restates smoke's own value; smoke sets no lr
+               "data": {"settings": [{"dataset": "animals", "rho": 0.1}, {"dataset": "cifar10", "rho": 0.01}]}}
+    assert preset_warnings(BASE, deep_merge(BASE, overlay), "smoke") == [
+        "warning: data.settings: your setting cifar10-rho0.01 is not trained: presets.smoke.data.settings replaces "
+        "the list (animals-rho0.1); to train it, set data.settings under presets.smoke or choose another preset",
+        "warning: train.steps: your 30 loses to presets.smoke.train.steps = 20; to keep yours, set train.steps under "
+        "presets.smoke or choose another preset"]
+    assert preset_warnings(BASE, deep_merge(BASE, overlay), "embedded") == []
+    # the preset's dataset_overrides win too, and a key of the user's own dataset_overrides can lose to them
+    overlay = {"train": {"bf16_autocast": False}, "dataset_overrides": {"celeba5": {"data": {"image_size": 32}}},
+               "presets": {"paper": {"seeds": [0]}}}  # a key under presets is the preset's: not reported
+    assert preset_warnings(BASE, deep_merge(BASE, overlay), "paper") == [
+        "warning: dataset_overrides.celeba5.data.image_size: your 32 loses to "
+        "presets.paper.dataset_overrides.celeba5.data.image_size = 64; to keep yours, set "
+        "dataset_overrides.celeba5.data.image_size under presets.paper or choose another preset",
+        "warning: train.bf16_autocast: your false loses to presets.paper.dataset_overrides.celeba5.train.bf16_autocast "
+        "= true; to keep yours, set train.bf16_autocast under presets.paper.dataset_overrides.celeba5 or choose "
+        "another preset",
+        "warning: train.bf16_autocast: your false loses to "
+        "presets.paper.dataset_overrides.imagenet_lt.train.bf16_autocast = true; to keep yours, set "
+        "train.bf16_autocast under presets.paper.dataset_overrides.imagenet_lt or choose another preset"]
+    # a study the preset switches off (null) overrides every key of it
+    overlay = {"ablations": {"studies": {"label_drop": {"values": ["sample"]}}}}
+    assert preset_warnings(BASE, deep_merge(BASE, overlay), "claims") == [
+        "warning: ablations.studies.label_drop.values: your [\"sample\"] loses to "
+        "presets.claims.ablations.studies.label_drop = null; to keep yours, set ablations.studies.label_drop.values "
+        "under presets.claims or choose another preset"]
+
+
+def test_an_error_names_the_preset_it_comes_from_or_none():
+    """Every preset is validated; an error names a preset only when that preset's keys bring it about."""
+    def overlaid(overlay, preset):
+        return {**deep_merge(BASE, overlay), "preset": preset}
+    # the user's own keys, shadowed by the chosen smoke preset (which sets train.steps and sample.num_samples)
+    for overlay, expected in [({"train": {"steps": 0}}, "train.steps: 0 is less than the minimum of 1"),
+                              ({"sample": {"num_samples": 55}}, "sample.num_samples: 55 must be a multiple of the 10")]:
+        with pytest.raises(ConfigError) as info:
+            resolve(overlaid(overlay, "smoke"))
+        assert str(info.value).startswith(expected) and "in preset" not in str(info.value), info.value
+    # a key under a preset not chosen, and one under the chosen preset
+    with pytest.raises(ConfigError, match=r"^train.steps: 0 is less than the minimum of 1 \(in preset 'claims'\)$"):
+        resolve(overlaid({"presets": {"claims": {"train": {"steps": 0}}}}, "smoke"))
+    with pytest.raises(ConfigError, match=r"^train.steps: 0 is less than the minimum of 1 \(in preset 'smoke'\)$"):
+        resolve(overlaid({"presets": {"smoke": {"train": {"steps": 0}}}}, "smoke"))

@@ -71,6 +71,31 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
     assert not (tmp_path / "results").exists()
 
 
+def test_a_key_the_preset_overrides_is_warned_once_at_the_start(tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train: {steps: 30}\n")  # the smoke preset sets train.steps: 20
+    command = SNAKEMAKE + ["-d", str(tmp_path / "work"), "--configfile", str(REPO / "config.yaml"), str(overlay), "-n",
+                           "--config", "preset=smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == ["warning: train.steps: your 30 loses to presets.smoke.train.steps = 20; to keep yours, set "
+                        "train.steps under presets.smoke or choose another preset"], result.stderr
+
+
+@pytest.mark.parametrize("text,expected", [
+    (b"train:\n  steps: 30\n  lr 0.1\n  warmup: 5\n",
+     "config error: config file config.yaml is not valid YAML at line 4, column 3: could not find expected ':'"),
+    (b"train:\n  steps: \xff30\n", "config error: config file config.yaml: byte 0xff at line 2, column 10 is not UTF-8"),
+])
+def test_a_broken_config_yaml_in_the_working_directory_is_one_line(tmp_path, text, expected):
+    """The Snakefile's `configfile: "config.yaml"` (the working directory's): coral reads it first."""
+    (tmp_path / "config.yaml").write_bytes(text)
+    result = snakemake(tmp_path, "-n", "--config", "preset=smoke")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith(expected), result.stderr
+
+
 def test_seeds_from_the_command_line(tmp_path):
     result = snakemake(tmp_path, "-n", "--config", "preset=smoke", "seeds=[0,1,2]")
     assert result.returncode == 0, result.stderr[-2000:]

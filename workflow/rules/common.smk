@@ -19,6 +19,13 @@ try:
 except ConfigError as err:
     sys.exit(f"config error: {err}")
 
+# --- preset warnings (config-ux): the user's keys the chosen preset overrides, printed once by the main process
+if not (workflow.remote_exec or workflow.subprocess_exec):
+    for line in coral_config.preset_warnings(coral_config.load_yaml(os.path.join(workflow.basedir, "config.yaml")),
+                                             coral_config.from_command_line(config), CFG["preset"]):
+        print(line, file=sys.stderr)
+# --- end of preset warnings
+
 SETTINGS = coral_config.settings(CFG)  # name -> {"dataset", "rho"}
 DATASETS = list(dict.fromkeys(s["dataset"] for s in SETTINGS.values()))
 METHODS = CFG["methods"]
