@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from coral.config import preset_config, run_config, setting_config, settings as config_settings
-from coral.data import long_tail_counts
+from coral.longtail import long_tail_counts
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.methods import PAPER_METHODS

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import importlib.resources
 import json
 import re
@@ -17,6 +18,7 @@ import jsonschema
 import yaml
 
 from coral import methods
+from coral.longtail import long_tail_counts, training_set_counts
 from coral.sources import BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message
 
 # Names that become parts of file paths (study names, run variants): no separators, no "..".
@@ -172,6 +174,7 @@ def validate(cfg: dict, check_files: bool = True) -> None:
     for name in names:
         _check_consistency(setting_config(cfg, name), check_files)
     _check_ablations(cfg, validator)
+    _check_sizes(cfg)
 
 
 def _check_setting(i: int, setting: dict) -> None:
@@ -237,6 +240,51 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
     pool = cfg["objectives"]["coral_ambient"]["pool_size"]
     if pool > data["image_size"]:
         raise ConfigError(f"objectives.coral_ambient.pool_size: {pool} exceeds data.image_size = {data['image_size']}")
+
+
+def _check_sizes(cfg: dict) -> None:
+    """What a job would refuse for the size of its data, checked here, before any job (and so before
+    Snakemake deletes the outputs of one): wherever a dataset's size is known without reading it."""
+    runs = [(name, method) for name in settings(cfg) for method in cfg["methods"]]
+    runs += [(ablation_setting(cfg), variant) for variant in variants(cfg)]
+    for name, variant in runs:
+        run_cfg = run_config(cfg, name, variant, 0)
+        images = _training_images(run_cfg["data"])
+        if images is not None and run_cfg["train"]["batch_size"] > images:
+            run = f"run {variant} of {name}, training set {run_cfg['data']['training_set']}"
+            raise ConfigError(f"train.batch_size: {run_cfg['train']['batch_size']} exceeds the {images} training "
+                              f"images of the {run}; allowed: at most {images}")
+    for name in settings(cfg):
+        setting = setting_config(cfg, name)
+        dataset = setting["data"]["dataset"]
+        num_classes, per_class = NUM_CLASSES[dataset], BALANCED_PER_CLASS.get(dataset)
+        evaluate, sample, latent = setting["evaluate"], setting["sample"], setting["latent"]
+        needed = max(2, evaluate["prc_neighborhood"] + 1)  # per-class FID needs 2 features, precision/recall k + 1
+        if sample["labels"] == "stratified" and sample["num_samples"] // num_classes < needed:
+            raise ConfigError(f"sample.num_samples: {sample['num_samples']} gives {sample['num_samples'] // num_classes} "
+                              f"images per class of {dataset}; per-class metrics need at least {needed} "
+                              f"(evaluate.prc_neighborhood + 1): allowed: {needed * num_classes} or more")
+        if per_class is None:  # a naturally long-tailed dataset: its size is known only from its files
+            continue
+        classifier = setting["classifier"]
+        held_out = math.ceil(classifier["test_fraction"] * per_class * num_classes)  # as scikit-learn rounds it
+        if classifier["batch_size"] > per_class * num_classes - held_out:
+            raise ConfigError(f"classifier.batch_size: {classifier['batch_size']} exceeds the "
+                              f"{per_class * num_classes - held_out} images the classifier of {dataset} trains on")
+        points = num_classes * min(latent["per_class"], per_class)
+        if points < 4 or latent["knn_k"] > points - 1 or latent["perplexity"] >= points:
+            raise ConfigError(f"latent.per_class: {latent['per_class']} gives {points} images of {dataset}; the t-SNE "
+                              f"needs at least 4 and more than latent.perplexity = {latent['perplexity']}, and the "
+                              f"k-NN purity more than latent.knn_k = {latent['knn_k']}")
+
+
+def _training_images(data: dict) -> int | None:
+    """The size of a run's training set, where it is known without reading the dataset."""
+    per_class = BALANCED_PER_CLASS.get(data["dataset"])
+    if per_class is None or data["rho"] is None:
+        return None
+    counts = long_tail_counts(per_class, data["rho"], NUM_CLASSES[data["dataset"]])
+    return sum(training_set_counts(counts, data["training_set"]))
 
 
 # Ablation keys: sample.omega re-samples the trained checkpoints; keys under these sections retrain.

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from coral import methods
 from coral.bench import PEAK_BF16_FLOPS, machine_description
 from coral.config import deep_merge, load_yaml, preset_config, run_config, validate
-from coral.data import long_tail_counts
+from coral.longtail import long_tail_counts
 from coral.io import provenance, write_json
 from coral.sample import denoise
 from coral.sections import SampleConfig

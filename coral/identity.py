@@ -27,8 +27,9 @@ from typing import Any
 # stage -> version of its numerics, with the reason of each raise (what the workflow's start prints).
 VERSIONS: dict[str, int] = {"claims": 2}
 CHANGES: dict[str, str] = {
-    "claims": "claims version 2: a claim with a row not covered no longer holds; C9 selects each method's best "
-              "omega on one half of the reference set and tests on the other",
+    "claims": "claims version 2: a claim holds only where every row is covered; C9 picks each method's best omega "
+              "on one half of the reference set and tests it on the other; the no-worse margin is the mean of the "
+              "paired seeds only; a value that is not finite is inconclusive; a range claim never pools methods",
 }
 
 # Train keys that leave the weights alone: how a run is computed, logged and checkpointed.

@@ -26,7 +26,8 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from coral import identity, lineage
-from coral.data import class_groups, load_reference, load_split
+from coral.data import load_reference, load_split
+from coral.longtail import class_groups
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.progress import Progress
@@ -98,7 +99,7 @@ def separation_scores(features: np.ndarray, labels: np.ndarray, class_groups_per
                       k: int = 10) -> dict[str, float]:
     """Class separation of features (N, D) with labels (N,).
 
-    class_groups_per_class: 'head' / 'medium' / 'tail' for each class id (coral.data.class_groups).
+    class_groups_per_class: 'head' / 'medium' / 'tail' for each class id (coral.longtail.class_groups).
     Returns silhouette, knn_purity and, for each group g in head/medium/tail, silhouette_g and
     knn_purity_g (the per-point values averaged over points of that group's classes; NaN if the
     group has no points). Silhouette uses cosine distance and lies in [-1, 1]; purity in [0, 1],

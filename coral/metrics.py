@@ -26,7 +26,8 @@ from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from
 
 from coral import identity, lineage
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier_checkpoint
-from coral.data import class_groups, load_reference, load_split
+from coral.data import load_reference, load_split
+from coral.longtail import class_groups
 from coral.io import atomic_path, provenance, sha256_file, write_json
 from coral.progress import Progress
 from coral.sections import EvaluateConfig, ExtractorConfig

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from coral.data import class_subset_indices
+from coral.longtail import class_subset_indices
 from coral.io import DatasetError
 from coral.progress import Progress
 from coral.sources import CELEBA_FILES, IMAGENET_FOLDER, IMAGENET_LT_FILES

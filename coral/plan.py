@@ -70,7 +70,7 @@ PUBLISHED_IMAGES = {"celeba5": {"train": 162_770, "reference": 162_770},
                     "imagenet_lt": {"train": 115_846, "reference": 50_000}}
 def image_count(data: dict, part: str) -> int:
     """Images of a dataset's long-tailed split (part 'train') or its reference set."""
-    from coral.data import long_tail_counts
+    from coral.longtail import long_tail_counts
     dataset = data["dataset"]
     if dataset in BALANCED_PER_CLASS:
         per_class, classes = BALANCED_PER_CLASS[dataset], NUM_CLASSES[dataset]

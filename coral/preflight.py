@@ -40,28 +40,29 @@ RECORD_FORMAT = 6  # Snakemake's metadata records that hold comparable params
 def damaged_files(results: Path, cache_path: Path = CACHE, incomplete: Path = INCOMPLETE
                   ) -> tuple[list[str], list[str]]:
     """(errors, warnings): one line per artifact under `results` that changed since it was written. An
-    output of a killed job (its record written before it was replaced) is Snakemake's to rerun."""
+    output of a killed job (replaced before its record was) is Snakemake's to rerun, not an error."""
     cache = _read_cache(cache_path)
     seen, errors, warnings = {}, [], []
     for path, expected, rule in _artifacts(results):
         if _record_path(incomplete, str(path)).exists():
             continue
-        stat = path.stat()
-        key = str(path)
-        cached = cache.get(key)
-        sha = cached[2] if cached and cached[:2] == [stat.st_size, stat.st_mtime_ns] else sha256_file(path)
-        seen[key] = [stat.st_size, stat.st_mtime_ns, sha]
         if expected is None:
-            errors.append(f"{lineage.lineage_path(path)}: the lineage record of {path} is damaged; delete both and "
-                          f"run again (rule {rule} writes them)")
-        elif sha != expected:
-            line = f"{path}: changed since rule {rule} wrote it (its SHA-256 differs from the one recorded then)"
-            if rule == "train (step checkpoint)":
-                warnings.append(f"{line}; the run resumes from the step checkpoint before it")
-            elif rule in PRODUCTS:
-                warnings.append(f"{line}; delete it and run again to have it written again")
-            else:
-                errors.append(f"{line}; delete it and run again to have rule {rule} write it again")
+            errors.append(f"{lineage.lineage_path(path)}: the lineage record of {path} cannot be read; delete both "
+                          "and rerun the rule that writes it")
+            continue
+        stat = path.stat()
+        cached = cache.get(str(path))
+        sha = cached[2] if cached and cached[:2] == [stat.st_size, stat.st_mtime_ns] else sha256_file(path)
+        seen[str(path)] = [stat.st_size, stat.st_mtime_ns, sha]
+        if sha == expected:
+            continue
+        if rule is None:
+            warnings.append(f"{path} does not match its .sha256 file (damaged or interrupted); the run resumes from "
+                            "the step checkpoint before it")
+            continue
+        line = (f"{path} does not match the SHA-256 recorded when rule {rule} wrote it (damaged or changed since); "
+                f"delete it and rerun rule {rule}")
+        (warnings if rule in PRODUCTS else errors).append(line)
     if seen != cache:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache_path, seen)
@@ -77,21 +78,21 @@ def _read_cache(path: Path) -> dict:
 
 
 def _artifacts(results: Path):
-    """(file, SHA-256 it was written with or None for a damaged record, rule) of every artifact with a
-    lineage record, and every step checkpoint with its .sha256 file."""
-    for folder, _, names in os.walk(results):
-        for name in names:
+    """(file, the SHA-256 it was written with, the rule that wrote it) of every artifact with a lineage
+    record (SHA-256 None: the record cannot be read), and of every step checkpoint (rule None)."""
+    for folder, subfolders, names in os.walk(results):
+        subfolders.sort()
+        for name in sorted(names):
             path = Path(folder) / name
             if name.endswith(lineage.SUFFIX):
                 artifact = path.with_name(name[:-len(lineage.SUFFIX)])
                 if not artifact.is_file() or identity_kept(artifact):
                     continue
                 record = lineage.read_record(artifact)
-                expected = record.get("sha256") if isinstance(record, dict) else None
-                rule = record.get("stage", "?") if isinstance(record, dict) else "?"
-                yield artifact, expected, rule
+                valid = isinstance(record, dict) and isinstance(record.get("sha256"), str)
+                yield artifact, record["sha256"] if valid else None, record.get("stage", "?") if valid else "?"
             elif name.startswith("step-") and name.endswith(".pt") and checksum_path(path).is_file():
-                yield path, checksum_path(path).read_text().strip(), "train (step checkpoint)"
+                yield path, checksum_path(path).read_text().strip(), None
 
 
 def identity_kept(path: Path) -> bool:

@@ -13,6 +13,7 @@ torch.set_num_threads(1)
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: opens the report in headless chromium (skipped without it, "
                                        "fails under CI)")
+    config.addinivalue_line("markers", "slow: runs the workflow or trains for minutes (pytest -m 'not slow' skips it)")
 
 
 @pytest.fixture(scope="session")

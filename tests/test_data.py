@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from coral.data import (class_groups, load_dataset, load_reference, load_split, long_tail_indices, resize_uint8,
-                        write_reference, write_split)
+from coral.data import load_dataset, load_reference, load_split, resize_uint8, write_reference, write_split
+from coral.longtail import class_groups, long_tail_indices
 
 CIFAR10_RHO_001 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 CIFAR10_RHO_0001 = [5000, 2320, 1077, 500, 232, 107, 50, 23, 10, 5]

@@ -220,17 +220,24 @@ def test_cli_prints_a_row_per_rule_and_totals(capfd):
 
 
 def test_rule_retries_take_precedence_over_the_profile(tmp_path):
-    """Snakemake 9: a rule's `retries:` wins over the profile's/--retries; rules without one use those."""
+    """Snakemake 9: a rule's `retries:` wins over the profile's/--retries; rules without one use those. Where
+    jobs go to a cluster (--jobs N, as the SLURM profile's `jobs: 100`) train and sample get the planned ones;
+    a local run (--cores) retries neither, so a failure prints its error once."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (ConfigSettings, ExecutionSettings, OutputSettings, RemoteExecutionSettings,
                                           ResourceSettings)
-    with SnakemakeApi(OutputSettings()) as api:
-        workflow = api.workflow(ResourceSettings(), ConfigSettings(configfiles=[REPO / "config.yaml"],
-                                                                   config={"preset": "smoke"}),
-                                snakefile=REPO / "Snakefile", workdir=tmp_path)._workflow
-        workflow.execution_settings = ExecutionSettings(retries=2)  # the profile's `retries`
-        workflow.remote_execution_settings = RemoteExecutionSettings()
-        restarts = {rule.name: rule.restart_times for rule in workflow.rules}
+    def restarts(resources):
+        with SnakemakeApi(OutputSettings()) as api:
+            workflow = api.workflow(resources, ConfigSettings(configfiles=[REPO / "config.yaml"],
+                                                              config={"preset": "smoke"}),
+                                    snakefile=REPO / "Snakefile", workdir=tmp_path)._workflow
+            workflow.execution_settings = ExecutionSettings(retries=2)  # the profile's `retries`
+            workflow.remote_execution_settings = RemoteExecutionSettings()
+            return {rule.name: rule.restart_times for rule in workflow.rules}
+
     model = plan.CostModel(resolved("smoke"))
-    assert restarts["train"] == model.retries("train") and restarts["sample"] == model.retries("sample")
-    assert restarts["evaluate"] == restarts["subsample"] == 2
+    cluster = restarts(ResourceSettings(nodes=100))
+    assert cluster["train"] == model.retries("train") >= 1 and cluster["sample"] == model.retries("sample") >= 1
+    assert cluster["evaluate"] == cluster["subsample"] == 2
+    local = restarts(ResourceSettings(cores=2))
+    assert local["train"] == local["sample"] == 0

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 import standins
+from coral.io import sha256_file
 from test_report import CLICK_THROUGH, DevTools, QuietHandler, chromium, report_data  # noqa: F401 (chromium: a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +151,7 @@ def test_rerun_does_nothing(smoke_run):
 def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
     backup = smoke_run / "final.pt.bak"
     final = smoke_run / "results/runs/animals-rho0.1/cbdm/seed0/final.pt"
-    shutil.copy(final, backup)
+    shutil.copy2(final, backup)  # with its time: put back, it is no newer than what was made from it
     final.unlink()
     try:
         dry_run = snakemake(smoke_run, "-n", "--config", "preset=smoke")
@@ -168,20 +169,59 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
         dry_run.stdout + dry_run.stderr
 
 
-def test_a_damaged_checkpoint_stops_its_sample_job_with_one_line_on_the_console(smoke_run, tmp_path):
+def kept_files(workdir: Path) -> dict[str, str]:
+    """SHA-256 of every trained model, classifier and sample set of a tree."""
+    files = [*workdir.glob("results/runs/**/final.pt"), *workdir.glob("results/classifier/*/classifier.pt"),
+             *workdir.glob("results/samples/**/*.npz")]
+    return {str(path.relative_to(workdir)): sha256_file(path) for path in files if "kept" not in path.parts}
+
+
+@pytest.mark.parametrize("damaged,rule", [("results/data/animals-rho0.1/split.npz", "subsample"),
+                                          ("results/data/animals/reference.npz", "reference"),
+                                          ("results/runs/animals-rho0.1/ddpm/seed0/final.pt", "train")])
+def test_a_damaged_file_stops_the_run_before_any_job_and_every_model_is_kept(smoke_run, tmp_path, damaged, rule):
+    """A flipped byte upstream makes Snakemake rerun what reads the file, deleting those outputs first; the
+    workflow's start finds it before: one line, no job, every model and sample set still there, byte for byte."""
     workdir = tmp_path / "copy"
     shutil.copytree(smoke_run, workdir, symlinks=True)
-    final = workdir / "results/runs/animals-rho0.1/ddpm/seed0/final.pt"
-    data = bytearray(final.read_bytes())
+    before = kept_files(workdir)
+    path = workdir / damaged
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    final.write_bytes(bytes(data))  # newer than its samples: Snakemake reruns them, which read it
-    result = snakemake(workdir, "--cores", "1", "results/tables/main.csv", "--config", "preset=smoke")
+    path.write_bytes(bytes(data))  # newer than what was made from it: Snakemake would rerun that
+    result = snakemake(workdir, "--cores", "1", "--config", "preset=smoke")
     assert result.returncode != 0
-    line = ("error: results/runs/animals-rho0.1/ddpm/seed0/final.pt: the trained model does not match the SHA-256 "
-            "recorded when it was made (damaged or changed since); delete it and rerun rule train")
-    assert line in result.stderr.splitlines(), result.stderr[-3000:]
-    log = (workdir / "results/logs/sample/animals-rho0.1/ddpm/seed0/ddim5-w1.0.log").read_text()
-    assert "Traceback" in log and "DamagedArtifact" in log  # the cause, in the rule's log
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {damaged} does not match the SHA-256 recorded when rule {rule} wrote it (damaged or "
+                      f"changed since); delete it and rerun rule {rule}"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Building DAG" not in result.stdout + result.stderr
+    after = kept_files(workdir)
+    assert {name: sha for name, sha in after.items() if name != damaged} == \
+        {name: sha for name, sha in before.items() if name != damaged}
+
+
+@pytest.mark.parametrize("overlay", [
+    "presets:\n  smoke:\n    train: {warmup: 5, lr: 0.0005, grad_clip: 1}\n",  # restated values (1 for 1.0), another order
+    "data: {data_root: /nowhere/the/bundled/dataset/reads}\n",
+    "presets:\n  smoke:\n    train: {tensorboard_every: 5, log_every: 2, checkpoint_every: 3, keep_checkpoints: 1}\n"
+    "    sample: {batch_size: 30}\n    evaluate: {batch_size: 64}\n    latent: {batch_size: 16}\n",
+])
+def test_an_override_that_changes_no_number_plans_nothing(smoke_run, tmp_path, overlay):
+    (tmp_path / "overlay.yaml").write_text(overlay)
+    command = SNAKEMAKE + ["-d", str(smoke_run), "--configfile", str(REPO / "config.yaml"),
+                           str(tmp_path / "overlay.yaml"), "-n", "--config", "preset=smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and planned_jobs(result) == {}, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_an_override_that_changes_the_weights_reruns_the_trainings_and_says_why(smoke_run, tmp_path):
+    (tmp_path / "overlay.yaml").write_text("presets:\n  smoke:\n    train: {lr: 0.001}\n")
+    command = SNAKEMAKE + ["-d", str(smoke_run), "--configfile", str(REPO / "config.yaml"),
+                           str(tmp_path / "overlay.yaml"), "-n", "results/tables/main.csv", "--config", "preset=smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert planned_jobs(result)["train"] == 4, result.stdout[-3000:]
+    assert "coral: rule train reruns 10 job(s), its identity changed: train.lr: 0.0005 -> 0.001" in \
+        result.stderr.splitlines()  # every run of the grid: the main runs and the ablations'
 
 
 def test_snakemake_killed_while_sampling_then_evaluating_resumes_to_the_same_table(smoke_run, tmp_path):

@@ -1,4 +1,6 @@
 CLAIM_INPUTS = claim_inputs()  # built once: the rule's inputs and params
+# claims.csv records its identity (its stage's version, coral.identity.VERSIONS): a version raised reruns it
+TRACKED["claims"] = {"identity": lambda wildcards: coral_identity.table("claims"), "inputs": CLAIM_INPUTS}
 
 
 rule claims:
@@ -10,8 +12,7 @@ rule claims:
         table="results/tables/claims.csv",  # in the report as its page, rule claims_page (report.smk)
         markdown="results/tables/claims.md",
     params:
-        inputs=CLAIM_INPUTS,
-        **versioned("claims"),
+        **TRACKED["claims"],
     resources:
         **planned_resources("claims"),
     log:

@@ -4,10 +4,9 @@ import os
 import re
 import sys
 
-# The Snakefile imports coral from this checkout; jobs find it through workflow/scripts/coral,
-# a link to it (Snakemake puts the scripts' folder on sys.path), also in conda environments.
-sys.path.insert(0, workflow.basedir)
-
+# The Snakefile imports coral from this checkout (it puts workflow.basedir on sys.path); jobs find it
+# through workflow/scripts/coral, a link to it (Snakemake puts the scripts' folder on sys.path), also in
+# conda environments.
 from coral import config as coral_config
 from coral import claims as coral_claims
 from coral import identity as coral_identity
@@ -19,12 +18,12 @@ try:
 except ConfigError as err:
     sys.exit(f"config error: {err}")
 
-# --- preset warnings (config-ux): the user's keys the chosen preset overrides, printed once by the main process
-if not (workflow.remote_exec or workflow.subprocess_exec):
+# The process that plans the jobs (not a job's own) says which of the user's keys the preset overrides.
+MAIN_PROCESS = not (workflow.remote_exec or workflow.subprocess_exec)
+if MAIN_PROCESS:
     for line in coral_config.preset_warnings(coral_config.load_yaml(os.path.join(workflow.basedir, "config.yaml")),
                                              coral_config.from_command_line(config), CFG["preset"]):
         print(line, file=sys.stderr)
-# --- end of preset warnings
 
 SETTINGS = coral_config.settings(CFG)  # name -> {"dataset", "rho"}
 DATASETS = list(dict.fromkeys(s["dataset"] for s in SETTINGS.values()))
@@ -290,13 +289,16 @@ ALL_TARGETS = (sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURE
 # limits. train and sample save their state and exit with code 75 before their SLURM time limit, so a
 # run longer than cluster.max_runtime_min spans several jobs: their `retries:` (a rule's own retries
 # take precedence over the profile's and --retries) are the jobs a run needs plus cluster.spare_attempts.
-# Inside a SLURM job (Snakemake's remote job step) they are 0: a run that stopped for the time limit
-# must end the job, to be resubmitted with a new allocation, not restart in the spent one.
+# They are given where jobs go to a cluster (--jobs N, which cluster executors require; a local run
+# uses --cores), and not inside a SLURM job (Snakemake's remote job step), where a run that stopped for
+# the time limit must end the job, to be resubmitted with a new allocation. A local job never stops
+# early, so a failed one is not run again (its error would be printed twice).
 from coral import plan as coral_plan
 
 try:
     COST = coral_plan.CostModel(CFG)
-    RETRIES = {rule: 0 if workflow.remote_exec else COST.retries(rule) for rule in coral_plan.RESUMABLE_RULES}
+    ON_CLUSTER = workflow.resource_settings.nodes is not None and not workflow.remote_exec
+    RETRIES = {rule: COST.retries(rule) if ON_CLUSTER else 0 for rule in coral_plan.RESUMABLE_RULES}
 except ConfigError as err:
     sys.exit(f"config error: {err}")
 
@@ -374,7 +376,3 @@ TRACKED = {
     "latent": {"identity": lambda w: coral_identity.latent(latent_params(w)), "latent": settings(latent_params)},
 }
 
-
-def versioned(stage):
-    """The params of a table rule: its identity once its stage's numbers changed (coral.identity.VERSIONS)."""
-    return {"identity": coral_identity.table(stage)} if coral_identity.VERSIONS.get(stage, 1) > 1 else {}

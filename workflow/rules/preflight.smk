@@ -1,5 +1,5 @@
 # The workflow's start (coral/preflight.py): checked before any job runs, and so before Snakemake deletes
-# the outputs of a job it reruns. Only in the process that plans the jobs, not in a cluster job's own.
+# the outputs of a job it reruns; in the process that plans the jobs (common.smk, MAIN_PROCESS).
 import glob
 import inspect
 
@@ -47,5 +47,5 @@ def preflight():
         print(line, file=sys.stderr)
 
 
-if not workflow.remote_exec:
+if MAIN_PROCESS:
     preflight()
