@@ -86,7 +86,7 @@ def _artifacts(results: Path):
             path = Path(folder) / name
             if name.endswith(lineage.SUFFIX):
                 artifact = path.with_name(name[:-len(lineage.SUFFIX)])
-                if not artifact.is_file() or identity_kept(artifact):
+                if not artifact.is_file() or _kept_copy(artifact):
                     continue
                 record = lineage.read_record(artifact)
                 valid = isinstance(record, dict) and isinstance(record.get("sha256"), str)
@@ -95,7 +95,7 @@ def _artifacts(results: Path):
                 yield path, checksum_path(path).read_text().strip(), None
 
 
-def identity_kept(path: Path) -> bool:
+def _kept_copy(path: Path) -> bool:
     """A kept copy (coral.reuse): a second name of an output, checked when it is linked back."""
     return path.parent.parent.name == "kept"
 
