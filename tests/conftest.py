@@ -1,19 +1,64 @@
+"""What the tests share: the repository, running Snakemake on it, reading a dry run's plan, and the
+fixtures of machines parts (a SLURM cluster, a browser). Test modules import helpers from here (or from
+the helper modules standins, slurm_cluster and browser), never from each other.
+
+`pytest -m "not slow"` is the inner loop; a test that runs the workflow or trains for minutes is marked
+slow (CI runs everything)."""
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from slurm_cluster import missing_requirements
 
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
 # One thread per test process: tiny CPU kernels on 2 shared cores slow down 100x when
 # torch's thread pool competes with other processes.
 torch.set_num_threads(1)
 
 
+def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (CONFIG,),
+              timeout: int = 900) -> subprocess.CompletedProcess:
+    """The workflow of this repository in `workdir` (targets go before --config in `args`)."""
+    command = SNAKEMAKE + ["-d", str(workdir), "--configfile", *map(str, configfiles), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run ({} when there is nothing to do)."""
+    output = result.stdout + result.stderr
+    lines = output.splitlines()
+    if "Nothing to be done" in output:
+        return {}
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats")) + 3
+    counts = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: opens the report in headless chromium (skipped without it, "
                                        "fails under CI)")
-    config.addinivalue_line("markers", "slow: runs the workflow or trains for minutes (pytest -m 'not slow' skips it)")
+    config.addinivalue_line("markers", "slow: runs the workflow or trains for minutes (pytest -m 'not slow' "
+                                       "leaves it out)")
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with slow tests start first (stable order otherwise), so that the other worker is not left
+    with one long module at the end (pyproject: each worker takes whole modules)."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +71,13 @@ def cluster_requirements():
         pytest.skip(reason)
 
 
-# The longest modules (seconds on the 2-core reference machine) start first, so that the other worker
-# is not left with one long module at the end.
-LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_rehearsal.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-    items.sort(key=rank)  # stable: each module keeps its own order
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser; a skip where none is installed (a failure under CI, whose .ci/run installs it)."""
+    found = next(filter(None, map(shutil.which, ["chromium", "chromium-browser", "google-chrome"])), None)
+    if found is None:
+        reason = "no chromium on PATH (Debian: apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found

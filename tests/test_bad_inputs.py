@@ -1,14 +1,15 @@
 """Bad input: each case stops with one line naming the key or file, the bad value and what is allowed,
 with no traceback, and leaves finished results alone."""
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
 from coral.cli import main
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+import conftest
+
+CONFIG = str(conftest.CONFIG)
 BASE = yaml.safe_load(open(CONFIG))
 
 

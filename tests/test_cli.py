@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 
 
 def coral(*args: str) -> subprocess.CompletedProcess:

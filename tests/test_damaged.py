@@ -25,7 +25,9 @@ from coral.cli import main
 from coral.io import exclusive
 from coral.lineage import DamagedArtifact, lineage_path
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "config.yaml")
+import conftest
+
+CONFIG = str(conftest.CONFIG)
 SMOKE = ["--config", CONFIG, "--preset", "smoke"]
 
 

@@ -8,6 +8,8 @@ import yaml
 from coral.config import ConfigError, resolve
 from coral.data import load_dataset
 
+import standins
+
 
 def write_cifar(root, name, per_class, num_classes):
     """torchvision's layout: protocol-2 pickles of dicts with a (N, 3072) uint8 'data' array, rows R|G|B."""
@@ -70,17 +72,15 @@ def test_missing_dataset_stops_before_any_job(tmp_path):
 
 def test_naturally_long_tailed_sets_through_the_pipeline_interface(tmp_path):
     """CelebA-5 and ImageNet-LT files in their real formats -> a setting without rho -> split and reference."""
-    from test_photos import write_celeba, write_imagenet_lt
-
     from coral.config import setting_config
     from coral.data import load_reference, load_split, write_reference, write_split
 
-    write_celeba(tmp_path)
-    rows = write_imagenet_lt(tmp_path, train_counts=(4, 2, 1), test_per_class=2)
+    standins.write_celeba(tmp_path)
+    rows = standins.write_imagenet_lt(tmp_path, train_counts=(4, 2, 1), test_per_class=2)
     raw = yaml.safe_load(open("config.yaml"))
     raw["data"].update(settings=[{"dataset": "celeba5"}, {"dataset": "imagenet_lt"}], data_root=str(tmp_path),
                        image_size=8)
-    raw["sample"]["num_samples"] = 1000  # a multiple of 5 and of ImageNet-LT's 1000 classes
+    raw["sample"]["num_samples"] = 6000  # a multiple of 5 and of ImageNet-LT's 1000 classes, 6 a class (k + 1)
     cfg = resolve(raw)  # both datasets are found on disk
     for setting in ["celeba5", "imagenet_lt"]:
         data = setting_config(cfg, setting)["data"]

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ from coral.sample import denoise
 from coral.sections import SampleConfig
 from coral.unet import build_unet
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 # Ops that copy a device value to the host (item(), bool(), int(), data-dependent shapes): each one
 # stalls a GPU loop until the device has caught up.
 SYNCING_OPS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,

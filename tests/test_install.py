@@ -2,7 +2,6 @@
 pinned versions (envs/constraints.txt) name the same dependencies, and the version has one home."""
 import importlib.metadata
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,8 +12,9 @@ from packaging.version import Version
 
 import coral
 
+from conftest import REPO
+
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Left out of the conda environment on purpose (envs/coral.yaml says why).
 HOST_ONLY = {"snakemake"}

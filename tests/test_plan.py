@@ -10,7 +10,8 @@ from coral import config as config_module
 from coral import plan
 from coral.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 GPU = "NVIDIA H100 80GB HBM3"
 TINY = {"ch": 32, "ch_mult": [1], "attn": [], "num_res_blocks": 1, "dropout": 0.0}
 

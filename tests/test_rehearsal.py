@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -23,11 +22,10 @@ import yaml
 from PIL import Image
 
 import standins
-from test_workflow import planned_jobs
+from conftest import CONFIG, REPO, SNAKEMAKE, planned_jobs
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-             "--configfile", str(REPO / "config.yaml")]
+pytestmark = pytest.mark.slow  # the workflow end to end
+
 METHODS = ["ddpm", "cbdm", "t2h", "coral"]
 CLASSES = {"celeba5": 5, "cifar100": 100, "imagenet_lt": 1000}
 CELEBA_TRAIN_COUNTS = (6, 8, 2, 10, 3)  # standins.write_celeba's default: blond, black, bald, brown, gray
@@ -52,7 +50,8 @@ def rehearsal(workdir: Path, data_root: Path, *args: str) -> subprocess.Complete
               "evaluate=" + json.dumps({"inception_weights_path": str(weights)})]
     # one BLAS thread per job, like torch's: two jobs on two cores with two threads each stall
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.run(SNAKEMAKE + ["-d", str(workdir), *args, *config], capture_output=True, text=True,
+    return subprocess.run(SNAKEMAKE + ["--configfile", str(CONFIG), "-d", str(workdir), *args, *config],
+                          capture_output=True, text=True,
                           timeout=900, env=env)
 
 

@@ -21,10 +21,11 @@ import yaml
 
 from coral.checkpoint import load as load_checkpoint
 from coral.config import deep_merge, load_yaml
+
+from conftest import REPO
 from slurm_cluster import local_slurm_cluster
 
-REPO = Path(__file__).resolve().parent.parent
-
+pytestmark = pytest.mark.slow  # the workflow end to end
 
 GPU_RULES = {"train", "sample", "evaluate", "latent", "train_classifier", "reference_features"}
 PROFILE = REPO / "workflow" / "profiles" / "slurm"

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, planned_jobs
 from coral.io import sha256_file
-from test_workflow import planned_jobs
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # the workflow end to end
+
 PREVIOUS = "e078002"  # the last commit landed before identities: its trees record params in another form
 # what this version recomputes in a tree of PREVIOUS: the claims (version 2) and what shows them
 RERUN = {"claims": 1, "claims_figure": 1, "claims_page": 1, "all": 1}
@@ -38,7 +39,6 @@ def results(work: Path) -> dict[str, str]:
     return {str(path.relative_to(work)): sha256_file(path) for path in files}
 
 
-@pytest.mark.slow
 def test_a_tree_of_the_previous_release_upgrades_in_one_run(tmp_path):
     head = git("-C", str(REPO), "rev-parse", "HEAD")
     clone, work = tmp_path / "clone", tmp_path / "work"

@@ -17,35 +17,15 @@ import pytest
 import yaml
 
 import standins
+from browser import CLICK_THROUGH, DevTools, QuietHandler, report_data
+from conftest import CONFIG, SNAKEMAKE, planned_jobs, snakemake
 from coral.io import sha256_file
-from test_report import CLICK_THROUGH, DevTools, QuietHandler, chromium, report_data  # noqa: F401 (chromium: a fixture)
 
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+pytestmark = pytest.mark.slow  # the workflow end to end
+
 # rows of each ablation table of the smoke preset: methods x values (a method comparison: one row per method)
 STUDY_ROWS = {"latent_vs_ambient": 2, "tau_sc": 2, "tau_r": 2, "omega": 4 * 2, "label_drop": 2, "coral_reduction": 2,
               "imbalance_vs_scarcity": 2}
-
-
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
-    command = SNAKEMAKE + ["-d", str(workdir), "--configfile", str(configfile or REPO / "config.yaml"), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts from the 'Job stats' table of a dry run."""
-    output = result.stdout + result.stderr
-    lines = output.splitlines()
-    if "Nothing to be done" in output:
-        return {}
-    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats")) + 3
-    counts = {}
-    for line in lines[start:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_lint_has_no_findings(tmp_path):
@@ -60,11 +40,11 @@ def test_lint_has_no_findings(tmp_path):
     (lambda c: c.update(methods=["ddpm", "corall"]), "config error: methods[1]: 'corall' is not allowed"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
-    cfg = yaml.safe_load(open(REPO / "config.yaml"))
+    cfg = yaml.safe_load(open(CONFIG))
     edit(cfg)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    result = snakemake(tmp_path, "--cores", "1", configfile=configfile)
+    result = snakemake(tmp_path, "--cores", "1", configfiles=(configfile,))
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("config error")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
@@ -75,9 +55,7 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, expected):
 def test_a_key_the_preset_overrides_is_warned_once_at_the_start(tmp_path):
     overlay = tmp_path / "overlay.yaml"
     overlay.write_text("train: {steps: 30}\n")  # the smoke preset sets train.steps: 20
-    command = SNAKEMAKE + ["-d", str(tmp_path / "work"), "--configfile", str(REPO / "config.yaml"), str(overlay), "-n",
-                           "--config", "preset=smoke"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = snakemake(tmp_path / "work", "-n", "--config", "preset=smoke", configfiles=(CONFIG, overlay))
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert warnings == ["warning: train.steps: your 30 loses to presets.smoke.train.steps = 20; to keep yours, set "
@@ -208,17 +186,14 @@ def test_a_damaged_file_stops_the_run_before_any_job_and_every_model_is_kept(smo
 ])
 def test_an_override_that_changes_no_number_plans_nothing(smoke_run, tmp_path, overlay):
     (tmp_path / "overlay.yaml").write_text(overlay)
-    command = SNAKEMAKE + ["-d", str(smoke_run), "--configfile", str(REPO / "config.yaml"),
-                           str(tmp_path / "overlay.yaml"), "-n", "--config", "preset=smoke"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = snakemake(smoke_run, "-n", "--config", "preset=smoke", configfiles=(CONFIG, tmp_path / "overlay.yaml"))
     assert result.returncode == 0 and planned_jobs(result) == {}, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def test_an_override_that_changes_the_weights_reruns_the_trainings_and_says_why(smoke_run, tmp_path):
     (tmp_path / "overlay.yaml").write_text("presets:\n  smoke:\n    train: {lr: 0.001}\n")
-    command = SNAKEMAKE + ["-d", str(smoke_run), "--configfile", str(REPO / "config.yaml"),
-                           str(tmp_path / "overlay.yaml"), "-n", "results/tables/main.csv", "--config", "preset=smoke"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = snakemake(smoke_run, "-n", "results/tables/main.csv", "--config", "preset=smoke",
+                       configfiles=(CONFIG, tmp_path / "overlay.yaml"))
     assert planned_jobs(result)["train"] == 4, result.stdout[-3000:]
     assert "coral: rule train reruns 10 job(s), its identity changed: train.lr: 0.0005 -> 0.001" in \
         result.stderr.splitlines()  # every run of the grid: the main runs and the ablations'
@@ -233,7 +208,7 @@ def test_snakemake_killed_while_sampling_then_evaluating_resumes_to_the_same_tab
                     "results/logs/sample/**/*.log", "results/logs/evaluate/**/*.log"):
         for path in workdir.glob(pattern):
             path.unlink()
-    command = SNAKEMAKE + ["-d", str(workdir), "--configfile", str(REPO / "config.yaml"), "--cores", "2",
+    command = SNAKEMAKE + ["-d", str(workdir), "--configfile", str(CONFIG), "--cores", "2",
                            "--rerun-incomplete", "results/tables/main.csv", "--config", "preset=smoke"]
     for stage in ("sample", "evaluate"):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
