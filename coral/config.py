@@ -174,7 +174,6 @@ def validate(cfg: dict, check_files: bool = True) -> None:
     for name in names:
         _check_consistency(setting_config(cfg, name), check_files)
     _check_ablations(cfg, validator)
-    _check_sizes(cfg)
 
 
 def _check_setting(i: int, setting: dict) -> None:
@@ -243,8 +242,9 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
 
 
 def _check_sizes(cfg: dict) -> None:
-    """What a job would refuse for the size of its data, checked here, before any job (and so before
-    Snakemake deletes the outputs of one): wherever a dataset's size is known without reading it."""
+    """What a job of the config that runs would refuse for the size of its data, checked before any job
+    (and so before Snakemake deletes the outputs of one), wherever a dataset's size is known without
+    reading it."""
     runs = [(name, method) for name in settings(cfg) for method in cfg["methods"]]
     runs += [(ablation_setting(cfg), variant) for variant in variants(cfg)]
     for name, variant in runs:
@@ -359,6 +359,7 @@ def resolve(raw: dict) -> dict:
             raise ConfigError(f"{err} (in preset {name!r})") from None
     cfg = with_preset(raw, presets[preset])
     validate(cfg)
+    _check_sizes(cfg)
     return cfg
 
 
@@ -370,6 +371,7 @@ def preset_config(raw: dict, preset: str) -> dict:
         raise ConfigError(f"preset: {preset!r} is not defined under presets; allowed: {', '.join(presets)}")
     cfg = with_preset({**raw, "preset": preset}, presets[preset])
     validate(cfg, check_files=False)
+    _check_sizes(cfg)
     return cfg
 
 

@@ -63,6 +63,13 @@ CONFIG_CASES = [
     (edited(evaluate__prd_max_clusters=0), "evaluate.prd_max_clusters: 0 is less than the minimum of 1"),
     (edited(classifier__test_fraction=1.0), "classifier.test_fraction: 1.0 is greater than or equal to the maximum of 1"),
     (edited(latent__knn_k=0), "latent.knn_k: 0 is less than the minimum of 1"),
+    # what a job would refuse for its data's size (animals: 1000 images a class, 10 classes)
+    (edited(classifier__batch_size=9001), "classifier.batch_size: 9001 exceeds the 9000 images the classifier of "
+                                          "animals trains on"),  # 10000 less a held-out tenth
+    (edited(sample__num_samples=50), "sample.num_samples: 50 gives 5 images per class of animals; per-class metrics "
+                                     "need at least 6 (evaluate.prc_neighborhood + 1): allowed: 60 or more"),
+    (edited(latent__per_class=2), "latent.per_class: 2 gives 20 images of animals; the t-SNE needs at least 4 and "
+                                  "more than latent.perplexity = 30"),
     (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: claims, embedded, paper, rehearsal, smoke"),
     (lambda c: c["data"].update(settings=[{"dataset": "cifar10"}]), "data.settings[0].rho: missing; cifar10 is balanced"),
     (lambda c: c["data"].update(settings=[{"dataset": "celeba5", "rho": 0.1}]),

@@ -84,7 +84,18 @@ def test_config_never_executes_code(tmp_path):
 
 
 def test_the_smallest_rho_with_a_tail_image_is_accepted():
-    resolve_with(lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 0.001}]))
+    def smallest_rho(c):
+        c["data"].update(settings=[{"dataset": "animals", "rho": 0.001}])
+        c["train"]["batch_size"] = 10  # the diagnosis's balanced_scarce set: one image a class
+    resolve_with(smallest_rho)
+
+
+def test_a_batch_larger_than_a_training_set_is_refused_before_any_job():
+    """rho 0.001 leaves the animals' tail class 1 image: the diagnosis's balanced_scarce set has 10 images,
+    fewer than the embedded preset's batch of 64."""
+    with pytest.raises(ConfigError, match=r"^train.batch_size: 64 exceeds the 10 training images of the run "
+                                          r"ddpm~training_set=balanced_scarce of animals-rho0.001"):
+        resolve_with(lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 0.001}]))
 
 
 def test_command_line_strings_become_the_numbers_the_schema_wants():
