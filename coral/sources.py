@@ -66,3 +66,39 @@ def missing_dataset_message(data_cfg: dict) -> str | None:
     return (f"data.data_root: dataset {name!r} is not under {data_cfg['data_root']!r} (missing "
             f"{', '.join(str(p) for p in missing[:3])}{' ...' if len(missing) > 3 else ''}); put "
             f"{HOW_TO_GET[name]} there, point data.data_root at it{download}")
+
+
+# torch-fidelity's Inception weights (inception-v3-compat): the file its FeatureExtractorInceptionV3 downloads
+# when given no path (torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3; a test holds them equal).
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
+
+
+def missing_inception_message(evaluate_cfg: dict) -> str | None:
+    """One line saying which weights file to put where and where it comes from; None when the file is
+    there, the extractor needs none, or the workflow is to fetch it (evaluate.inception_download)."""
+    path = evaluate_cfg["inception_weights_path"]
+    if evaluate_cfg["feature_extractor"] != "inception-v3-compat" or (path and Path(path).is_file()):
+        return None
+    if path is None:
+        return (f"evaluate.inception_weights_path: null; inception-v3-compat needs torch-fidelity's Inception "
+                f"weights, {INCEPTION_URL}: set the key to where that file is (or is to be fetched to)")
+    if evaluate_cfg["inception_download"]:
+        return None
+    return (f"evaluate.inception_weights_path: {path!r} is not a file; inception-v3-compat needs torch-fidelity's "
+            f"Inception weights there: download {INCEPTION_URL} to {path}, or set evaluate.inception_download: "
+            "true to fetch it on first use")
+
+
+def download_inception_weights(path: str | Path, url: str = INCEPTION_URL) -> None:
+    """Fetch torch-fidelity's Inception weights into `path` (rule inception_weights); a failure is one line
+    saying what to put where by hand. torch.hub writes a temporary file and renames it when complete."""
+    from torch.hub import download_url_to_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_url_to_file(url, str(path), progress=False)
+    except OSError as err:  # URLError and HTTPError are OSErrors
+        from coral.io import DatasetError
+        raise DatasetError(f"evaluate.inception_weights_path: could not download {url} ({err}); download it by "
+                           f"hand to {path}") from None
