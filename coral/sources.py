@@ -12,6 +12,11 @@ NATURALLY_LONG_TAILED = {"celeba5", "imagenet_lt"}
 # Training images per class of the balanced sources, before long-tailed subsampling.
 BALANCED_PER_CLASS = {"animals": 1000, "cifar10": 5000, "cifar100": 500}
 
+# Images of the datasets long-tailed as published, to size jobs before their files are read. CelebA-5:
+# upper bounds, CelebA's training partition (its five-hair-colour subset is smaller).
+PUBLISHED_IMAGES = {"celeba5": {"train": 162_770, "reference": 162_770},
+                    "imagenet_lt": {"train": 115_846, "reference": 50_000}}
+
 # torchvision's on-disk layout under data.data_root
 CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]),
@@ -36,6 +41,24 @@ HOW_TO_GET = {
     "celeba5": "CelebA's celeba/ folder (list_attr_celeba.txt, list_eval_partition.txt, img_align_celeba/)",
     "imagenet_lt": "imagenet_lt/ImageNet_LT_{train,test}.txt and the ImageNet-2012 folder imagenet/ (train/, val/)",
 }
+
+
+def image_count(data_cfg: dict, part: str) -> int:
+    """Images of a dataset's training set (part 'train': long-tailed by its rho, where it takes one) or of
+    its reference set (part 'reference')."""
+    from coral.longtail import long_tail_counts
+    dataset = data_cfg["dataset"]
+    if dataset in PUBLISHED_IMAGES:
+        return PUBLISHED_IMAGES[dataset][part]
+    per_class, classes = BALANCED_PER_CLASS[dataset], NUM_CLASSES[dataset]
+    if part == "train" and data_cfg.get("rho") is not None:
+        return sum(long_tail_counts(per_class, data_cfg["rho"], classes))
+    return per_class * classes
+
+
+def image_bytes(data_cfg: dict) -> int:
+    """Bytes of one uint8 image of a dataset at data.image_size."""
+    return IN_CHANNELS[data_cfg["dataset"]] * data_cfg["image_size"] ** 2
 
 
 def dataset_files(data_cfg: dict) -> list[Path]:
