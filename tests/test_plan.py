@@ -395,3 +395,18 @@ def test_a_compiled_config_without_compiled_measurements_keeps_the_eager_figures
     assert cost.gpu_seconds == pytest.approx(800_000 * 0.064)
     assert any("32 px fp32 nchw eager batch 128 ddpm (nearest: compile False instead of True)" in source
                for source in cost.sources)
+
+
+# ---------------------------------------------------------------- the pilot preset
+
+def test_the_pilot_preset_costs_a_gpu_day_and_its_claims_table_covers_c1_to_c4():
+    from coral.claims import registry
+    report = plan_report.plan_report(config_module.load_yaml(REPO / "config.yaml"), "pilot",
+                                     ["results/tables/claims.csv"])
+    total = next(line.split() for line in report.splitlines() if line.startswith("total"))
+    assert float(total[2]) <= 24  # H100-hours
+    assert "WARNING" not in report
+    cfg = resolved("pilot")
+    assert cfg["ablations"]["studies"] == {}  # every study off: only the main runs' claims have runs
+    assert [claim["id"] for claim in registry() if claim["runs"] == "main"] == ["C1", "C2", "C3", "C3-head", "C4"]
+    assert (cfg["data"]["download"], cfg["evaluate"]["inception_download"]) == (True, True)  # no manual step
