@@ -122,7 +122,7 @@ def test_configfiles_merge_over_config_yaml_in_order(tmp_path):
     assert _cli_config("--configfiles", str(first), "--preset", "mine")["seeds"] == [5]
     # An unknown preset lists those of the merged config, the overlay's included.
     with pytest.raises(ConfigError, match="'huge' is not defined under presets; allowed: embedded, smoke, claims, paper, "
-                                          "rehearsal, mine$"):
+                                          "pilot, rehearsal, mine$"):
         _cli_config("--configfile", str(first), "--preset", "huge")
     # A partial file given as the base config says how to merge it instead.
     with pytest.raises(ConfigError, match=f"use --configfile {second}$"):
