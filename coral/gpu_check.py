@@ -62,7 +62,8 @@ ESTIMATE_S = {"start": 20, "eager": 3, "sample": 8, "compile": 60}
 DEVICES = (1, 8, 4, 2)  # GPUs of a DDP run: the per-GPU batch is the preset's batch over them
 # MERGE HOOKS (issue 20): a mode is measured once its config key exists, i.e. once coral.train implements
 # train.cuda_graphs and coral.sample implements sample.compile; until then its rows say "not implemented yet".
-IMPLEMENTED = {"train.cuda_graphs": "cuda_graphs" in TrainConfig.keys(), "sample.compile": "compile" in SampleConfig.keys()}
+IMPLEMENTED = {"train.cuda_graphs": "cuda_graphs" in TrainConfig.keys(),
+               "sample.compile": "compile" in SampleConfig.keys()}
 
 
 class Group(NamedTuple):
@@ -301,7 +302,8 @@ class Check:
         model = build_unet(base["model"], 3, NUM_CLASSES[dataset]).to(self.device).eval().requires_grad_(False)
         from coral.diffusion import Diffusion  # a schedule of 2 steps: each ancestral step costs one of the 1000
         diffusion = Diffusion(2, base["diffusion"]["beta_1"], base["diffusion"]["beta_T"]).to(self.device)
-        options = {"sampler": "ddpm", "omega": 1.0, "seed": 0, "batch_size": batch, "bf16_autocast": group.dtype == "bf16"}
+        options = {"sampler": "ddpm", "omega": 1.0, "seed": 0, "batch_size": batch,
+                   "bf16_autocast": group.dtype == "bf16"}
         if group.mode == "compile":
             options["compile"] = True  # sample.compile (merge hook: measured once SampleConfig has it)
         step_cfg = dataclasses.replace(SampleConfig.of(self.cfg["sample"], "sample"), **options)

@@ -79,7 +79,8 @@ def reference_features(model: CostModel, dataset: str) -> JobCost:
         "reference_features", gpu_seconds=real * net["flops_per_image"] / net["rate"],
         gpu_memory_gb=CUDA_CONTEXT_GB + net["batch_bytes"] / GB,
         host_memory_gb=HOST_BASE_GB["gpu"] + (real * image_bytes(data) + features) / GB, disk_gb=features / GB,
-        memory_fix="lower evaluate.batch_size", sources=(f"reference_features: feature networks at the UNet's inference FLOP/s, {net['source']}",))
+        memory_fix="lower evaluate.batch_size",
+        sources=(f"reference_features: feature networks at the UNet's inference FLOP/s, {net['source']}",))
 
 
 def evaluate(model: CostModel, setting: str) -> JobCost:

@@ -166,7 +166,8 @@ def source_lines(costs: list) -> list[str]:
     lines = ["", "figures from:"]
     for how, entries in sources.items():
         entries = [entry for entry in entries if entry]
-        shown = entries[:SOURCE_ENTRIES] + ([f"{len(entries) - SOURCE_ENTRIES} more"] if len(entries) > SOURCE_ENTRIES else [])
+        more = len(entries) - SOURCE_ENTRIES
+        shown = entries[:SOURCE_ENTRIES] + ([f"{more} more"] if more > 0 else [])
         lines.append(f"  {how}" + (f" [{'; '.join(shown)}]" if entries else ""))
     return lines
 
@@ -214,8 +215,11 @@ def configuration_lines(model: CostModel, settings: list[str]) -> list[str]:
         else:
             line += ": the fastest measured"
         grouped.setdefault(line, []).append(found["setting"])
-    return (["", f"configuration per setting ({model.benchmark_file.name}; within {measured.TIE:.0%} of the fastest "
-                 "counts as the fastest):"] + [f"  {', '.join(settings)}: {line}" for line, settings in grouped.items()])
+    eager_only = not any(measured.value(entry, "compile") for entry in model.benchmark["training"])
+    note = "; it measured eager steps only: compiled and CUDA-graph steps await a new GPU check" if eager_only else ""
+    header = (f"configuration per setting ({model.benchmark_file.name}; within {measured.TIE:.0%} of the fastest "
+              f"counts as the fastest{note}):")
+    return ["", header] + [f"  {', '.join(names)}: {line}" for line, names in grouped.items()]
 
 
 def multi_gpu_lines(model: CostModel, runs: list[tuple[str, str]]) -> tuple[list[str], list]:

@@ -48,9 +48,11 @@ def test_dry_run_measures_every_kind_and_the_plan_reads_it(tmp_path):
     expected = {(size, "ddpm", paper[size], 16 // devices) for size in paper for devices in (1, 2, 4, 8)}
     expected |= {(size, "cbdm", paper[size], batch) for size in paper for batch in (16, 2)}
     expected |= {(size, "ddpm", other[size], batch) for size in paper for batch in (16, 2)}
-    expected |= {(size, objective, paper[size], 16) for size in paper for objective in ("t2h", "coral", "coral_ambient")}
+    expected |= {(size, objective, paper[size], 16) for size in paper
+                 for objective in ("t2h", "coral", "coral_ambient")}
     assert eager == expected
-    flops = {(r["image_size"], r["objective"], r["batch_size"]): r["flops_per_step"] for r in training if "flops_per_step" in r}
+    flops = {(r["image_size"], r["objective"], r["batch_size"]): r["flops_per_step"]
+             for r in training if "flops_per_step" in r}
     for size in paper:  # CBDM runs the network on a doubled batch; T2H adds no network pass
         assert flops[size, "cbdm", 16] == pytest.approx(2 * flops[size, "ddpm", 16], rel=0.01)
         assert flops[size, "t2h", 16] == pytest.approx(flops[size, "ddpm", 16], rel=0.01)

@@ -122,7 +122,8 @@ def test_without_a_benchmark_the_assumption_is_stated(tmp_path):
 
 def test_a_bad_benchmark_or_gpu_is_one_clear_error(tmp_path):
     path = write_benchmark(tmp_path, [], SAMPLING)
-    with pytest.raises(config_module.ConfigError, match=r"cluster.gpu: .*gpu_check-NVIDIA.* no measured 'training' entries"):
+    with pytest.raises(config_module.ConfigError,
+                       match=r"cluster.gpu: .*gpu_check-NVIDIA.* no measured 'training' entries"):
         plan.CostModel(resolved("paper"), tmp_path)
     path.write_text("{")
     with pytest.raises(config_module.ConfigError, match="is not valid JSON"):
@@ -292,8 +293,9 @@ def test_a_training_pass_that_does_not_fit_gets_the_largest_micro_batch_that_doe
     states = 5 * unet_gib(cfg, "imagenet_lt")  # weights, gradients, two Adam moments, EMA (CBDM adds no weights)
     step = flops.training_step(run, 3, 1000)["flops"]
     # a measured CBDM step at batch 128: 10 s, its peak the states and 100 GiB of activations
-    write_benchmark(tmp_path, [{"image_size": 64, "objective": "cbdm", "dtype": "bf16", "layout": "nchw", "batch_size": 128,
-                                "ms_per_step": 10_000.0, "flops_per_step": step, "peak_memory_gb": states + 100}],
+    write_benchmark(tmp_path, [{"image_size": 64, "objective": "cbdm", "dtype": "bf16", "layout": "nchw",
+                                "batch_size": 128, "ms_per_step": 10_000.0, "flops_per_step": step,
+                                "peak_memory_gb": states + 100}],
                     SAMPLING, gpu=A100)
     model = plan.CostModel(cfg, tmp_path)
     # by hand: 1 GiB of CUDA context + states + 100 m / 128 GiB <= 36 usable: m <= 43.4, so 32 of 128's divisors
@@ -364,7 +366,9 @@ def test_the_paper_preset_runs_the_fastest_measured_configuration():
     in the paper preset's configuration is the fastest measured (within 5%). A new check that finds a faster
     one fails this until the preset is set to it."""
     model = plan.CostModel(resolved("paper"))
-    found = plan_report.configurations(model, list(config_module.settings(model.cfg)))
+    settings = list(config_module.settings(model.cfg))
+    assert "it measured eager steps only" in plan_report.configuration_lines(model, settings)[1]
+    found = plan_report.configurations(model, settings)
     assert len(found) == 5 * 2
     for row in found:
         time_key = measured.TIME_KEY[row["phase"]]
