@@ -161,7 +161,7 @@ def _cmd_bench(args) -> None:
 
 
 def _cmd_plan(args) -> None:
-    from coral.plan import DEFAULT_TARGET, plan_report
+    from coral.plan_report import DEFAULT_TARGET, plan_report
     raw = _raw_config(args)
     print(plan_report(raw, args.preset, args.targets or [DEFAULT_TARGET], Path(args.benchmarks)))
 

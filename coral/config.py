@@ -19,7 +19,8 @@ import yaml
 
 from coral import methods
 from coral.longtail import long_tail_counts, training_set_counts
-from coral.sources import BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message
+from coral.sources import (BALANCED_PER_CLASS, NATURALLY_LONG_TAILED, NUM_CLASSES, missing_dataset_message,
+                           missing_inception_message)
 
 # Names that become parts of file paths (study names, run variants): no separators, no "..".
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=~+-]*")
@@ -210,6 +211,14 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
     if cfg["diffusion"]["beta_1"] >= cfg["diffusion"]["beta_T"]:
         raise ConfigError(f"diffusion.beta_1: {cfg['diffusion']['beta_1']} must be below "
                           f"diffusion.beta_T = {cfg['diffusion']['beta_T']}")
+    train = cfg["train"]
+    if train["batch_size"] % train["devices"]:
+        raise ConfigError(f"train.batch_size: {train['batch_size']} does not split evenly over train.devices = "
+                          f"{train['devices']}; allowed: a multiple of {train['devices']}")
+    per_device = train["batch_size"] // train["devices"]
+    if train["micro_batch_size"] and per_device % train["micro_batch_size"]:
+        raise ConfigError(f"train.micro_batch_size: {train['micro_batch_size']} does not divide the per-device batch "
+                          f"{per_device} (train.batch_size / train.devices); allowed: a divisor of it, or 0")
     if check_files:
         missing = missing_dataset_message(data)
         if missing:
@@ -229,10 +238,8 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
     if sample["sampler"] == "ddim" and sample["steps"] > cfg["diffusion"]["T"]:
         raise ConfigError(f"sample.steps: {sample['steps']} exceeds diffusion.T = {cfg['diffusion']['T']}")
     evaluate = cfg["evaluate"]
-    if check_files and evaluate["feature_extractor"] == "inception-v3-compat" and not (
-            evaluate["inception_weights_path"] and Path(evaluate["inception_weights_path"]).is_file()):
-        raise ConfigError(f"evaluate.inception_weights_path: {evaluate['inception_weights_path']!r} is not a file; "
-                          "inception-v3-compat needs torch-fidelity's Inception weights on disk (nothing is downloaded)")
+    if check_files and missing_inception_message(evaluate):
+        raise ConfigError(missing_inception_message(evaluate))
     if check_files and cfg["train"]["tensorboard_every"] and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(f"train.tensorboard_every: {cfg['train']['tensorboard_every']} needs the tensorboard "
                           "package (pip install -e '.[tensorboard]'); 0 writes no TensorBoard output")

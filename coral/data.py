@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from coral import identity, lineage
-from coral.io import DatasetError, atomic_path
+from coral.io import DatasetError, atomic_path, waiting_lock
 from coral.longtail import class_groups, long_tail_indices
 from coral.sources import CIFAR_ARCHIVES, dataset_files, missing_dataset_message
 
@@ -89,10 +89,13 @@ def _read_cifar_pickle(path: Path) -> dict:
 def _load_cifar(data_cfg: dict) -> LabeledImages:
     """CIFAR-10/100 training sets from torchvision's on-disk layout under data.data_root."""
     name = data_cfg["dataset"]
-    if data_cfg["download"] and missing_dataset_message({**data_cfg, "download": False}):
-        from torchvision.datasets.utils import download_and_extract_archive
-        url, md5 = CIFAR_ARCHIVES[name]
-        download_and_extract_archive(url, data_cfg["data_root"], md5=md5)
+    if data_cfg["download"]:
+        # subsample and reference read the same dataset, often at once: one downloads, the other waits for it
+        with waiting_lock(Path(data_cfg["data_root"]) / f".{name}.download.lock"):
+            if missing_dataset_message({**data_cfg, "download": False}):
+                from torchvision.datasets.utils import download_and_extract_archive
+                url, md5 = CIFAR_ARCHIVES[name]
+                download_and_extract_archive(url, data_cfg["data_root"], md5=md5)
     *batches, meta_file = dataset_files(data_cfg)
     label_key = "labels" if name == "cifar10" else "fine_labels"
     images, labels = [], []

@@ -1,14 +1,34 @@
-"""`python -m coral.gpu_check`: the paper preset's GPU path, measured as it runs (benchmarks/gpu_check.sh).
+"""`python -m coral.gpu_check`: the paper preset's GPU path, measured as it runs, in 6 minutes at most
+(benchmarks/gpu_check.sh). The cost model (coral.plan, coral.measured) reads every row it writes.
 
-For the paper preset's networks at 32 px (CIFAR) and 64 px (CelebA-5, ImageNet-LT), every objective's
-real training step (coral.train.training_step on batches drawn by coral.train.DeviceBatches) in
-{fp32, bf16 autocast} x {NCHW, channels-last}: ms/step, FLOPs (torch's FlopCounterMode), TFLOP/s, MFU
-against the card's dense bf16 peak, and peak memory. The sampler's denoising step at the preset's
-sampling batch (guidance doubles it) in the same four variants. Then host synchronisations: the
-training loop and the sampling loop run under torch.cuda.set_sync_debug_mode("warn"), and every
-warning is recorded. One JSON under benchmarks/results/ (`gpu_check-<gpu>.json`) holds everything.
+What it measures, on the paper preset's networks at 32 px (CIFAR) and 64 px (CelebA-5, ImageNet-LT):
+- the training step (coral.train.build_training and training_step on batches drawn by DeviceBatches):
+  ms/step, FLOPs, TFLOP/s, MFU against the card's dense bf16 peak, and the step's own peak memory; eager,
+  compiled (train.compile) and compiled with CUDA graphs (train.cuda_graphs); fp32 (cuDNN's TF32
+  convolutions) and bf16 autocast; NCHW and channels-last; per-GPU batches of 128 (one GPU) and 16, 32,
+  64 (DDP on 8, 4 and 2 GPUs);
+- the sampler's denoising step (coral.sample.denoise) at sample.batch_size and half of it (the batch a
+  40 GB card takes), eager and compiled (sample.compile), and its peak memory;
+- host synchronisations: the training and sampling loops under torch.cuda.set_sync_debug_mode("warn").
 
-`--dry-run` runs every code path on the CPU at tiny sizes (for tests); its numbers mean nothing.
+The budget. The check stops starting measurements that would end after BUDGET_S (360 s) and records
+them as skipped, with the estimate that did not fit. Estimates per measurement on an H100 (ESTIMATE_S):
+start-up 20 s; an eager training step 3 s (build, 3 warm-up and 8 timed steps); an eager sampling step
+8 s (2 x 1000 images through the 64 px network, 4 times); the first compiled step of a configuration
+60 s and the second 60 s (torch recompiles once with a dynamic batch; later batches reuse it), replaced
+by the mean of the compiles measured so far. Measurements run in the order that matters to the plan:
+eager steps of every kind first (22 training and 4 sampling measurements, about 120 s with the start-up:
+the plan's figures for every job), then CUDA graphs at 64 px (the 8-GPU goal) and 32 px, compiled
+sampling, compile without graphs, then the other precision, CBDM and channels-last compiled (18 compiles
+in all). A cold run (no inductor cache on the machine) fits about four compiles; a second run finds
+torch's compile cache warm (about 10 s a compile) and fits most or all of the rest. Skipped as
+unable to matter: channels-last in eager mode (slower in all 20 eager cases on the H100, 2026-11-28:
+GroupNorm has no channels-last kernel) and the objectives that run DDPM's network unchanged (T2H,
+CORAL) beyond batch 128 eager: the plan scales them by FLOPs from DDPM's step.
+
+`--dry-run` runs every code path on the CPU at tiny sizes (for tests), compiling with torch.compile's
+"eager" backend (dynamo traces, no code is generated) and one compiled configuration per mode; CUDA
+graphs need a CUDA device. Its numbers mean nothing.
 """
 from __future__ import annotations
 
@@ -20,25 +40,64 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from coral import methods
 from coral.bench import PEAK_BF16_FLOPS, machine_description
 from coral.config import deep_merge, load_yaml, preset_config, run_config, validate
-from coral.longtail import long_tail_counts
 from coral.io import provenance, write_json
+from coral.longtail import long_tail_counts
 from coral.sample import denoise
-from coral.sections import SampleConfig
+from coral.sections import SampleConfig, TrainConfig
 from coral.sources import NUM_CLASSES
 from coral.tensors import default_device
 from coral.train import DeviceBatches, build_training, training_step
 from coral.unet import build_unet
 
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks
-VARIANTS = [("fp32", "channels_last"), ("fp32", "nchw"), ("bf16", "channels_last"), ("bf16", "nchw")]
-TIME_LIMIT_S = 240  # variants still unmeasured after this are recorded as skipped
+BUDGET_S = 360
+ESTIMATE_S = {"start": 20, "eager": 3, "sample": 8, "compile": 60}
+DEVICES = (1, 8, 4, 2)  # GPUs of a DDP run: the per-GPU batch is the preset's batch over them
+# MERGE HOOKS (issue 20): a mode is measured once its config key exists, i.e. once coral.train implements
+# train.cuda_graphs and coral.sample implements sample.compile; until then its rows say "not implemented yet".
+IMPLEMENTED = {"train.cuda_graphs": "cuda_graphs" in TrainConfig.keys(),
+               "sample.compile": "compile" in SampleConfig.keys()}
+
+
+class Group(NamedTuple):
+    """Measurements of one configuration, at several batches (per-GPU training batches or sampling batches)."""
+    phase: str  # training or sampling
+    size: int
+    objective: str
+    dtype: str
+    layout: str
+    mode: str  # eager, compile or cuda_graphs
+    batches: tuple  # as fractions of the preset's batch: 1, 1/8, ...
+
+
+def measurement_plan() -> list[Group]:
+    """Every measurement, in the order that matters to the plan (see the module docstring)."""
+    paper = {64: ("bf16", "nchw"), 32: ("fp32", "nchw")}  # the paper preset's training configuration
+    other = {"fp32": "bf16", "bf16": "fp32"}
+    ddp = tuple(1 / n for n in DEVICES)
+    groups = []
+    for size, (dtype, layout) in paper.items():
+        groups += [Group("training", size, "ddpm", dtype, layout, "eager", ddp),
+                   Group("training", size, "cbdm", dtype, layout, "eager", (1, 1 / 8)),
+                   Group("training", size, "ddpm", other[dtype], layout, "eager", (1, 1 / 8))]
+        groups += [Group("training", size, objective, dtype, layout, "eager", (1,))
+                   for objective in ("t2h", "coral", "coral_ambient")]
+    groups += [Group("sampling", size, "ddpm", "fp32", "nchw", "eager", (1, 1 / 2)) for size in paper]
+    groups += [Group("training", size, "ddpm", *paper[size], "cuda_graphs", (1 / 8, 1, 1 / 4, 1 / 2)) for size in paper]
+    groups += [Group("sampling", size, "ddpm", "fp32", "nchw", "compile", (1,)) for size in paper]
+    groups += [Group("training", size, "ddpm", *paper[size], "compile", (1, 1 / 8)) for size in paper]
+    for size, (dtype, layout) in paper.items():
+        groups += [Group("training", size, "ddpm", other[dtype], layout, "cuda_graphs", (1,)),
+                   Group("training", size, "cbdm", dtype, layout, "cuda_graphs", (1, 1 / 8)),
+                   Group("training", size, "ddpm", dtype, "channels_last", "cuda_graphs", (1,))]
+    return groups
 
 
 def paper_config(config_path: str | Path, dry_run: bool) -> dict:
@@ -46,7 +105,7 @@ def paper_config(config_path: str | Path, dry_run: bool) -> dict:
     cfg = preset_config(load_yaml(config_path), "paper")
     if not dry_run:
         return cfg
-    cfg = deep_merge(cfg, {"model": {"ch": 32, "num_res_blocks": 1}, "train": {"batch_size": 4},
+    cfg = deep_merge(cfg, {"model": {"ch": 32, "num_res_blocks": 1}, "train": {"batch_size": 16},
                            "sample": {"batch_size": 4}, "diffusion": {"T": 10},
                            "data": {"image_size": 8}, "dataset_overrides": {
                                "imagenet_lt": {"data": {"image_size": 16}}}})
@@ -54,11 +113,6 @@ def paper_config(config_path: str | Path, dry_run: bool) -> dict:
         {"dataset": "imagenet_lt"}]
     validate(cfg, check_files=False)
     return cfg
-
-
-def _variant_run(run: dict, dtype: str, layout: str) -> dict:
-    return {**run, "train": {**run["train"], "bf16_autocast": dtype == "bf16",
-                             "channels_last": layout == "channels_last", "compile": False}}
 
 
 def _class_counts(dataset: str) -> torch.Tensor:
@@ -78,8 +132,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _peak_gb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def _peak_gb(device: torch.device, before: int) -> float | None:
+    """The peak since _free, less what was allocated before the measured step was built (CUDA graph
+    pools of this configuration's earlier batches): the step's own peak, in GiB."""
+    return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 30 if device.type == "cuda" else None
 
 
 class _TrainingLoop:
@@ -105,15 +165,20 @@ class _TrainingLoop:
         self.step += 1
 
 
-def _time_ms(fn, device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
+def _time_ms(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
+    """ms per call over `repeats` calls after `warmup`, and the seconds of the first call (compilation)."""
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
         fn()
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / repeats * 1e3
+    return (time.perf_counter() - start) / repeats * 1e3, first
 
 
 def _flops(fn) -> float:
@@ -140,127 +205,172 @@ def _sync_warnings(fn, device: torch.device, calls: int) -> list[str]:
     return sorted({f"{w.filename}:{w.lineno}: {w.message}" for w in caught})
 
 
-def check_training(cfg: dict, device: torch.device, started: float, warmup: int, repeats: int) -> tuple[list, dict]:
-    rows, sync = [], {}
-    time_limit = TIME_LIMIT_S if device.type == "cuda" else float("inf")  # the CPU dry run measures everything
-    for image_size, setting in SETTINGS.items():
-        for objective in methods.NAMES:
-            base = run_config(cfg, setting, objective, 0)
-            flops = None
-            for dtype, layout in VARIANTS:
-                row = {"image_size": image_size, "objective": objective, "dtype": dtype, "layout": layout,
-                       "batch_size": base["train"]["batch_size"], "setting": setting}
-                rows.append(row)
-                if time.perf_counter() - started > time_limit:
-                    row["skipped"] = "time limit of the check"
-                    continue
-                _free(device)
-                loop = None
-                try:
-                    loop = _TrainingLoop(_variant_run(base, dtype, layout), device)
-                    if flops is None:
-                        flops = _flops(loop)
-                    row["ms_per_step"] = _time_ms(loop, device, warmup, repeats)
-                    row["peak_memory_gb"] = _peak_gb(device)
-                    row["flops_per_step"] = flops
-                    row["tflops"] = flops / row["ms_per_step"] * 1e3 / 1e12
-                    if (dtype, layout) == VARIANTS[0] and image_size == 64:
-                        sync[objective] = _sync_warnings(loop, device, 3)
-                except Exception as err:  # one failed variant (out of memory, say) must not end the check
-                    row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-                    traceback.print_exc()
-                del loop
+class Check:
+    """The measurements of one run of the check, against its budget."""
+
+    def __init__(self, cfg: dict, device: torch.device, dry_run: bool):
+        self.cfg, self.device, self.dry_run = cfg, device, dry_run
+        self.started = time.perf_counter()
+        self.rows = {"training": [], "sampling": []}
+        self.sync = {"training_loop": {}, "sampling_loop": []}
+        self.flops: dict = {}  # (size, objective, batch) -> FLOPs of an eager step
+        self.compiles: list[float] = []  # seconds of each compilation measured
+        self.compiled_modes: set = set()  # (phase, mode) of the compiled groups a dry run measured
+
+    def estimate(self, group: Group, index: int) -> float:
+        if group.mode == "eager":
+            return ESTIMATE_S["eager" if group.phase == "training" else "sample"]
+        compile_s = sum(self.compiles) / len(self.compiles) if self.compiles else ESTIMATE_S["compile"]
+        return compile_s + ESTIMATE_S["eager"] if index < 2 else ESTIMATE_S["eager"]
+
+    def skip_reason(self, group: Group, index: int) -> str | None:
+        key = {"cuda_graphs": "train.cuda_graphs", "compile": "sample.compile" if group.phase == "sampling" else None}
+        hook = key.get(group.mode)
+        if hook and not IMPLEMENTED[hook]:
+            return f"{hook} is not implemented yet (merge hook in coral/gpu_check.py)"
+        if group.mode == "cuda_graphs" and self.device.type != "cuda":
+            return "CUDA graphs need a CUDA device"
+        if self.dry_run:
+            done = group.mode != "eager" and (group.phase, group.mode) in self.compiled_modes
+            return "dry run: one compiled configuration per mode" if done else None
+        elapsed, estimate = ESTIMATE_S["start"] + time.perf_counter() - self.started, self.estimate(group, index)
+        if elapsed + estimate > BUDGET_S:
+            return f"budget: {elapsed:.0f} s spent, {estimate:.0f} s estimated, {BUDGET_S} s in all"
+        return None
+
+    def run(self, groups: list[Group]) -> None:
+        for group in groups:
+            if group.mode != "eager":
+                torch._dynamo.reset()  # each configuration compiles as a fresh job would
+            for index, fraction in enumerate(group.batches):
+                row = self.measure(group, index, fraction)
+                self.rows[group.phase].append(row)
                 print(json.dumps(row), flush=True)
-    return rows, sync
+            if group.mode != "eager" and self.dry_run:
+                self.compiled_modes.add((group.phase, group.mode))
 
+    def measure(self, group: Group, index: int, fraction: float) -> dict:
+        setting = SETTINGS[group.size]
+        base = run_config(self.cfg, setting, group.objective, 0)
+        full = base["train"]["batch_size"] if group.phase == "training" else self.cfg["sample"]["batch_size"]
+        row = {"image_size": group.size, "dtype": group.dtype, "layout": group.layout,
+               "compile": group.mode != "eager", "cuda_graphs": group.mode == "cuda_graphs",
+               "batch_size": int(full * fraction)}
+        if group.phase == "training":
+            row.update(objective=group.objective, devices=round(1 / fraction), setting=setting)
+        else:
+            row["guided"] = True
+        reason = self.skip_reason(group, index)
+        if reason:
+            return {**row, "skipped": reason}
+        _free(self.device)
+        try:
+            before = _allocated(self.device)
+            measure = self._training if group.phase == "training" else self._sampling
+            row.update(measure(group, base, row, before))
+            if group.mode != "eager" and index < 2 and "compile_s" in row and not self.dry_run:
+                self.compiles.append(row["compile_s"])
+        except Exception as err:  # one failed measurement (out of memory, say) must not end the check
+            row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            traceback.print_exc()
+        return row
 
-def check_sampling(cfg: dict, device: torch.device, started: float, warmup: int, repeats: int) -> tuple[list, list]:
-    rows, sync = [], []
-    time_limit = TIME_LIMIT_S + 30 if device.type == "cuda" else float("inf")
-    sample_cfg = dataclasses.replace(SampleConfig.of(cfg["sample"], "sample"), sampler="ddpm", omega=1.0, seed=0)
-    for image_size, setting in SETTINGS.items():
-        run = run_config(cfg, setting, "ddpm", 0)
-        dataset, batch = run["run"]["dataset"], cfg["sample"]["batch_size"]
+    def _training(self, group: Group, base: dict, row: dict, before: int) -> dict:
+        train = {**base["train"], "batch_size": row["batch_size"], "bf16_autocast": group.dtype == "bf16",
+                 "channels_last": group.layout == "channels_last", "compile": group.mode != "eager"}
+        if group.mode == "cuda_graphs":
+            train["cuda_graphs"] = True
+        loop = _TrainingLoop({**base, "train": train}, self.device)
+        key = (group.size, group.objective, row["batch_size"])
+        if group.mode == "eager" and key not in self.flops:
+            self.flops[key] = _flops(loop)
+        warmup, repeats = (1, 1) if self.dry_run else (3, 8)
+        ms, first = _time_ms(loop, self.device, warmup, repeats)
+        counted = self.flops.get(key) or next((flops * row["batch_size"] / batch for (size, objective, batch), flops
+                                               in self.flops.items() if (size, objective) == key[:2]), None)
+        result = {"ms_per_step": ms, "peak_memory_gb": _peak_gb(self.device, before),
+                  **({"compile_s": first - ms / 1e3} if group.mode != "eager" else {})}
+        if counted:
+            result.update(flops_per_step=counted, tflops=counted / ms * 1e3 / 1e12)
+        if (group.mode == "eager" and row["batch_size"] == base["train"]["batch_size"] and group.size == 64
+                and group.objective not in self.sync["training_loop"]):
+            self.sync["training_loop"][group.objective] = _sync_warnings(loop, self.device, 3)
+        return result
+
+    def _sampling(self, group: Group, base: dict, row: dict, before: int) -> dict:
+        dataset, batch = base["run"]["dataset"], row["batch_size"]
+        model = build_unet(base["model"], 3, NUM_CLASSES[dataset]).to(self.device).eval().requires_grad_(False)
+        from coral.diffusion import Diffusion  # a schedule of 2 steps: each ancestral step costs one of the 1000
+        diffusion = Diffusion(2, base["diffusion"]["beta_1"], base["diffusion"]["beta_T"]).to(self.device)
+        options = {"sampler": "ddpm", "omega": 1.0, "seed": 0, "batch_size": batch,
+                   "bf16_autocast": group.dtype == "bf16"}
+        if group.mode == "compile":
+            options["compile"] = True  # sample.compile (merge hook: measured once SampleConfig has it)
+        step_cfg = dataclasses.replace(SampleConfig.of(self.cfg["sample"], "sample"), **options)
         labels, ids = torch.arange(batch) % NUM_CLASSES[dataset], torch.arange(batch)
-        for dtype, layout in VARIANTS:
-            row = {"image_size": image_size, "dtype": dtype, "layout": layout, "batch_size": batch, "guided": True}
-            rows.append(row)
-            if time.perf_counter() - started > time_limit:
-                row["skipped"] = "time limit of the check"
-                continue
-            _free(device)
-            model = None
-            try:
-                model = build_unet(run["model"], 3, NUM_CLASSES[dataset]).to(device).eval().requires_grad_(False)
-                if layout == "channels_last":
-                    model = model.to(memory_format=torch.channels_last)
-                diffusion = _probe_diffusion(run, device, steps=2)
-                step_cfg = dataclasses.replace(sample_cfg, bf16_autocast=dtype == "bf16")
-                shape = (3, image_size, image_size)
-                two_steps = lambda: denoise(model, diffusion, labels, ids, step_cfg, shape)  # noqa: E731
-                row["ms_per_denoising_step"] = _time_ms(two_steps, device, warmup, repeats) / 2
-                row["peak_memory_gb"] = _peak_gb(device)
-                if (dtype, layout) == ("fp32", "nchw") and image_size == 64:
-                    sync = _sync_warnings(two_steps, device, 2)
-            except Exception as err:
-                row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-                traceback.print_exc()
-            model = None
-            print(json.dumps(row), flush=True)
-    return rows, sync
-
-
-def _probe_diffusion(run: dict, device: torch.device, steps: int):
-    """A schedule of `steps` steps: each ancestral step costs the same as one of the full 1000."""
-    from coral.diffusion import Diffusion
-    return Diffusion(steps, run["diffusion"]["beta_1"], run["diffusion"]["beta_T"]).to(device)
+        shape = (3, base["data"]["image_size"], base["data"]["image_size"])
+        two_steps = lambda: denoise(model, diffusion, labels, ids, step_cfg, shape)  # noqa: E731
+        ms, first = _time_ms(two_steps, self.device, 1 if self.dry_run else 2, 1 if self.dry_run else 3)
+        if group.mode == "eager" and group.size == 64 and batch == self.cfg["sample"]["batch_size"]:
+            self.sync["sampling_loop"] = _sync_warnings(two_steps, self.device, 2)
+        return {"ms_per_denoising_step": ms / 2, "peak_memory_gb": _peak_gb(self.device, before),
+                **({"compile_s": first - ms / 1e3} if group.mode != "eager" else {})}
 
 
 def run_check(config_path: str | Path, out_dir: str | Path, dry_run: bool = False) -> Path:
-    started = time.perf_counter()
     device = torch.device("cpu") if dry_run else default_device()
     if device.type != "cuda" and not dry_run:
         raise SystemExit("gpu_check needs a CUDA device (use --dry-run to exercise it on the CPU)")
-    cfg = paper_config(config_path, dry_run)
-    warmup, repeats = (1, 1) if dry_run else (3, 8)
-    training, training_sync = check_training(cfg, device, started, warmup, repeats)
-    sampling, sampling_sync = check_sampling(cfg, device, started, 1 if dry_run else 2, 1 if dry_run else 3)
+    check = Check(paper_config(config_path, dry_run), device, dry_run)
+    real_compile = torch.compile
+    if dry_run:  # dynamo traces as on a GPU; the "eager" backend generates no code (no compiler needed)
+        torch.compile = lambda model=None, **options: real_compile(model, backend="eager")
+    try:
+        check.run(measurement_plan())
+    finally:
+        torch.compile = real_compile
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-dry-run"
     peak = next((value for name, value in PEAK_BF16_FLOPS.items() if name in gpu), None)
-    for row in training:
+    for row in check.rows["training"]:
         if "tflops" in row:
             row["mfu"] = row["tflops"] * 1e12 / peak if peak else None
-    result = {"machine": machine_description(device), "peak_bf16_flops": peak, "dry_run": dry_run,
+    machine = machine_description(device)
+    if device.type == "cuda":
+        machine["gpu_memory_gb"] = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+    result = {"machine": machine, "peak_bf16_flops": peak, "dry_run": dry_run, "budget_s": BUDGET_S,
               "torch_settings": {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                                  "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                                  "cudnn_benchmark": torch.backends.cudnn.benchmark},
-              "training": training, "sampling": sampling,
-              "sync_warnings": {"training_loop": training_sync, "sampling_loop": sampling_sync},
-              "seconds": time.perf_counter() - started, "provenance": provenance()}
+              **check.rows, "sync_warnings": check.sync,
+              "seconds": time.perf_counter() - check.started, "provenance": provenance()}
     path = Path(out_dir) / f"gpu_check-{gpu.replace(' ', '_')}.json"
     write_json(path, result)
     _print_summary(result)
     return path
 
 
+def _mode(row: dict) -> str:
+    return "graphs" if row.get("cuda_graphs") else "compile" if row.get("compile") else "eager"
+
+
 def _print_summary(result: dict) -> None:
-    print(f"\n{result['machine'].get('gpu', 'cpu')}: {result['seconds']:.0f} s")
-    print(f"{'px':>3} {'objective':<14}{'variant':<20}{'ms/step':>9}{'TFLOP/s':>9}{'MFU':>7}{'peak GB':>9}")
+    print(f"\n{result['machine'].get('gpu', 'cpu')}: {result['seconds']:.0f} s of a {result['budget_s']} s budget")
+    print(f"{'px':>3} {'objective':<14}{'variant':<28}{'batch':>6}{'ms/step':>9}{'TFLOP/s':>9}{'peak GB':>9}")
     for row in result["training"]:
-        variant = f"{row['dtype']}/{row['layout']}"
+        variant = f"{row['dtype']}/{row['layout']}/{_mode(row)}"
+        start = f"{row['image_size']:>3} {row['objective']:<14}{variant:<28}{row['batch_size']:>6}"
         if "ms_per_step" in row:
-            mfu = f"{row['mfu']:.3f}" if row.get("mfu") else "-"
+            tflops = f"{row['tflops']:.1f}" if row.get("tflops") else "-"
             peak = f"{row['peak_memory_gb']:.1f}" if row.get("peak_memory_gb") else "-"
-            print(f"{row['image_size']:>3} {row['objective']:<14}{variant:<20}{row['ms_per_step']:>9.1f}"
-                  f"{row['tflops']:>9.1f}{mfu:>7}{peak:>9}")
+            print(f"{start}{row['ms_per_step']:>9.1f}{tflops:>9}{peak:>9}")
         else:
-            print(f"{row['image_size']:>3} {row['objective']:<14}{variant:<20} {row.get('error') or row.get('skipped')}")
+            print(f"{start}  {row.get('error') or row.get('skipped')}")
     for row in result["sampling"]:
-        variant = f"{row['dtype']}/{row['layout']}"
+        variant = f"{row['dtype']}/{row['layout']}/{_mode(row)}"
         value = (f"{row['ms_per_denoising_step']:.1f} ms/denoising step of {2 * row['batch_size']} images, "
                  f"peak {row['peak_memory_gb'] or 0:.1f} GB") if "ms_per_denoising_step" in row else \
             row.get("error") or row.get("skipped")
-        print(f"sample {row['image_size']} px {variant}: {value}")
+        print(f"sample {row['image_size']} px {variant} batch {row['batch_size']}: {value}")
     for name, found in result["sync_warnings"].items():
         print(f"sync warnings, {name}: {found if found else 'none'}")
 

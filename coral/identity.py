@@ -33,8 +33,10 @@ CHANGES: dict[str, str] = {
 }
 
 # Train keys that leave the weights alone: how a run is computed, logged and checkpointed.
-TRAIN_SETTINGS = ("channels_last", "compile", "checkpoint_every", "keep_checkpoints", "prune_after_final",
-                  "log_every", "tensorboard_every")
+TRAIN_SETTINGS = ("micro_batch_size", "devices", "channels_last", "compile", "checkpoint_every", "keep_checkpoints",
+                  "prune_after_final", "log_every", "tensorboard_every")
+# Evaluate keys that leave the metrics alone: how features are batched, where the weights are, how they got there.
+EVALUATE_SETTINGS = ("batch_size", "inception_weights_path", "inception_download")
 # Datasets whose reference set is a balanced subset drawn with data.subsample_seed.
 SEEDED_REFERENCE = ("celeba5",)
 
@@ -162,7 +164,7 @@ def sample(section: Mapping, method: str) -> dict:
 def evaluate(section: Mapping) -> dict:
     """The metrics of a sample set (rule evaluate); the extractor's weights are an input file."""
     return _versioned("evaluate", {key: value for key, value in section.items()
-                                   if key not in ("batch_size", "inception_weights_path")})
+                                   if key not in EVALUATE_SETTINGS})
 
 
 def latent(section: Mapping) -> dict:
@@ -185,7 +187,7 @@ _FROM_RECORD = {
     "train": _run_fields,
     "sample": lambda cfg: _sample_fields(cfg["sample"], cfg["run"]["method"]),
     "evaluate": lambda cfg: {key: value for key, value in cfg["evaluate"].items()
-                             if key not in ("batch_size", "inception_weights_path")},
+                             if key not in EVALUATE_SETTINGS},
     "latent": lambda cfg: {key: value for key, value in cfg["latent"].items() if key != "batch_size"},
 }
 

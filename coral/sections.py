@@ -51,7 +51,9 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     """The optimisation of one run (docs/method.md §3)."""
     steps: int
-    batch_size: int
+    batch_size: int  # the global batch, over train.devices
+    micro_batch_size: int  # 0: one pass per device (or the plan's choice for the card)
+    devices: int
     lr: float
     warmup: int
     grad_clip: float
@@ -94,6 +96,7 @@ class EvaluateConfig(Section):
     """The metrics of one sample set (docs/method.md §6)."""
     feature_extractor: str
     inception_weights_path: str | None
+    inception_download: bool  # fetch a missing weights file (rule inception_weights)
     batch_size: int
     prc_neighborhood: int
     kid_subsets: int

@@ -58,7 +58,7 @@ CONFIG_CASES = [
     (edited(objectives__coral__weight="coupld"), "objectives.coral.weight: 'coupld' does not match '^coupled$'"),
     (edited(classifier__width=12), "classifier.width: 12 is not a multiple of 8"),
     (edited(evaluate__feature_extractor="inception-v3-compat"),
-     "evaluate.inception_weights_path: None is not a file; inception-v3-compat needs"),
+     "evaluate.inception_weights_path: null; inception-v3-compat needs torch-fidelity's Inception weights, https://"),
     (edited(evaluate__feature_extractor="vgg16"), "evaluate.feature_extractor: 'vgg16' is not allowed; allowed: classifier"),
     (edited(evaluate__prd_max_clusters=0), "evaluate.prd_max_clusters: 0 is less than the minimum of 1"),
     (edited(classifier__test_fraction=1.0), "classifier.test_fraction: 1.0 is greater than or equal to the maximum of 1"),
@@ -70,7 +70,7 @@ CONFIG_CASES = [
                                      "need at least 6 (evaluate.prc_neighborhood + 1): allowed: 60 or more"),
     (edited(latent__per_class=2), "latent.per_class: 2 gives 20 images of animals; the t-SNE needs at least 4 and "
                                   "more than latent.perplexity = 30"),
-    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: claims, embedded, paper, rehearsal, smoke"),
+    (edited(preset="huge"), "preset: 'huge' is not defined under presets; allowed: claims, embedded, paper, pilot, rehearsal, smoke"),
     (lambda c: c["data"].update(settings=[{"dataset": "cifar10"}]), "data.settings[0].rho: missing; cifar10 is balanced"),
     (lambda c: c["data"].update(settings=[{"dataset": "celeba5", "rho": 0.1}]),
      "data.settings[0].rho: 0.1 is not allowed for celeba5"),

@@ -18,7 +18,7 @@ def test_check_config_and_bad_preset():
     assert "valid (preset 'smoke'" in coral("check-config", "--preset", "smoke").stdout
     bad = coral("check-config", "--preset", "huge")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, claims, paper, rehearsal"
+    assert bad.stderr.strip() == "config error: preset: 'huge' is not defined under presets; allowed: embedded, smoke, claims, paper, pilot, rehearsal"
 
 
 def test_subsample_then_train_one_run(tmp_path):
@@ -123,7 +123,7 @@ def test_configfiles_merge_over_config_yaml_in_order(tmp_path):
     assert _cli_config("--configfiles", str(first), "--preset", "mine")["seeds"] == [5]
     # An unknown preset lists those of the merged config, the overlay's included.
     with pytest.raises(ConfigError, match="'huge' is not defined under presets; allowed: embedded, smoke, claims, paper, "
-                                          "rehearsal, mine$"):
+                                          "pilot, rehearsal, mine$"):
         _cli_config("--configfile", str(first), "--preset", "huge")
     # A partial file given as the base config says how to merge it instead.
     with pytest.raises(ConfigError, match=f"use --configfile {second}$"):
@@ -136,7 +136,7 @@ def test_an_unknown_preset_with_an_overlay_is_one_line(tmp_path):
     bad = coral("check-config", "--configfile", str(overlay), "--preset", "huge")
     assert bad.returncode == 2
     assert bad.stderr.strip() == ("config error: preset: 'huge' is not defined under presets; allowed: embedded, "
-                                  "smoke, claims, paper, rehearsal")
+                                  "smoke, claims, paper, pilot, rehearsal")
     good = coral("check-config", "--configfile", str(overlay), "--preset", "smoke")
     assert good.returncode == 0 and good.stdout.startswith(f"config.yaml + {overlay}: valid (preset 'smoke'")
 

@@ -214,3 +214,50 @@ def test_an_error_names_the_preset_it_comes_from_or_none():
         resolve(overlaid({"presets": {"claims": {"train": {"steps": 0}}}}, "smoke"))
     with pytest.raises(ConfigError, match=r"^train.steps: 0 is less than the minimum of 1 \(in preset 'smoke'\)$"):
         resolve(overlaid({"presets": {"smoke": {"train": {"steps": 0}}}}, "smoke"))
+
+
+def test_devices_must_split_the_batch_and_a_micro_batch_divide_each_share():
+    with pytest.raises(ConfigError, match=r"^train.batch_size: 64 does not split evenly over train.devices = 3; "
+                                          r"allowed: a multiple of 3$"):
+        resolve_with(lambda c: c["train"].update(devices=3))
+    with pytest.raises(ConfigError, match=r"^train.micro_batch_size: 24 does not divide the per-device batch 32 "):
+        resolve_with(lambda c: c["train"].update(devices=2, micro_batch_size=24))
+    cfg = resolve_with(lambda c: c["train"].update(devices=2, micro_batch_size=8))  # 64 / 2 GPUs = 4 passes of 8
+    assert (cfg["train"]["devices"], cfg["train"]["micro_batch_size"]) == (2, 8)
+
+
+def test_how_a_run_is_spread_and_where_inception_comes_from_leave_identities_alone():
+    from coral import identity
+    from coral.config import preset_config
+    cfg = preset_config(BASE, "paper")  # its datasets need not be here
+    run = run_config(cfg, "cifar10-rho0.01", "coral", 0)
+    spread = {**run, "train": {**run["train"], "devices": 8, "micro_batch_size": 8}}
+    assert identity.run(spread) == identity.run(run)
+    evaluate = setting_config(cfg, "cifar10-rho0.01")["evaluate"]
+    assert identity.evaluate({**evaluate, "inception_download": True}) == identity.evaluate(evaluate)
+
+
+def test_missing_inception_weights_say_which_file_goes_where_unless_the_workflow_fetches_them(tmp_path):
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+
+    def inception(download):
+        def edit(c):
+            c["evaluate"].update(feature_extractor="inception-v3-compat", inception_weights_path=str(weights),
+                                 inception_download=download)
+        return edit
+
+    with pytest.raises(ConfigError) as info:
+        resolve_with(inception(False))
+    assert str(info.value) == (
+        f"evaluate.inception_weights_path: '{weights}' is not a file; inception-v3-compat needs torch-fidelity's "
+        "Inception weights there: download https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+        f"weights-inception-2015-12-05-6726825d.pth to {weights}, or set evaluate.inception_download: true to fetch "
+        "it on first use")
+    assert resolve_with(inception(True))["evaluate"]["inception_download"]  # the workflow's job fetches it
+    assert not weights.exists()  # nothing was downloaded at config time
+
+
+def test_the_inception_url_is_the_one_torch_fidelity_downloads():
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    from coral.sources import INCEPTION_URL
+    assert INCEPTION_URL == URL_INCEPTION_V3

@@ -95,3 +95,30 @@ def test_naturally_long_tailed_sets_through_the_pipeline_interface(tmp_path):
     imagenet = load_split(tmp_path / "imagenet_lt.npz")
     assert imagenet.class_counts.tolist() == [4, 2, 1] and len(rows["train"]) == 7
     assert np.bincount(load_reference(tmp_path / "imagenet_lt-reference.npz").labels.numpy()).tolist() == [2, 2, 2]
+
+
+def test_cifar_download_runs_once_when_two_jobs_load_it_at_once(tmp_path, monkeypatch):
+    """subsample and reference read CIFAR at the same time: one downloads (here a fake that writes the
+    files slowly, nothing is fetched), the other waits and reads what it wrote."""
+    import threading
+    import time
+
+    import torchvision.datasets.utils
+
+    calls = []
+
+    def fake_download(url, root, md5):
+        calls.append(url)
+        time.sleep(0.5)  # the other loader arrives while this one is still writing
+        write_cifar(tmp_path, "cifar10", per_class=1, num_classes=10)
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", fake_download)
+    cfg = {"dataset": "cifar10", "data_root": str(tmp_path), "download": True, "image_size": 32}
+    loaded = []
+    threads = [threading.Thread(target=lambda: loaded.append(load_dataset(cfg, "train"))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert calls == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert [len(images.labels) for images in loaded] == [10, 10]

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from coral.config import load, run_config
 from coral.diffusion import Diffusion
-from coral.gpu_check import VARIANTS, _TrainingLoop
+from coral import measured
+from coral.gpu_check import (BUDGET_S, ESTIMATE_S, IMPLEMENTED, Check, _TrainingLoop, measurement_plan,
+                             paper_config)
 from coral.methods import NAMES as OBJECTIVES
 from coral.sample import denoise
 from coral.sections import SampleConfig
@@ -32,18 +35,55 @@ class FailOnSync(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_dry_run_measures_every_objective_size_and_variant(tmp_path):
+def test_dry_run_measures_every_kind_and_the_plan_reads_it(tmp_path):
     subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--dry-run", str(tmp_path)], check=True,
                    cwd=REPO, capture_output=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})
-    result = json.loads((tmp_path / "gpu_check-cpu-dry-run.json").read_text())
-    measured = {(r["image_size"], r["objective"], r["dtype"], r["layout"]) for r in result["training"]
-                if r["ms_per_step"] > 0 and r["flops_per_step"] > 0}
-    assert measured == {(size, o, d, l) for size in (32, 64) for o in OBJECTIVES for d, l in VARIANTS}
-    flops = {(r["image_size"], r["objective"]): r["flops_per_step"] for r in result["training"]}
-    for size in (32, 64):  # CBDM runs the network on a doubled batch; T2H adds no network pass
-        assert flops[size, "cbdm"] == pytest.approx(2 * flops[size, "ddpm"], rel=0.01)
-        assert flops[size, "t2h"] == pytest.approx(flops[size, "ddpm"], rel=0.01)
-    assert len([r for r in result["sampling"] if r["ms_per_denoising_step"] > 0]) == 8
+    path = tmp_path / "gpu_check-cpu-dry-run.json"
+    result = json.loads(path.read_text())
+    training, sampling = result["training"], result["sampling"]
+    eager = {(r["image_size"], r["objective"], r["dtype"], r["batch_size"]) for r in training
+             if not r["compile"] and r["ms_per_step"] > 0 and r["flops_per_step"] > 0}
+    paper = {32: "fp32", 64: "bf16"}  # the paper preset's precision per size; the dry run's batch is 16
+    other = {32: "bf16", 64: "fp32"}
+    expected = {(size, "ddpm", paper[size], 16 // devices) for size in paper for devices in (1, 2, 4, 8)}
+    expected |= {(size, "cbdm", paper[size], batch) for size in paper for batch in (16, 2)}
+    expected |= {(size, "ddpm", other[size], batch) for size in paper for batch in (16, 2)}
+    expected |= {(size, objective, paper[size], 16) for size in paper
+                 for objective in ("t2h", "coral", "coral_ambient")}
+    assert eager == expected
+    flops = {(r["image_size"], r["objective"], r["batch_size"]): r["flops_per_step"]
+             for r in training if "flops_per_step" in r}
+    for size in paper:  # CBDM runs the network on a doubled batch; T2H adds no network pass
+        assert flops[size, "cbdm", 16] == pytest.approx(2 * flops[size, "ddpm", 16], rel=0.01)
+        assert flops[size, "t2h", 16] == pytest.approx(flops[size, "ddpm", 16], rel=0.01)
+        assert flops[size, "ddpm", 2] == pytest.approx(flops[size, "ddpm", 16] / 8, rel=0.01)
+    # one compiled configuration (dynamo with the eager backend), both batches: the second recompiles
+    compiled = {(r["image_size"], r["batch_size"]) for r in training if r["compile"] and "ms_per_step" in r}
+    assert compiled == {(64, 16), (64, 2)}
+    assert all(r["skipped"] for r in training if r["cuda_graphs"])  # no CUDA device (or not merged yet)
+    assert {(r["image_size"], r["batch_size"]) for r in sampling if not r["compile"] and r["ms_per_denoising_step"] > 0} \
+        == {(size, batch) for size in paper for batch in (4, 2)}
+    assert all(IMPLEMENTED["sample.compile"] == ("ms_per_denoising_step" in r) for r in sampling if r["compile"])
+    read = measured.read_benchmark(path)  # the plan keeps the measured rows
+    assert len(read["training"]) == len(eager) + len(compiled)
+
+
+def test_the_budget_goes_to_what_matters_first():
+    groups = measurement_plan()
+    eager = [g for g in groups if g.mode == "eager"]
+    assert groups[:len(eager)] == eager  # every eager step (the plan's figures for every job) first
+    training = sum(len(g.batches) for g in eager if g.phase == "training")
+    sampling = sum(len(g.batches) for g in eager if g.phase == "sampling")
+    assert (training, sampling) == (22, 4)  # per size: DDPM at 4 batches, CBDM and the other precision at 2, 3 objectives
+    assert ESTIMATE_S["start"] + 3 * training + 8 * sampling == 118 <= BUDGET_S / 3
+    first = groups[len(eager)]
+    assert (first.mode, first.size, first.batches[0]) == ("cuda_graphs", 64, 1 / 8)  # the 8-GPU goal's step
+    cfg = paper_config(REPO / "config.yaml", dry_run=True)
+    check = Check(cfg, torch.device("cpu"), dry_run=False)
+    check.started = time.perf_counter() - (BUDGET_S - ESTIMATE_S["start"] - 2)  # 2 s left: no eager step fits
+    assert check.skip_reason(eager[0], 0).startswith("budget: ")
+    check.started = time.perf_counter()
+    assert check.skip_reason(eager[0], 0) is None
 
 
 @pytest.fixture(scope="module")

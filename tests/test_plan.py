@@ -1,4 +1,5 @@
-"""The cost model and `coral plan`: FLOP counts, the GPU benchmark reader, SLURM resources, job counts."""
+"""The cost model and `coral plan`: FLOP counts, the GPU benchmark reader, SLURM resources, job counts,
+runs on several GPUs, batches chosen for the card, the fastest measured configuration."""
 import json
 import math
 from collections import Counter
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coral import config as config_module
-from coral import plan
+from coral import flops, measured, plan, plan_report
 from coral.cli import main
 
 from conftest import REPO
@@ -17,15 +18,15 @@ TINY = {"ch": 32, "ch_mult": [1], "attn": [], "num_res_blocks": 1, "dropout": 0.
 
 
 def resolved(preset: str, **cluster) -> dict:
-    cfg = plan.resolve_unchecked(config_module.load_yaml(REPO / "config.yaml"), preset)
-    cfg["cluster"].update(gpu=GPU, **cluster)
+    cfg = plan_report.resolve_unchecked(config_module.load_yaml(REPO / "config.yaml"), preset)
+    cfg["cluster"].update({"gpu": GPU, **cluster})
     return cfg
 
 
-def write_benchmark(folder: Path, training: list[dict], sampling: list[dict]) -> Path:
-    path = folder / "gpu_check-NVIDIA_H100_80GB_HBM3.json"
-    path.write_text(json.dumps({"machine": {"gpu": GPU}, "peak_bf16_flops": 9.89e14,
-                                "training": training, "sampling": sampling}))
+def write_benchmark(folder: Path, training: list[dict], sampling: list[dict], gpu: str = GPU, **extra) -> Path:
+    path = measured.benchmark_path(gpu, folder)
+    path.write_text(json.dumps({"machine": {"gpu": gpu}, "peak_bf16_flops": 9.89e14,
+                                "training": training, "sampling": sampling, **extra}))
     return path
 
 
@@ -58,7 +59,7 @@ def test_unet_forward_flops_match_a_hand_count():
                 + resblock(c, c)                              # the one level's block
                 + resblock(c, c) + attention + resblock(c, c)  # middle: attention in its first block
                 + 2 * resblock(2 * c, c) + conv(c, 1, 3))      # up blocks over the concatenated skips, tail
-    assert plan.unet_forward(json.dumps(TINY), size, 1, 2)["flops_per_image"] == expected
+    assert flops.unet_forward(json.dumps(TINY), size, 1, 2)["flops_per_image"] == expected
 
 
 def test_objectives_add_their_own_flops_to_the_network():
@@ -68,7 +69,7 @@ def test_objectives_add_their_own_flops_to_the_network():
     def step(method):
         run = config_module.run_config(cfg, "animals-rho0.1", method, 0)
         run["model"], run["data"]["image_size"], run["train"]["batch_size"] = TINY, size, batch
-        return run, plan.training_step(run, channels, 10)["flops"]
+        return run, flops.training_step(run, channels, 10)["flops"]
 
     _, ddpm = step("ddpm")
     assert step("cbdm")[1] == 2 * ddpm  # one forward and backward of the doubled batch
@@ -85,12 +86,12 @@ def test_reader_picks_the_matching_entry_or_the_nearest(tmp_path):
     entries = [training_entry(size, dtype, layout, "ddpm", ms) for size, dtype, layout, ms in
                [(32, "fp32", "nchw", 64), (32, "bf16", "nchw", 80), (64, "fp32", "nchw", 180),
                 (64, "bf16", "channels_last", 190)]]
-    data = plan.read_benchmark(write_benchmark(tmp_path, entries, SAMPLING))
+    data = measured.read_benchmark(write_benchmark(tmp_path, entries, SAMPLING))
     want = {"image_size": 64, "dtype": "fp32", "layout": "nchw", "batch_size": 128, "objective": "ddpm"}
-    assert plan.pick_entry(data["training"], want) == (entries[2], [])
-    entry, differences = plan.pick_entry(data["training"], {**want, "image_size": 48, "dtype": "bf16"})
+    assert measured.pick_entry(data["training"], want) == (entries[2], [])
+    entry, differences = measured.pick_entry(data["training"], {**want, "image_size": 48, "dtype": "bf16"})
     assert entry == entries[1] and differences == ["image_size 32 instead of 48"]  # precision before size
-    entry, differences = plan.pick_entry(data["training"], {**want, "objective": "cbdm"})
+    entry, differences = measured.pick_entry(data["training"], {**want, "objective": "cbdm"})
     assert entry == entries[2] and differences == ["objective ddpm instead of cbdm"]
 
 
@@ -105,8 +106,8 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
     # CBDM: no entry of its own, so its counted FLOPs at the DDPM entry's 100 TFLOP/s
     cbdm = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "cbdm"})
     run = config_module.run_config(cfg, "cifar10-rho0.01", "cbdm", 0)
-    flops = plan.training_step(run, 3, 10)["flops"]
-    assert cbdm.gpu_seconds == pytest.approx(cfg["train"]["steps"] * flops / 100e12)
+    step_flops = flops.training_step(run, 3, 10)["flops"]
+    assert cbdm.gpu_seconds == pytest.approx(cfg["train"]["steps"] * step_flops / 100e12)
     assert "nearest: objective ddpm instead of cbdm" in " ".join(cbdm.sources)
     # sampling: the entry's measured time per denoising step, 1000 ancestral steps, 50 batches
     sample = model.cost("sample", {"setting": "cifar10-rho0.01", "variant": "ddpm", "omega": "1.0"})
@@ -122,7 +123,8 @@ def test_without_a_benchmark_the_assumption_is_stated(tmp_path):
 
 def test_a_bad_benchmark_or_gpu_is_one_clear_error(tmp_path):
     path = write_benchmark(tmp_path, [], SAMPLING)
-    with pytest.raises(config_module.ConfigError, match=r"cluster.gpu: .*gpu_check-NVIDIA.* no 'training' entries"):
+    with pytest.raises(config_module.ConfigError,
+                       match=r"cluster.gpu: .*gpu_check-NVIDIA.* no measured 'training' entries"):
         plan.CostModel(resolved("paper"), tmp_path)
     path.write_text("{")
     with pytest.raises(config_module.ConfigError, match="is not valid JSON"):
@@ -201,7 +203,7 @@ def test_imagenet_lt_evaluation_counts_the_capped_prd_and_extracts_the_reference
 
 def test_plan_counts_the_jobs_of_the_paper_main_table_without_datasets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/ here: the dry run uses stand-ins
-    counts = Counter(rule for rule, _ in plan.dag_jobs(resolved("paper"), [plan.DEFAULT_TARGET]))
+    counts = Counter(rule for rule, _ in plan_report.dag_jobs(resolved("paper"), [plan_report.DEFAULT_TARGET]))
     settings, datasets, runs = 5, 4, 5 * 4 * 3
     assert counts.pop("reference_features", datasets) == datasets  # a per-dataset rule, where there is one
     assert counts == {"subsample": settings, "reference": datasets, "train_classifier": datasets, "train": runs,
@@ -242,3 +244,174 @@ def test_rule_retries_take_precedence_over_the_profile(tmp_path):
     assert cluster["evaluate"] == cluster["subsample"] == 2
     local = restarts(ResourceSettings(cores=2))
     assert local["train"] == local["sample"] == 0
+
+
+# ---------------------------------------------------------------- several GPUs
+
+def test_a_run_on_eight_gpus_takes_its_measured_per_gpu_step_over_the_efficiency(tmp_path):
+    ddpm = {"image_size": 64, "objective": "ddpm", "dtype": "bf16", "layout": "nchw"}
+    write_benchmark(tmp_path, [{**ddpm, "batch_size": 128, "ms_per_step": 141.0, "flops_per_step": 18e12},
+                               {**ddpm, "batch_size": 16, "ms_per_step": 40.0, "flops_per_step": 2.25e12}],
+                    SAMPLING, ddp_efficiency={"8": 0.8})
+    model = plan.CostModel(resolved("paper"), tmp_path).with_devices(8)
+    cost = model.cost("train", {"setting": "imagenet_lt", "variant": "ddpm"})
+    steps = 800_000  # 128 images a step: 16 on each of the 8 GPUs, the measured 40 ms over the measured 0.8
+    assert cost.devices == 8 and cost.gpu_seconds == pytest.approx(steps * 0.040 / 0.8)
+    assert model.wall_seconds(cost) == pytest.approx(steps * 0.040 / 0.8 + plan.START_SECONDS["gpu"])  # one 48 h job
+    assert "train: DDP efficiency 0.80 on 8 GPUs (measured)" in cost.sources
+    rows = plan_report.plan_rows(model, [("train", {"setting": "imagenet_lt", "variant": "ddpm", "seed": "0"})])
+    assert rows[0]["gpu_hours"] == [pytest.approx(8 * model.wall_seconds(cost) / 3600)]  # GPU-hours: 8 x the wall
+
+
+def test_a_launch_bound_step_is_no_faster_on_fewer_images_and_the_efficiency_is_assumed(tmp_path):
+    # 10 ms for the whole 64 px step: less than the host takes to launch its ops (hundreds, at 30 us each)
+    write_benchmark(tmp_path, [{"image_size": 64, "objective": "ddpm", "dtype": "bf16", "layout": "nchw",
+                                "batch_size": 128, "ms_per_step": 10.0, "flops_per_step": 18e12}], SAMPLING)
+    model = plan.CostModel(resolved("paper"), tmp_path).with_devices(8)
+    cost = model.cost("train", {"setting": "imagenet_lt", "variant": "ddpm"})
+    assert cost.gpu_seconds == pytest.approx(800_000 * 0.010 / 0.9)  # 16 images a GPU take the same 10 ms
+    assert "train: DDP efficiency 0.90 on 8 GPUs (assumed)" in cost.sources
+    assert any("not below an assumed 30 us per op" in source and "batch_size 128 instead of 16" in source
+               for source in cost.sources)
+
+
+# ---------------------------------------------------------------- fitting the card
+
+A100 = "NVIDIA A100-SXM4-40GB"  # 40 GiB, 36 usable
+
+
+def unet_gib(cfg: dict, setting: str) -> float:
+    """A setting's UNet in GiB, counted on the CPU."""
+    from coral.unet import build_unet
+    run = config_module.run_config(cfg, setting, "ddpm", 0)
+    return 4 * sum(p.numel() for p in build_unet(run["model"], 3, 1000).parameters()) / 2 ** 30
+
+
+def test_a_training_pass_that_does_not_fit_gets_the_largest_micro_batch_that_does(tmp_path):
+    from coral import identity
+    cfg = resolved("paper", gpu=A100)
+    run = config_module.run_config(cfg, "imagenet_lt", "cbdm", 0)
+    states = 5 * unet_gib(cfg, "imagenet_lt")  # weights, gradients, two Adam moments, EMA (CBDM adds no weights)
+    step = flops.training_step(run, 3, 1000)["flops"]
+    # a measured CBDM step at batch 128: 10 s, its peak the states and 100 GiB of activations
+    write_benchmark(tmp_path, [{"image_size": 64, "objective": "cbdm", "dtype": "bf16", "layout": "nchw",
+                                "batch_size": 128, "ms_per_step": 10_000.0, "flops_per_step": step,
+                                "peak_memory_gb": states + 100}],
+                    SAMPLING, gpu=A100)
+    model = plan.CostModel(cfg, tmp_path)
+    # by hand: 1 GiB of CUDA context + states + 100 m / 128 GiB <= 36 usable: m <= 43.4, so 32 of 128's divisors
+    assert model.micro_batch(run) == (32, True)
+    cost = model.cost("train", {"setting": "imagenet_lt", "variant": "cbdm"})
+    assert cost.gpu_memory_gb == pytest.approx(1 + states + 25)
+    assert cost.gpu_seconds == pytest.approx(800_000 * 4 * 2.5)  # four passes of 32, each a quarter of 10 s
+    assert cost.fitted == "train.micro_batch_size 32" and model.memory_warning(cost) is None
+    fitted = model.fitted_run(run)
+    assert fitted["train"]["micro_batch_size"] == 32 and identity.run(fitted) == identity.run(run)
+    # a micro-batch the config sets is kept, and flagged with the fix where it does not fit
+    cfg["train"]["micro_batch_size"] = 64  # 1 + states + 50 GiB
+    model = plan.CostModel(cfg, tmp_path)
+    cost = model.cost("train", {"setting": "imagenet_lt", "variant": "cbdm"})
+    assert cost.gpu_memory_gb == pytest.approx(1 + states + 50) and not cost.fitted
+    assert model.memory_warning(cost) == (
+        f"train: {1 + states + 50:.1f} GB of GPU memory, more than the 36.0 GB usable of {A100} (90% of 40 GB): "
+        "set train.micro_batch_size to a smaller divisor of 128, or 0 to have it chosen for the card")
+
+
+def test_a_sampling_batch_that_does_not_fit_gets_the_largest_divisor_that_does(tmp_path):
+    from coral import identity
+    cfg = resolved("paper", gpu=A100)
+    model_gib = unet_gib(cfg, "imagenet_lt")
+    # a measured denoising step of 1000 images (2000 through the network): 2 s, the model and 60 GiB of activations
+    write_benchmark(tmp_path, [training_entry(64, "bf16", "nchw", "ddpm", 141.0)],
+                    [{"image_size": 64, "dtype": "fp32", "layout": "nchw", "batch_size": 1000, "guided": True,
+                      "ms_per_denoising_step": 2000.0, "peak_memory_gb": model_gib + 60}], gpu=A100)
+    model = plan.CostModel(cfg, tmp_path)
+    # by hand: 1 + model + 60 b / 1000 <= 36: b <= 580, so 500 of 1000's divisors
+    assert model.sample_batch("imagenet_lt", "ddpm", 0.8) == (500, True)
+    cost = model.cost("sample", {"setting": "imagenet_lt", "variant": "ddpm", "omega": "0.8"})
+    assert cost.gpu_memory_gb == pytest.approx(1 + model_gib + 30)
+    assert cost.gpu_seconds == pytest.approx(50_000 / 500 * 1000 * 1.0)  # 1000 steps of half the batch: 1 s each
+    section = model.fitted_sample("imagenet_lt", "ddpm", 0.8)
+    assert (section["batch_size"], section["omega"]) == (500, 0.8)
+    assert identity.sample(section, "ddpm") == identity.sample({**section, "batch_size": 1000}, "ddpm")
+
+
+def test_the_paper_plan_on_a_40_gb_card_flags_nothing():
+    raw = config_module.load_yaml(REPO / "config.yaml")
+    raw["cluster"]["gpu"] = A100  # no GPU check of it: the memory model counted on the meta device
+    report = plan_report.plan_report(raw, "paper", ["all"])
+    assert "WARNING" not in report
+    # the six 64 px CBDM runs (2 settings x 3 seeds) train in micro-batches, the 24 sample sets of the 64 px
+    # runs (2 settings x 4 methods x 3 seeds) in smaller batches; nothing else changes
+    fitted = [line for line in report.splitlines() if line.startswith("fitted to the card")]
+    assert fitted == ["fitted to the card: 6 train job(s) get train.micro_batch_size 64",
+                      "fitted to the card: 24 sample job(s) get sample.batch_size 500"]
+    assert "configurations: no GPU check of NVIDIA A100-SXM4-40GB" in report
+    goal = next(line for line in report.splitlines() if line.startswith("goal: a 64 px run on 8 GPUs"))
+    assert "the slowest, cbdm on" in goal
+    assert "  train: DDP efficiency 0.90 on 8 GPUs (assumed)" in report.splitlines()
+
+
+def test_the_cards_memory_comes_from_the_check_or_its_name():
+    assert measured.card_memory_gb("NVIDIA A100-SXM4-40GB", None) == 40
+    assert measured.card_memory_gb("NVIDIA H200", None) == 141
+    assert measured.card_memory_gb(GPU, {"machine": {"gpu_memory_gb": 79.6}}) == 79.6
+    with pytest.raises(config_module.ConfigError, match="cluster.gpu: 'Quadro K600' names no memory size"):
+        measured.card_memory_gb("Quadro K600", None)
+
+
+# ---------------------------------------------------------------- the fastest measured configuration
+
+def test_the_paper_preset_runs_the_fastest_measured_configuration():
+    """benchmarks/results/gpu_check-NVIDIA_H100_80GB_HBM3.json: every setting's training and sampling step
+    in the paper preset's configuration is the fastest measured (within 5%). A new check that finds a faster
+    one fails this until the preset is set to it."""
+    model = plan.CostModel(resolved("paper"))
+    settings = list(config_module.settings(model.cfg))
+    assert "it measured eager steps only" in plan_report.configuration_lines(model, settings)[1]
+    found = plan_report.configurations(model, settings)
+    assert len(found) == 5 * 2
+    for row in found:
+        time_key = measured.TIME_KEY[row["phase"]]
+        assert row["own"] is not None and row["own"][time_key] <= 1.05 * row["fastest"][time_key], row
+
+
+def test_the_report_names_a_faster_configuration_and_the_keys_to_set(tmp_path):
+    cifar = {"image_size": 32, "objective": "ddpm", "layout": "nchw", "batch_size": 128, "flops_per_step": 4.8e12}
+    write_benchmark(tmp_path, [{**cifar, "dtype": "fp32", "ms_per_step": 64.0},
+                               {**cifar, "dtype": "bf16", "compile": True, "cuda_graphs": True, "ms_per_step": 30.0}],
+                    SAMPLING)
+    cfg = resolved("paper")
+    cfg["data"]["settings"] = [{"dataset": "cifar10", "rho": 0.01}]
+    lines = plan_report.configuration_lines(plan.CostModel(cfg, tmp_path), ["cifar10-rho0.01"])
+    assert ("  cifar10-rho0.01: training fp32 nchw eager (64.0 ms at batch 128); the fastest measured is bf16 nchw "
+            "compiled + CUDA graphs (30.0 ms): set train.bf16_autocast, train.compile, train.cuda_graphs") in lines
+    assert "  cifar10-rho0.01: sampling fp32 nchw eager (300.0 ms at batch 1000): the fastest measured" in lines
+
+
+def test_a_compiled_config_without_compiled_measurements_keeps_the_eager_figures_and_says_so(tmp_path):
+    cfg = resolved("paper")
+    cfg["train"]["compile"] = True
+    run = config_module.run_config(cfg, "cifar10-rho0.01", "ddpm", 0)
+    write_benchmark(tmp_path, [{"image_size": 32, "objective": "ddpm", "dtype": "fp32", "layout": "nchw",
+                                "batch_size": 128, "ms_per_step": 64.0,
+                                "flops_per_step": flops.training_step(run, 3, 10)["flops"]}], SAMPLING)
+    cost = plan.CostModel(cfg, tmp_path).cost("train", {"setting": "cifar10-rho0.01", "variant": "ddpm"})
+    assert cost.gpu_seconds == pytest.approx(800_000 * 0.064)
+    assert any("32 px fp32 nchw eager batch 128 ddpm (nearest: compile False instead of True)" in source
+               for source in cost.sources)
+
+
+# ---------------------------------------------------------------- the pilot preset
+
+def test_the_pilot_preset_costs_a_gpu_day_and_its_claims_table_covers_c1_to_c4():
+    from coral.claims import registry
+    report = plan_report.plan_report(config_module.load_yaml(REPO / "config.yaml"), "pilot",
+                                     ["results/tables/claims.csv"])
+    total = next(line.split() for line in report.splitlines() if line.startswith("total"))
+    assert float(total[2]) <= 24  # H100-hours
+    assert "WARNING" not in report
+    cfg = resolved("pilot")
+    assert cfg["ablations"]["studies"] == {}  # every study off: only the main runs' claims have runs
+    assert [claim["id"] for claim in registry() if claim["runs"] == "main"] == ["C1", "C2", "C3", "C3-head", "C4"]
+    assert (cfg["data"]["download"], cfg["evaluate"]["inception_download"]) == (True, True)  # no manual step

@@ -89,7 +89,9 @@ def classifier_of(wildcards):
 
 
 def run_params(wildcards):
-    return coral_config.run_config(CFG, wildcards.setting, wildcards.variant, int(wildcards.seed))
+    """A run's config as its training job gets it: train.micro_batch_size chosen for cluster.gpu where the
+    config leaves it 0 and the per-device batch would not fit (coral.plan; outside the run's identity)."""
+    return COST.fitted_run(coral_config.run_config(CFG, wildcards.setting, wildcards.variant, int(wildcards.seed)))
 
 
 def split_of(wildcards):
@@ -105,7 +107,9 @@ def diagnosis_data(wildcards):
 
 
 def sample_params(wildcards):
-    return {**coral_config.setting_config(CFG, wildcards.setting)["sample"], "omega": float(wildcards.omega)}
+    """A sampling job's section: this omega, and sample.batch_size chosen for cluster.gpu where the
+    configured one would not fit (coral.plan; outside the sample set's identity)."""
+    return COST.fitted_sample(wildcards.setting, wildcards.variant, float(wildcards.omega))
 
 
 def setting_data(wildcards):

@@ -1,3 +1,24 @@
+# torch-fidelity's Inception weights where evaluate.inception_download asks for them: fetched by a local job
+# (on the submit host: compute nodes often have no internet) before the first job that reads them.
+INCEPTION_DOWNLOADS = sorted({evaluate["inception_weights_path"] for evaluate in
+                              (coral_config.dataset_section(CFG, dataset, "evaluate") for dataset in DATASETS)
+                              if evaluate["feature_extractor"] == "inception-v3-compat" and evaluate["inception_download"]})
+
+if INCEPTION_DOWNLOADS:
+
+    rule inception_weights:
+        """torch-fidelity's Inception weights file (inception-v3-compat), from its release URL."""
+        output:
+            "{weights}",
+        wildcard_constraints:
+            weights=_alternatives(INCEPTION_DOWNLOADS),
+        localrule: True
+        run:
+            from coral.sources import download_inception_weights
+
+            download_inception_weights(output[0])
+
+
 rule reference_features:
     """Features of a dataset's balanced reference set, extracted once and read by every evaluation of
     the dataset. The extractor's weights (classifier checkpoint or Inception file) are an input."""
