@@ -8,7 +8,7 @@ precision/recall, of C classes of class-clustered Gaussian features (D dims, str
 against a reference set of the same kind; feature extraction is not included. Also times, on a
 part of the data, the code these replace (torch-fidelity's precision/recall and per-class FID).
 Part `prd_effect`: F_8 and F_1/8 of the reference PRD (scikit-learn MiniBatchKMeans, 20 x C clusters,
-best of 10 seedings: the code before the cap) against coral.metrics.prd_scores with 20 x C clusters
+best of 10 seedings: the code before the cap) against coral.fidelity.prd_scores with 20 x C clusters
 and with capped clusters, on three generated sets (same distribution, tail classes dropped, shifted).
 Each part replaces its section of the output JSON (default benchmarks/results/metrics-cpu.json);
 prd_effect saves each scenario when done and, run again with the same sizes, skips those already there.
@@ -31,8 +31,8 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from coral.metrics import (_class_members, class_frechet_distances, frechet_distance, kernel_distance,  # noqa: E402
-                           max_f_beta, prd_curve, prd_scores, precision_recall)
+from coral.fidelity import (class_frechet_distances, class_members, frechet_distance, kernel_distance,  # noqa: E402
+                            max_f_beta, prd_curve, prd_scores, precision_recall)
 
 OUT = Path(__file__).resolve().parent / "results" / "metrics-cpu.json"
 
@@ -92,7 +92,7 @@ def timing(args) -> dict:
         lambda: prd_scores(gen, real, clusters, 1001, args.prd_runs, args.prd_kmeans_steps))
     fids, seconds["per_class_fid"] = timed(
         lambda: class_frechet_distances(gen, gen_labels, real, real_labels, args.classes))
-    gen_members, real_members = _class_members(gen_labels, args.classes), _class_members(real_labels, args.classes)
+    gen_members, real_members = class_members(gen_labels, args.classes), class_members(real_labels, args.classes)
     pairs = [(gen[gen_members[c]], real[real_members[c]]) for c in range(args.classes)]
     kids, seconds["per_class_kid"] = timed(lambda: [kernel_distance(a, b, 100, 1000) for a, b in pairs])
     prcs, seconds["per_class_precision_recall"] = timed(lambda: [precision_recall(a, b, 5) for a, b in pairs])
@@ -171,7 +171,7 @@ def prd_effect(args, previous: dict | None, save) -> None:
     section = {"machine": machine(), "sizes": sizes,
                "note": ("full: the code before the cap (MiniBatchKMeans, n_init=10, 20 x C clusters) with "
                         f"{args.effect_full_runs} runs (10 in the reference protocol; 10 would take hours here); ours: "
-                        "coral.metrics.prd_scores, 10 runs. ImageNet-LT's default cap (1000 clusters for 1000 "
+                        "coral.fidelity.prd_scores, 10 runs. ImageNet-LT's default cap (1000 clusters for 1000 "
                         f"classes) is 1 cluster per class: here {classes} clusters."),
                "scenarios": dict(done)}
     for name, gen in scenarios.items():

@@ -236,7 +236,8 @@ def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps:
 def bench_features(settings: dict, device: torch.device, num_images: int) -> dict:
     """img/s of the classifier feature extraction through torch-fidelity, and the metric computation time."""
     from coral.classifier import FEATURE_EXTRACTOR_NAME, SmallClassifier, save_classifier
-    from coral.metrics import compare_features, extract_features, prd_scores
+    from coral.fidelity import compare_features, prd_scores
+    from coral.metrics import extract_features
 
     classifier = SmallClassifier(settings["in_channels"], settings["num_classes"], width=32)
     shape = (num_images, settings["in_channels"], settings["image_size"], settings["image_size"])

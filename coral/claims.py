@@ -33,7 +33,7 @@ from coral.io import atomic_path
 LEVEL = 0.95
 HOLDS, CONTRADICTED, INCONCLUSIVE, NOT_COVERED = "holds", "contradicted", "inconclusive", "not covered"
 KINDS = ("compare", "gain_gap", "best_in_range", "same_best")
-REFERENCE_HALVES = ("selection_fid", "report_fid")  # FID against the reference set's two halves (coral.metrics)
+REFERENCE_HALVES = ("selection_fid", "report_fid")  # FID against the reference set's two halves (coral.fidelity.reference_halves)
 CLAIM_RULE = ("A claim holds when every one of its rows is covered and holds, is contradicted when any covered "
               "row is contradicted, is not covered when none of its rows is, and is otherwise inconclusive; its "
               "reason names the rows not covered.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from coral import config as config_module
+from coral.chunks import DISTANCE_BLOCK, KMEANS_BATCH
 from coral.flops import classifier_figures, parameter_bytes, unet_forward
 from coral.plan import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, CostModel, JobCost
 from coral.sections import LATENT_INPUTS
@@ -19,8 +20,6 @@ ARRAY_SECONDS = 1e-4                 # reading and resizing one image of an arra
 TSNE_SECONDS_PER_POINT = 0.005       # sklearn's Barnes-Hut t-SNE, one core
 INCEPTION_FLOPS = 11.4e9             # Inception-v3 at 299x299: 5.7G multiply-adds per image (Szegedy et al. 2016)
 INCEPTION_LIVE_BYTES = 20e6          # its live activations per image of a batch
-PRD_KMEANS_BATCH = 2048              # coral.metrics._KMEANS_BATCH: points of one mini-batch k-means step
-PRC_ROWS = 2048                      # coral.metrics._PRC_BATCH_SIZE: rows of a distance block
 
 
 def decode(model: CostModel, rule: str, data: dict, part: str) -> JobCost:
@@ -96,8 +95,8 @@ def evaluate(model: CostModel, setting: str) -> JobCost:
     fid_flops = (classes + 1) * 25 * dim ** 3 + 4 * n * dim ** 2  # matrix square roots (~25 d^3), covariances
     # PRD, per run: k-means++ seeding on a sample (its Gram matrix), mini-batch steps, the last assignment
     clusters = min(ev["prd_clusters_per_class"] * classes, ev["prd_max_clusters"], n)
-    seeding = min(n, max(3 * clusters, PRD_KMEANS_BATCH))
-    prd_flops = ev["prd_runs"] * 2 * dim * (seeding ** 2 + (ev["prd_kmeans_steps"] * PRD_KMEANS_BATCH + n) * clusters)
+    seeding = min(n, max(3 * clusters, KMEANS_BATCH))
+    prd_flops = ev["prd_runs"] * 2 * dim * (seeding ** 2 + (ev["prd_kmeans_steps"] * KMEANS_BATCH + n) * clusters)
 
     def kid(m):
         return ev["kid_subsets"] * 6 * min(ev["kid_subset_size"], m) ** 2 * dim
@@ -106,8 +105,8 @@ def evaluate(model: CostModel, setting: str) -> JobCost:
     return model.job(
         "evaluate", gpu_seconds=(generated * net["flops_per_image"] + prc_flops + fid_flops + prd_flops) / net["rate"],
         cpu_seconds=(kid(min(generated, real)) + classes * kid(min(generated, real) // classes)) / CPU_FLOPS_PER_CORE,
-        gpu_memory_gb=CUDA_CONTEXT_GB + (features + 2 * PRC_ROWS * n * 4 + seeding ** 2 * 4 + net["batch_bytes"]) / GB,
-        host_memory_gb=HOST_BASE_GB["gpu"] + (generated * image_bytes(data) + 3 * features + PRC_ROWS * n * 4) / GB,
+        gpu_memory_gb=CUDA_CONTEXT_GB + (features + 2 * DISTANCE_BLOCK * n * 4 + seeding ** 2 * 4 + net["batch_bytes"]) / GB,
+        host_memory_gb=HOST_BASE_GB["gpu"] + (generated * image_bytes(data) + 3 * features + DISTANCE_BLOCK * n * 4) / GB,
         disk_gb=(classes + 1) * 1e3 / GB, memory_fix="lower evaluate.batch_size or evaluate.prd_max_clusters",
         sources=(f"evaluate: feature networks and metrics at the UNet's inference FLOP/s, {net['source']}",
                  f"evaluate: KID on the CPU at an assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core"))

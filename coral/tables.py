@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from coral import identity, lineage, methods
+from coral.columns import PER_CLASS_COLUMNS
 from coral.config import setting_name
 from coral.io import atomic_path
 
@@ -50,8 +51,6 @@ SAMPLING = {
     "num_samples": ("sampling", "num_samples"),
     "feature_extractor": ("feature_extractor",),
 }
-PER_CLASS_COLUMNS = ["class", "class_name", "train_count", "group", "num_generated", "num_real",
-                     "fid", "kid_mean", "kid_std", "precision", "recall", "accuracy"]
 PER_CLASS_METRICS = ["fid", "kid", "precision", "recall", "accuracy"]
 CLASS_INFO = ["class_name", "train_count", "group"]
 # Separation of the clean images' features (the released code's way) and of the noised images' (noised_*).
@@ -260,7 +259,7 @@ def omega_tuned_table(metrics_jsons: Sequence[str | os.PathLike], fixed_omega: M
     omega study and the main runs.
 
     tuned: the omega with the lowest mean FID over seeds against the reference set's selection half;
-    both rows are then scored by FID against the other half (metrics.reference_halves), which the
+    both rows are then scored by FID against the other half (coral.fidelity.reference_halves), which the
     choice never saw. Columns: dataset, rho, method, num_seeds, omega_fixed, omega_tuned, omegas (the
     candidates), report_fid_fixed_mean/_std, report_fid_tuned_mean/_std, gain (fixed - tuned, mean),
     selection (the rule, in words). Writes out_csv atomically (unless None).

@@ -1,4 +1,4 @@
-"""Tests of coral.metrics and coral.classifier against independent expectations."""
+"""Tests of coral.fidelity, coral.metrics and coral.classifier against independent expectations."""
 import csv
 import json
 import math
@@ -11,20 +11,20 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
-import coral.metrics as metrics
+import coral.fidelity as fidelity
 from coral.lineage import DamagedArtifact
 from coral.classifier import FEATURE_EXTRACTOR_NAME, load_classifier, predict_logits, train_classifier
 from coral.data import load_reference, write_reference, write_split
-from coral.metrics import (class_frechet_distances, evaluate, frechet_distance, kernel_distance, kmeans_labels,
-                           max_f_beta, prd_curve, prd_num_clusters, prd_scores, precision_recall,
-                           write_reference_features)
+from coral.fidelity import (class_frechet_distances, frechet_distance, kernel_distance, kmeans_labels, max_f_beta,
+                            prd_curve, prd_scores, precision_recall, reference_halves)
+from coral.metrics import evaluate, prd_num_clusters, write_reference_features
 from coral.sections import ClassifierConfig, EvaluateConfig
 from coral.tables import main_table, per_class_table
 
 DATA_CFG = {"dataset": "animals", "image_size": 8, "subsample_seed": 0, "hflip": False, "training_set": "long_tailed"}
 CLF_CFG = ClassifierConfig(steps=30, batch_size=64, lr=2e-3, width=8, test_fraction=0.1, seed=0, checkpoint_every=500)
-EVAL_CFG = EvaluateConfig(feature_extractor="classifier", inception_weights_path=None, batch_size=500,
-                          prc_neighborhood=5, kid_subsets=10, kid_subset_size=1000, prd_clusters_per_class=20,
+EVAL_CFG = EvaluateConfig(feature_extractor="classifier", inception_weights_path=None, inception_download=False,
+                          batch_size=500, prc_neighborhood=5, kid_subsets=10, kid_subset_size=1000, prd_clusters_per_class=20,
                           prd_max_clusters=1000, prd_kmeans_steps=20, prd_angles=1001, prd_runs=2)
 
 
@@ -64,7 +64,7 @@ def test_fid_of_a_set_with_itself_is_zero(n):
 
 def test_class_fids_match_torch_fidelity_class_by_class(monkeypatch):
     # classes of several sizes (some sharing a shape, so stacked), split over several batches
-    monkeypatch.setattr(metrics, "_FID_BATCH_ELEMENTS", 600)
+    monkeypatch.setattr(fidelity, "FID_BATCH_ELEMENTS", 600)
     rng = np.random.default_rng(3)
     gen_counts, real_counts = [4, 4, 4, 20, 20, 9], [6, 6, 6, 30, 12, 9]
     gen_labels = np.repeat(np.arange(6), gen_counts)
@@ -118,15 +118,15 @@ def test_kid_over_distinct_subsets_is_torch_fidelity():
 
 @pytest.mark.parametrize("n_gen,n_real,k", [(70, 45, 5), (45, 70, 3), (33, 33, 1), (40, 40, 5)])
 def test_precision_recall_equals_torch_fidelity(monkeypatch, n_gen, n_real, k):
-    monkeypatch.setattr(metrics, "_BLOCK", 16)  # several blocks, the last one partial
+    monkeypatch.setattr(fidelity, "DISTANCE_BLOCK", 16)  # several blocks, the last one partial
     rng = np.random.default_rng(n_gen + n_real + k)
     centres = 3 * rng.normal(size=(6, 8))
     gen = torch.tensor(centres[rng.integers(0, 6, n_gen)] + rng.normal(size=(n_gen, 8)), dtype=torch.float32)
     real = torch.tensor(centres[rng.integers(0, 4, n_real)] + 0.7 * rng.normal(size=(n_real, 8)), dtype=torch.float32)
-    fidelity = prc_features_to_metric(gen, real, prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False,
-                                      verbose=False)
+    theirs = prc_features_to_metric(gen, real, prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False,
+                                    verbose=False)
     precision, recall = precision_recall(gen, real, k)
-    assert (precision, recall) == (fidelity[KEY_METRIC_PRECISION], fidelity[KEY_METRIC_RECALL])
+    assert (precision, recall) == (theirs[KEY_METRIC_PRECISION], theirs[KEY_METRIC_RECALL])
     assert 0 < precision < 1  # a case where the balls matter
 
 
@@ -287,7 +287,7 @@ def test_whole_class_kid_has_no_spread_and_tables_read_it(classifier_ckpt, refer
     assert len(table) == 10 and np.isfinite(table["kid_mean"]).all()
     # the FIDs against the reference's halves, by torch-fidelity on the same features (samples = reference)
     features = torch.from_numpy(np.load(tmp_path / "features.npz")["features"]).double()
-    selection, report = metrics.reference_halves(data.labels[picks], 10)
+    selection, report = reference_halves(data.labels[picks], 10)
     halves = result["reference_halves"]
     for name, half in (("selection_fid", selection), ("report_fid", report)):
         expected = fid_statistics_to_metric(fid_features_to_statistics(features),
@@ -309,9 +309,9 @@ def test_evaluate_rejects_features_of_other_weights(classifier_ckpt, reference_f
 
 def test_reference_halves_split_every_class_in_two():
     labels = torch.tensor([0, 0, 0, 1, 1, 2])
-    selection, report = metrics.reference_halves(labels, 3)
+    selection, report = reference_halves(labels, 3)
     assert sorted(torch.cat([selection, report]).tolist()) == list(range(6))  # disjoint, every image once
     assert torch.bincount(labels[selection], minlength=3).tolist() == [1, 1, 0]  # floor(n/2) of each class
     assert torch.bincount(labels[report], minlength=3).tolist() == [2, 1, 1]
-    again = metrics.reference_halves(labels, 3)
+    again = reference_halves(labels, 3)
     assert torch.equal(again[0], selection) and torch.equal(again[1], report)  # fixed by the seed
