@@ -280,7 +280,7 @@ def claim_verdict(rows: Sequence[dict]) -> str:
     return claim_decision(rows)[0]
 
 
-def evaluate(records: pd.DataFrame, claims: Sequence[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def judge(records: pd.DataFrame, claims: Sequence[dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rows, summary): every claim's rows, and one line per claim with its wording, source, verdict,
     the verdict's reason and the smallest number of seeds behind it."""
     claims = registry() if claims is None else claims
@@ -340,7 +340,7 @@ def write_claims(records: pd.DataFrame, out_csv: str | os.PathLike, out_md: str 
     """claims.csv (a row per claim, setting, comparison and metric, with the claim's verdict and its
     reason beside each row's) and claims.md (the verdicts, the rule, then every row), each atomically
     with a lineage record naming `inputs`."""
-    rows, summary = evaluate(records)
+    rows, summary = judge(records)
     by_claim = summary.set_index("claim")
     rows.insert(1, "claim_verdict", rows["claim"].map(by_claim["verdict"]))
     rows.insert(2, "claim_reason", rows["claim"].map(by_claim["reason"]))

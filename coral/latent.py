@@ -168,22 +168,12 @@ def _json_number(value: float) -> float | None:
 def run_latent(checkpoint: str | os.PathLike, split_npz: str | os.PathLike, reference_npz: str | os.PathLike,
                latent_cfg: LatentConfig,
                out_npz: str | os.PathLike, out_json: str | os.PathLike) -> None:
-    """The latent stage for one run.
-
-    latent_cfg: t_fraction, per_class (images per class from the balanced set), seed (selection,
-    noise and t-SNE), perplexity, knn_k, batch_size, tsne_input. Features are taken from both inputs
-    (LATENT_INPUTS); the separation scores of the clean images are `silhouette*`, `knn_purity*`, those of the
-    noised ones `noised_silhouette*`, `noised_knn_purity*`; the t-SNE embeds latent_cfg.tsne_input.
-    Groups come from the split's class counts. Writes, each atomically:
-      out_npz  - features float32 (N, C_mid) of tsne_input, tsne float32 (N, 2), labels int64 (N,),
-                 indices int64 (N,) into the balanced set, class_names (C,), class_counts (C,) of the
-                 split, groups (C,) head/medium/tail, meta (JSON string: run, checkpoint, t, metric,
-                 latent_cfg);
-      out_json - {"run", silhouette*, knn_purity*, noised_silhouette*, noised_knn_purity*, "metric",
-                 "knn_k", "t", "t_fraction", "tsne_input", "num_points", "num_classes", "checkpoint",
-                 "latent_cfg", "provenance"} (NaN scores as null).
-    The stage draws nothing: coral.figures.tsne_run_figure plots a run from these two files.
-    """
+    """The latent stage for one run: bottleneck features of latent_cfg.per_class balanced images a class,
+    clean and noised (LATENT_INPUTS), their separation scores (`silhouette*`, `knn_purity*`, and
+    `noised_*` for the noised inputs; groups from the split's class counts) and the t-SNE of
+    latent_cfg.tsne_input. Writes out_npz (features (N, C_mid), t-SNE (N, 2), labels, indices into the
+    balanced set, class names, counts and groups, meta) and out_json (the scores, NaN as null, with the
+    settings that made them); coral.figures.tsne_run_figure draws a run from the two."""
     model, diffusion, run_cfg = load_model(checkpoint)
     data = load_reference(reference_npz)
     split = load_split(split_npz, with_images=False)

@@ -13,6 +13,7 @@ import torch
 from torchvision.utils import make_grid
 
 from coral.diffusion import Diffusion
+from coral.sample import generate
 from coral.sections import SampleConfig
 from coral.unet import UNet
 
@@ -40,7 +41,6 @@ class TensorBoardLog:
         """The sample grid at `step`, when it is a multiple of `every`."""
         if step % self.every:
             return
-        from coral.sample import generate  # sampling imports the config; train is imported by it
         images = generate(ema, self.diffusion, self.labels, self.labels, self.sampler, self.image_shape)
         self.writer.add_image("samples", make_grid(images, nrow=min(len(images), 8)), step)
 

@@ -124,7 +124,7 @@ def test_the_registry_holds_the_papers_claims():
     for claim in registry:
         assert claim["kind"] in claims.KINDS and claim["better"] in ("lower", "higher")
         assert claim["claim"] and claim["source"] and claim["metrics"]
-    rows, summary = claims.evaluate(records([]))
+    rows, summary = claims.judge(records([]))
     assert (summary["verdict"] == NOT_COVERED).all() and len(summary) == len(registry)
 
 
@@ -336,7 +336,7 @@ def test_c4_does_not_hold_on_the_overall_silhouette_alone():
                            "silhouette": base + 0.02 * seed * (method == "coral"), "silhouette_tail": math.nan}
                           for method, base in (("coral", 0.9), ("ddpm", 0.5)) for seed in range(3)])
     (c4,) = [c for c in claims.registry() if c["id"] == "C4"]
-    rows, summary = claims.evaluate(frame, [c4])
+    rows, summary = claims.judge(frame, [c4])
     assert rows["verdict"].tolist() == [HOLDS, NOT_COVERED]
     assert rows["low"].iloc[0] == pytest.approx(0.42 - 4.303 * 0.02 / math.sqrt(3), abs=1e-3)
     assert summary["verdict"].tolist() == [INCONCLUSIVE]
