@@ -8,8 +8,8 @@ import json
 
 from coral import config as config_module
 from coral.chunks import DISTANCE_BLOCK, KMEANS_BATCH
+from coral.costs import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, JobCost
 from coral.flops import classifier_figures, parameter_bytes, unet_forward
-from coral.plan import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, CostModel, JobCost
 from coral.sections import LATENT_INPUTS
 from coral.sources import IN_CHANNELS, NATURALLY_LONG_TAILED, NUM_CLASSES, image_bytes, image_count
 
@@ -22,7 +22,7 @@ INCEPTION_FLOPS = 11.4e9             # Inception-v3 at 299x299: 5.7G multiply-ad
 INCEPTION_LIVE_BYTES = 20e6          # its live activations per image of a batch
 
 
-def decode(model: CostModel, rule: str, data: dict, part: str) -> JobCost:
+def decode(model, rule: str, data: dict, part: str) -> JobCost:
     images = image_count(data, part)
     jpeg = data["dataset"] in NATURALLY_LONG_TAILED
     stored = images * (image_bytes(data) + 16)  # uint8 images, int64 labels (and indices)
@@ -32,7 +32,7 @@ def decode(model: CostModel, rule: str, data: dict, part: str) -> JobCost:
                               f"{JPEG_SECONDS if jpeg else ARRAY_SECONDS} s per image and core",))
 
 
-def train_classifier(model: CostModel, dataset: str) -> JobCost:
+def train_classifier(model, dataset: str) -> JobCost:
     data = config_module.dataset_config(model.cfg, dataset)
     clf = config_module.dataset_section(model.cfg, dataset, "classifier")
     net = classifier_figures(IN_CHANNELS[dataset], NUM_CLASSES[dataset], clf["width"], data["image_size"],
@@ -49,7 +49,7 @@ def train_classifier(model: CostModel, dataset: str) -> JobCost:
                      sources=(f"classifier at the UNet's training FLOP/s: {source}",))
 
 
-def feature_network(model: CostModel, setting: str) -> dict:
+def feature_network(model, setting: str) -> dict:
     """The evaluation's feature network of a setting: FLOPs per image (with the classifier's logits
     beside Inception's features), feature dims, live batch bytes, and the inference rate."""
     scfg = config_module.setting_config(model.cfg, setting)
@@ -69,7 +69,7 @@ def feature_network(model: CostModel, setting: str) -> dict:
     return net
 
 
-def reference_features(model: CostModel, dataset: str) -> JobCost:
+def reference_features(model, dataset: str) -> JobCost:
     setting = next(name for name, s in config_module.settings(model.cfg).items() if s["dataset"] == dataset)
     data = config_module.setting_config(model.cfg, setting)["data"]
     net, real = feature_network(model, setting), image_count(data, "reference")
@@ -82,7 +82,7 @@ def reference_features(model: CostModel, dataset: str) -> JobCost:
         sources=(f"reference_features: feature networks at the UNet's inference FLOP/s, {net['source']}",))
 
 
-def evaluate(model: CostModel, setting: str) -> JobCost:
+def evaluate(model, setting: str) -> JobCost:
     """Features of the samples, then every metric on the job's GPU (coral.metrics uses it where there
     is one) except KID (torch-fidelity, on the CPU)."""
     scfg = config_module.setting_config(model.cfg, setting)
@@ -112,7 +112,7 @@ def evaluate(model: CostModel, setting: str) -> JobCost:
                  f"evaluate: KID on the CPU at an assumed {CPU_FLOPS_PER_CORE / 1e9:.0f} GFLOP/s per core"))
 
 
-def latent(model: CostModel, setting: str, variant: str) -> JobCost:
+def latent(model, setting: str, variant: str) -> JobCost:
     run, latent = model.run_config(setting, variant), config_module.setting_config(model.cfg, setting)["latent"]
     data = run["data"]
     classes, channels = NUM_CLASSES[data["dataset"]], IN_CHANNELS[data["dataset"]]

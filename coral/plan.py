@@ -29,19 +29,19 @@ import copy
 import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from coral import config as config_module
-from coral import measured
+from coral import job_costs, measured
 from coral.config import ConfigError
+from coral.costs import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, JobCost
 from coral.flops import parameter_bytes, training_step, unet_forward
 from coral.measured import BENCHMARK_DIR
 from coral.sources import IN_CHANNELS, NUM_CLASSES, image_bytes, image_count
 
 GPU_RULES = ("train_classifier", "train", "sample", "reference_features", "evaluate", "latent")
 RESUMABLE_RULES = ("train", "sample")  # save their state and exit with code 75 before the time limit
-GB = 2 ** 30  # GiB: torch's unit for memory, SLURM's --mem counts MiB, and an "80GB" card holds about 80 of them
 
 # ---------------------------------------------------------------- stated assumptions
 # Used where nothing was measured; `coral plan` prints the ones a plan relies on (coral.measured has
@@ -49,9 +49,6 @@ GB = 2 ** 30  # GiB: torch's unit for memory, SLURM's --mem counts MiB, and an "
 # achieved FLOP/s over the GPU's dense bf16 peak, without a benchmark (an H100 reached 6-14% at paper sizes)
 ASSUMED_MFU = {"fp32": 0.07, "bf16": 0.10}
 USABLE_MEMORY = 0.9                  # of the card: torch's caching allocator reserves more than its peak allocation
-START_SECONDS = {"gpu": 120, "cpu": 30}  # imports, CUDA start-up, reading inputs, resuming a checkpoint
-HOST_BASE_GB = {"gpu": 4.0, "cpu": 1.0}  # resident size of a job's Python, torch (and CUDA) before its data
-CUDA_CONTEXT_GB = 1.0                # GPU memory of the CUDA context and cuDNN workspaces, beyond torch's allocations
 BF16_ACTIVATION_FACTOR = 0.9         # activation bytes under bf16 autocast over fp32 (an H100 measured 0.85-0.88:
                                      # GroupNorm and SiLU stay fp32)
 LIGHT_JOB_SECONDS = 10               # tables and figures
@@ -65,32 +62,6 @@ def divisors(n: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- costs of jobs
-
-@dataclass(frozen=True)
-class JobCost:
-    """What one job needs: device work, CPU work, memory and disk, and where its figures came from."""
-
-    rule: str
-    gpu: bool
-    gpu_seconds: float = 0.0           # wall time of its GPU work, without start-up
-    cpu_seconds: float = 0.0           # CPU-bound work on one core
-    cpus: int = 1
-    devices: int = 1                   # GPUs it runs on: its GPU-hours are devices x its wall time
-    gpu_memory_gb: float = 0.0         # peak on each of them
-    host_memory_gb: float = 1.0
-    disk_gb: float = 0.0
-    fitted: str = ""                   # a batch chosen for the card: "<key> <value>"
-    memory_fix: str = ""               # what to set where its GPU memory would exceed the card's
-    sources: tuple[str, ...] = field(default=(), compare=False)
-
-    @property
-    def work_seconds(self) -> float:
-        return self.gpu_seconds + self.cpu_seconds / self.cpus
-
-    @property
-    def start_seconds(self) -> float:
-        return START_SECONDS["gpu" if self.gpu else "cpu"]
-
 
 @dataclass(frozen=True)
 class Pass:
@@ -279,7 +250,6 @@ class CostModel:
 
     @functools.lru_cache(maxsize=None)
     def _cost(self, rule: str, wildcards: tuple) -> JobCost:
-        from coral import job_costs  # the jobs around training and sampling; it imports this module
         w = dict(wildcards)
         if rule == "subsample":
             return job_costs.decode(self, "subsample", config_module.setting_config(self.cfg, w["setting"])["data"],

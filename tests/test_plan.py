@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coral import config as config_module
-from coral import flops, measured, plan, plan_report
+from coral import costs, flops, measured, plan, plan_report
 from coral.cli import main
 
 from conftest import REPO
@@ -102,7 +102,7 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
     model = plan.CostModel(cfg, tmp_path)
     exact = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "ddpm"})
     assert exact.gpu_seconds == pytest.approx(cfg["train"]["steps"] * 0.064)
-    assert exact.gpu_memory_gb == pytest.approx(7.0 + plan.CUDA_CONTEXT_GB)
+    assert exact.gpu_memory_gb == pytest.approx(7.0 + costs.CUDA_CONTEXT_GB)
     # CBDM: no entry of its own, so its counted FLOPs at the DDPM entry's 100 TFLOP/s
     cbdm = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "cbdm"})
     run = config_module.run_config(cfg, "cifar10-rho0.01", "cbdm", 0)
@@ -257,7 +257,7 @@ def test_a_run_on_eight_gpus_takes_its_measured_per_gpu_step_over_the_efficiency
     cost = model.cost("train", {"setting": "imagenet_lt", "variant": "ddpm"})
     steps = 800_000  # 128 images a step: 16 on each of the 8 GPUs, the measured 40 ms over the measured 0.8
     assert cost.devices == 8 and cost.gpu_seconds == pytest.approx(steps * 0.040 / 0.8)
-    assert model.wall_seconds(cost) == pytest.approx(steps * 0.040 / 0.8 + plan.START_SECONDS["gpu"])  # one 48 h job
+    assert model.wall_seconds(cost) == pytest.approx(steps * 0.040 / 0.8 + costs.START_SECONDS["gpu"])  # one 48 h job
     assert "train: DDP efficiency 0.80 on 8 GPUs (measured)" in cost.sources
     rows = plan_report.plan_rows(model, [("train", {"setting": "imagenet_lt", "variant": "ddpm", "seed": "0"})])
     assert rows[0]["gpu_hours"] == [pytest.approx(8 * model.wall_seconds(cost) / 3600)]  # GPU-hours: 8 x the wall
