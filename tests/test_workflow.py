@@ -334,7 +334,7 @@ def test_one_figure_builds_only_what_it_needs(tmp_path):
 
 
 def test_main_target_plans_the_main_runs_without_the_ablations(tmp_path):
-    result = snakemake(tmp_path, "-n", "main", "--config", "preset=smoke")
+    result = snakemake(tmp_path, "-n", "main_runs", "--config", "preset=smoke")
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = planned_jobs(result)
     assert jobs == {"subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": 4,
