@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,34 +86,55 @@ class _PerImageNoise:
         return noise
 
 
+def denoising_step(model: UNet, diffusion: Diffusion, sample_cfg: SampleConfig,
+                   batched_guidance: bool = True) -> Callable[..., torch.Tensor]:
+    """The sampler's step: (x_t, t, t_prev, y, noise) -> x_{t_prev}, all of batch B: x_t and noise
+    (B, C, H, W) float32, t, t_prev and y (B,) int64 on the model's device.
+
+    The guided eps (one forward of the doubled batch, under bf16 autocast where configured), then the
+    DDPM ancestral step (t_prev = t - 1, not read) or the DDIM step.
+    """
+    omega, bf16, eta = sample_cfg.omega, sample_cfg.bf16_autocast, sample_cfg.eta
+
+    def ddpm_step(x, t, t_prev, y, noise):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = guided_eps(model, x, t, y, omega, batched_guidance)
+        return diffusion.ancestral_step(x, t, eps, noise)
+
+    def ddim_step(x, t, t_prev, y, noise):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = guided_eps(model, x, t, y, omega, batched_guidance)
+        return diffusion.ddim_step(x, t, t_prev, eps, eta, noise)
+
+    return ddpm_step if sample_cfg.sampler == "ddpm" else ddim_step
+
+
+def schedule(diffusion: Diffusion, sample_cfg: SampleConfig) -> list[tuple[int, int, bool]]:
+    """The sampler's steps in order: (t, t_prev, whether the step takes fresh noise); t_prev = -1 is
+    the clean image. DDPM: all T steps, noise except at t = 0; DDIM: its skipped steps, noise when eta > 0."""
+    if sample_cfg.sampler == "ddpm":
+        return [(step, step - 1, step > 0) for step in reversed(range(diffusion.T))]
+    timesteps = ddim_timesteps(diffusion.T, sample_cfg.steps)
+    return [(step, step_prev, sample_cfg.eta > 0) for step, step_prev in zip(timesteps, timesteps[1:] + [-1])]
+
+
 @torch.no_grad()
 def denoise(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: SampleConfig,
             image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
     """The sampler's loop: labels (B,), image_ids (B,) -> images (B, C, H, W) in about [-1, 1], on the
     model's device. Nothing in it waits for the device.
 
-    batched_guidance=False runs the two guidance passes separately (for benchmarks).
+    Each step runs denoising_step(...) on noise drawn here, image by image. batched_guidance=False runs
+    the two guidance passes separately (for benchmarks).
     """
     device = next(model.parameters()).device
+    step = denoising_step(model, diffusion, sample_cfg, batched_guidance)
     noise = _PerImageNoise(image_ids, sample_cfg.seed, image_shape, device)
     y = (labels.pin_memory() if device.type == "cuda" else labels).to(device, non_blocking=True)
     x = noise.draw()
-    omega = sample_cfg.omega
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sample_cfg.bf16_autocast)
-    if sample_cfg.sampler == "ddpm":
-        for step in reversed(range(diffusion.T)):
-            t = torch.full((len(y),), step, device=device, dtype=torch.long)
-            with autocast:
-                eps = guided_eps(model, x, t, y, omega, batched_guidance)
-            x = diffusion.ancestral_step(x, t, eps, noise.draw() if step > 0 else torch.zeros_like(x))
-    else:
-        timesteps = ddim_timesteps(diffusion.T, sample_cfg.steps)
-        for step, step_prev in zip(timesteps, timesteps[1:] + [-1]):
-            t = torch.full((len(y),), step, device=device, dtype=torch.long)
-            with autocast:
-                eps = guided_eps(model, x, t, y, omega, batched_guidance)
-            step_noise = noise.draw() if sample_cfg.eta > 0 else torch.zeros_like(x)
-            x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg.eta, step_noise)
+    for t_now, t_prev, fresh_noise in schedule(diffusion, sample_cfg):
+        t = torch.full((len(y),), t_now, device=device, dtype=torch.long)
+        x = step(x, t, torch.full_like(t, t_prev), y, noise.draw() if fresh_noise else torch.zeros_like(x))
     return x
 
 
