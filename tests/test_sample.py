@@ -14,7 +14,7 @@ from coral.unet import build_unet
 
 DIFFUSION = Diffusion()
 CFG = SampleConfig(sampler="ddim", steps=5, eta=0.0, omega=0.0, num_samples=4, labels="stratified", seed=7,
-                   batch_size=4, bf16_autocast=False)
+                   batch_size=4, bf16_autocast=False, compile=False)
 
 
 @pytest.fixture(scope="module")
