@@ -4,11 +4,15 @@ For the paper preset's networks at 32 px (CIFAR) and 64 px (CelebA-5, ImageNet-L
 real training step (coral.train.training_step on batches drawn by coral.train.DeviceBatches) in
 {fp32, bf16 autocast} x {NCHW, channels-last}: ms/step, FLOPs (torch's FlopCounterMode), TFLOP/s, MFU
 against the card's dense bf16 peak, and peak memory. The sampler's denoising step at the preset's
-sampling batch (guidance doubles it) in the same four variants. Then host synchronisations: the
-training loop and the sampling loop run under torch.cuda.set_sync_debug_mode("warn"), and every
-warning is recorded. One JSON under benchmarks/results/ (`gpu_check-<gpu>.json`) holds everything.
+sampling batch (guidance doubles it) in the same four variants, run eagerly ("step": "eager"), and in
+fp32/NCHW (how the paper samples) compiled (coral.compiled_step: "compiled") and compiled with CUDA
+graphs ("compiled_cuda_graphs", what sample.compile runs on a GPU). Then host synchronisations: the
+training loop and the sampling loops (eager, and compiled with CUDA graphs) run under
+torch.cuda.set_sync_debug_mode("warn"), and every warning is recorded. One JSON under
+benchmarks/results/ (`gpu_check-<gpu>.json`) holds everything.
 
-`--dry-run` runs every code path on the CPU at tiny sizes (for tests); its numbers mean nothing.
+`--dry-run` runs every code path on the CPU at tiny sizes (for tests); its numbers mean nothing. It
+compiles once (32 px, no CUDA graphs on the CPU), to stay fast.
 """
 from __future__ import annotations
 
@@ -25,11 +29,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from coral import methods
+from coral.compiled_step import CompiledStep
 from coral.bench import PEAK_BF16_FLOPS, machine_description
 from coral.config import deep_merge, load_yaml, preset_config, run_config, validate
 from coral.longtail import long_tail_counts
 from coral.io import provenance, write_json
-from coral.sample import denoise
+from coral.sample import denoise, denoising_step
 from coral.sections import SampleConfig
 from coral.sources import NUM_CLASSES
 from coral.tensors import default_device
@@ -38,7 +43,9 @@ from coral.unet import build_unet
 
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks
 VARIANTS = [("fp32", "channels_last"), ("fp32", "nchw"), ("bf16", "channels_last"), ("bf16", "nchw")]
+COMPILED_STEPS = ("compiled", "compiled_cuda_graphs")  # the sampler's step besides "eager"
 TIME_LIMIT_S = 240  # variants still unmeasured after this are recorded as skipped
+COMPILED_TIME_LIMIT_S = TIME_LIMIT_S + 300  # the compiled steps (about a minute to compile each) after the rest
 
 
 def paper_config(config_path: str | Path, dry_run: bool) -> dict:
@@ -183,7 +190,8 @@ def check_sampling(cfg: dict, device: torch.device, started: float, warmup: int,
         dataset, batch = run["run"]["dataset"], cfg["sample"]["batch_size"]
         labels, ids = torch.arange(batch) % NUM_CLASSES[dataset], torch.arange(batch)
         for dtype, layout in VARIANTS:
-            row = {"image_size": image_size, "dtype": dtype, "layout": layout, "batch_size": batch, "guided": True}
+            row = {"image_size": image_size, "dtype": dtype, "layout": layout, "batch_size": batch, "guided": True,
+                   "step": "eager"}
             rows.append(row)
             if time.perf_counter() - started > time_limit:
                 row["skipped"] = "time limit of the check"
@@ -210,6 +218,55 @@ def check_sampling(cfg: dict, device: torch.device, started: float, warmup: int,
     return rows, sync
 
 
+def check_compiled_sampling(cfg: dict, device: torch.device, started: float, warmup: int,
+                            repeats: int) -> tuple[list, list]:
+    """The denoising step of check_sampling in fp32/NCHW, compiled without and with CUDA graphs
+    (coral.compiled_step.CompiledStep at the sampling batch), and the host syncs of the latter at 32 px."""
+    rows, sync = [], []
+    dry_run = device.type != "cuda"
+    sample_cfg = dataclasses.replace(SampleConfig.of(cfg["sample"], "sample"), sampler="ddpm", omega=1.0, seed=0,
+                                     bf16_autocast=False)
+    for image_size, setting in SETTINGS.items():
+        run = run_config(cfg, setting, "ddpm", 0)
+        dataset, batch = run["run"]["dataset"], cfg["sample"]["batch_size"]
+        labels, ids = torch.arange(batch) % NUM_CLASSES[dataset], torch.arange(batch)
+        for step_kind in COMPILED_STEPS:
+            row = {"image_size": image_size, "dtype": "fp32", "layout": "nchw", "batch_size": batch, "guided": True,
+                   "step": step_kind}
+            rows.append(row)
+            if dry_run and step_kind == "compiled_cuda_graphs":
+                row["skipped"] = "no CUDA graphs on the CPU"
+            elif dry_run and image_size != min(SETTINGS):
+                row["skipped"] = "dry run: compiled at one image size only"
+            elif time.perf_counter() - started > COMPILED_TIME_LIMIT_S:
+                row["skipped"] = "time limit of the check"
+            if "skipped" in row:
+                continue
+            _free(device)
+            model = None
+            try:
+                model = build_unet(run["model"], 3, NUM_CLASSES[dataset]).to(device).eval().requires_grad_(False)
+                diffusion = _probe_diffusion(run, device, steps=2)
+                step = CompiledStep(denoising_step(model, diffusion, sample_cfg), batch, device,
+                                    cuda_graphs=step_kind == "compiled_cuda_graphs")
+                shape = (3, image_size, image_size)
+                two_steps = lambda: denoise(model, diffusion, labels, ids, sample_cfg, shape, step=step)  # noqa: E731
+                compile_started = time.perf_counter()
+                two_steps()
+                _sync(device)
+                row["compile_seconds"] = time.perf_counter() - compile_started
+                row["ms_per_denoising_step"] = _time_ms(two_steps, device, warmup, repeats) / 2
+                row["peak_memory_gb"] = _peak_gb(device)
+                if step_kind == "compiled_cuda_graphs" and image_size == min(SETTINGS):
+                    sync = _sync_warnings(two_steps, device, 2)
+            except Exception as err:  # a failed compilation must not end the check
+                row["error"] = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                traceback.print_exc()
+            model = step = None
+            print(json.dumps(row), flush=True)
+    return rows, sync
+
+
 def _probe_diffusion(run: dict, device: torch.device, steps: int):
     """A schedule of `steps` steps: each ancestral step costs the same as one of the full 1000."""
     from coral.diffusion import Diffusion
@@ -225,6 +282,7 @@ def run_check(config_path: str | Path, out_dir: str | Path, dry_run: bool = Fals
     warmup, repeats = (1, 1) if dry_run else (3, 8)
     training, training_sync = check_training(cfg, device, started, warmup, repeats)
     sampling, sampling_sync = check_sampling(cfg, device, started, 1 if dry_run else 2, 1 if dry_run else 3)
+    compiled, compiled_sync = check_compiled_sampling(cfg, device, started, 1 if dry_run else 2, 1 if dry_run else 3)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-dry-run"
     peak = next((value for name, value in PEAK_BF16_FLOPS.items() if name in gpu), None)
     for row in training:
@@ -234,8 +292,9 @@ def run_check(config_path: str | Path, out_dir: str | Path, dry_run: bool = Fals
               "torch_settings": {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
                                  "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                                  "cudnn_benchmark": torch.backends.cudnn.benchmark},
-              "training": training, "sampling": sampling,
-              "sync_warnings": {"training_loop": training_sync, "sampling_loop": sampling_sync},
+              "training": training, "sampling": sampling + compiled,
+              "sync_warnings": {"training_loop": training_sync, "sampling_loop": sampling_sync,
+                                "sampling_loop_compiled": compiled_sync},
               "seconds": time.perf_counter() - started, "provenance": provenance()}
     path = Path(out_dir) / f"gpu_check-{gpu.replace(' ', '_')}.json"
     write_json(path, result)
@@ -256,7 +315,7 @@ def _print_summary(result: dict) -> None:
         else:
             print(f"{row['image_size']:>3} {row['objective']:<14}{variant:<20} {row.get('error') or row.get('skipped')}")
     for row in result["sampling"]:
-        variant = f"{row['dtype']}/{row['layout']}"
+        variant = f"{row['dtype']}/{row['layout']} {row['step']}"
         value = (f"{row['ms_per_denoising_step']:.1f} ms/denoising step of {2 * row['batch_size']} images, "
                  f"peak {row['peak_memory_gb'] or 0:.1f} GB") if "ms_per_denoising_step" in row else \
             row.get("error") or row.get("skipped")

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from coral.config import load, run_config
 from coral.diffusion import Diffusion
-from coral.gpu_check import VARIANTS, _TrainingLoop
+from coral.gpu_check import COMPILED_STEPS, VARIANTS, _TrainingLoop
 from coral.methods import NAMES as OBJECTIVES
 from coral.sample import denoise
 from coral.sections import SampleConfig
@@ -43,7 +43,12 @@ def test_dry_run_measures_every_objective_size_and_variant(tmp_path):
     for size in (32, 64):  # CBDM runs the network on a doubled batch; T2H adds no network pass
         assert flops[size, "cbdm"] == pytest.approx(2 * flops[size, "ddpm"], rel=0.01)
         assert flops[size, "t2h"] == pytest.approx(flops[size, "ddpm"], rel=0.01)
-    assert len([r for r in result["sampling"] if r["ms_per_denoising_step"] > 0]) == 8
+    eager = [r for r in result["sampling"] if r["step"] == "eager"]
+    assert len(eager) == 8 and all(r["ms_per_denoising_step"] > 0 for r in eager)
+    compiled = {(r["image_size"], r["step"]): r for r in result["sampling"] if r["step"] != "eager"}
+    assert compiled.keys() == {(size, step) for size in (32, 64) for step in COMPILED_STEPS}
+    assert compiled[32, "compiled"]["ms_per_denoising_step"] > 0 and compiled[32, "compiled"]["compile_seconds"] > 0
+    assert all("skipped" in row for key, row in compiled.items() if key != (32, "compiled"))  # the dry run compiles once
 
 
 @pytest.fixture(scope="module")
