@@ -244,7 +244,8 @@ ENTRY_KEYS = {"training": ("image_size", "dtype", "layout", "batch_size", "ms_pe
 
 
 def read_benchmark(path: Path) -> dict | None:
-    """The GPU check's JSON at `path` (None when there is none), its entries checked."""
+    """The GPU check's JSON at `path` (None when there is none), its measured entries checked (a variant
+    the check skipped or failed to measure is left out)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -254,6 +255,9 @@ def read_benchmark(path: Path) -> dict | None:
         raise ConfigError(f"cluster.gpu: {path} is not valid JSON ({err}); rerun the GPU check or remove it") from None
     for phase, keys in ENTRY_KEYS.items():
         entries = data.get(phase) if isinstance(data, dict) else None
+        if isinstance(entries, list):
+            data[phase] = entries = [entry for entry in entries
+                                     if not (isinstance(entry, dict) and ("skipped" in entry or "error" in entry))]
         if not isinstance(entries, list) or not entries:
             raise ConfigError(f"cluster.gpu: {path} has no '{phase}' entries; expected a list of {', '.join(keys)}")
         for i, entry in enumerate(entries):
@@ -264,14 +268,16 @@ def read_benchmark(path: Path) -> dict | None:
 
 
 def pick_entry(entries: list[dict], want: dict) -> tuple[dict, list[str]]:
-    """The entry matching `want` (dtype, layout, image_size, batch_size and, where given, objective or
-    guided), else the nearest: the same precision and layout first, then the closest image size,
-    objective, guidance and batch. Returns the entry and how it differs from `want`."""
+    """The entry matching `want` (dtype, layout, image_size, batch_size and, where given, objective,
+    guided or a sampling step other than the eager one), else the nearest: the same precision and layout
+    first, then the closest image size, objective, guidance, step and batch. Returns the entry and how it
+    differs from `want`."""
     def distance(entry):
         return ((entry["dtype"] != want["dtype"]) + (entry["layout"] != want["layout"]),
                 abs(math.log2(entry["image_size"] / want["image_size"])),
                 "objective" in want and entry.get("objective") != want["objective"],
                 "guided" in want and entry.get("guided", True) != want["guided"],
+                entry.get("step", "eager") != want.get("step", "eager"),  # sampling: eager or compiled
                 abs(math.log2(entry["batch_size"] / want["batch_size"])))
 
     best = min(entries, key=distance)
@@ -463,7 +469,9 @@ class CostModel:
         size, batch, channels = data["image_size"], sample["batch_size"], IN_CHANNELS[data["dataset"]]
         images = batch * (2 if omega != 0 else 1)  # guidance: one forward of the doubled batch
         net = unet_forward(json.dumps(run["model"]), size, channels, images)
-        rate, source, exact = self.inference_rate(self._want("sampling", layout, size, batch, guided=omega != 0),
+        compiled = {"step": "compiled_cuda_graphs"} if sample["compile"] else {}  # sample.compile on a GPU
+        rate, source, exact = self.inference_rate(self._want("sampling", layout, size, batch, guided=omega != 0,
+                                                             **compiled),
                                                   net["flops_per_image"])
         steps = run["diffusion"]["T"] if sample["sampler"] == "ddpm" else sample["steps"]
         model, _ = parameter_bytes(run, channels, NUM_CLASSES[data["dataset"]])
