@@ -3,8 +3,11 @@
 Every speed is reported with the baseline it is divided by, measured in the same run:
 the optimised training step vs a naive loop (fp32, a DataLoader over PIL images with
 per-sample transforms, a Python-loop EMA), each method's step vs the DDPM step, and
-guidance batched into one forward vs two passes. Images are random: throughput does not
-depend on their content, and the paper-scale datasets need not be on disk.
+guidance batched into one forward vs two passes, the sampler's step eager vs compiled. Images
+are random: throughput does not depend on their content, and the paper-scale datasets need not be on disk.
+
+The sampler's step also gets its graph breaks under torch.compile and the kernels it launches
+(graph_breaks, kernels_per_call: reusable for any step, e.g. training's).
 """
 from __future__ import annotations
 
@@ -22,16 +25,19 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from torch._inductor import config as inductor_config
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from coral.compiled_step import CompiledStep
 from coral.config import preset_config, run_config, setting_config, settings as config_settings
 from coral.longtail import long_tail_counts
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
 from coral.methods import PAPER_METHODS
 from coral.sources import IN_CHANNELS, NUM_CLASSES
-from coral.sample import generate
+from coral.sample import denoising_step, generate
 from coral.sections import SampleConfig
 from coral.tensors import default_device
 from coral.train import build_training, training_step
@@ -85,6 +91,70 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.devi
             _synchronize(device)
             times[name].append((time.perf_counter() - start) / repeats)
     return {name: float(np.median(values)) for name, values in times.items()}
+
+
+# Operators that launch no kernel besides views: allocations, and _unsafe_view (a view its schema does not say).
+NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::_unsafe_view", "aten::resize_",
+             "aten::result_type"}
+
+
+def _computes(event) -> bool:
+    """Whether a profiled CPU event is an operator that computes: a kernel inductor generated for the
+    CPU (cpp_fused_*), or an aten operator that is neither a view nor an allocation."""
+    name = event.name
+    if "cpp_fused" in name:
+        return True
+    if not name.startswith("aten::") or name in NO_KERNEL:
+        return False
+    packet = getattr(torch.ops.aten, name.removeprefix("aten::"), None)
+    return packet is None or not getattr(packet, packet.overloads()[0]).is_view
+
+
+def _launched_by_caller(event) -> bool:
+    """A computing event that no computing event encloses: what the program (or the compiled graph's
+    wrapper) itself launched; an operator's inner operators belong to it."""
+    if not _computes(event):
+        return False
+    parent = event.cpu_parent
+    while parent is not None:
+        if _computes(parent):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def kernels_per_call(fn: Callable[[], object], device: torch.device, warmup: int = 2) -> int:
+    """Kernels one call of fn() launches, counted by torch.profiler after `warmup` calls (a compiled fn
+    compiles in the first; on a GPU, CUDA graphs record in the second).
+
+    On CUDA: the host's kernel and CUDA-graph launches (cudaLaunchKernel, cuLaunchKernel, cudaGraphLaunch),
+    so a replayed graph counts once. On the CPU, the proxy for launch overhead: the operators the program
+    calls (aten operators that compute, each counted once with what runs inside it; views and allocations
+    left out) plus, in compiled code, each kernel inductor generated; a fn compiled before this call
+    raises, since only kernels compiled here are recorded (inductor's cpp.enable_kernel_profile).
+    E.g. lambda: ((x + 1) * 2).sum() launches 3 eagerly, 1 compiled on the CPU.
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        for _ in range(warmup):
+            fn()
+        _synchronize(device)
+        with profile(activities=activities) as prof:
+            fn()
+            _synchronize(device)
+    events = prof.events()
+    if device.type == "cuda":
+        return sum("LaunchKernel" in e.name or "GraphLaunch" in e.name for e in events)
+    if any(e.name.startswith("Torch-Compiled Region") for e in events) and not any("cpp_fused" in e.name
+                                                                                  for e in events):
+        raise ValueError("kernels_per_call: fn was compiled before; its generated kernels are not recorded")
+    return sum(_launched_by_caller(e) for e in events)
+
+
+def graph_breaks(fn: Callable, *args) -> int:
+    """Graph breaks torch.compile makes in fn(*args) (torch._dynamo.explain; 0: one graph). explain
+    resets torch.compile's caches: call it before compiling what is timed."""
+    return torch._dynamo.explain(fn)(*args).graph_break_count
 
 
 def bench_settings(raw: dict, preset: str, device: torch.device, cpu_batch: int | None) -> tuple[dict, dict]:
@@ -233,6 +303,44 @@ def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps:
     return results
 
 
+def bench_sampling_step(cfg: dict, settings: dict, device: torch.device, warmup: int, repeats: int,
+                        rounds: int) -> dict:
+    """The preset's sampler's guided denoising step (coral.sample.denoising_step) on the sampling batch,
+    eager vs compiled (coral.compiled_step.CompiledStep: torch.compile, CUDA graphs on a GPU): graph
+    breaks, kernels launched per step, seconds per step, and the first compiled calls' seconds."""
+    run = _run_cfg(cfg, settings, "ddpm")
+    model = build_unet(run["model"], settings["in_channels"], settings["num_classes"]).to(device).eval()
+    if settings["train"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    diffusion = Diffusion.from_config(run["diffusion"]).to(device)
+    sample_cfg = dataclasses.replace(SampleConfig.of(settings["setting"]["sample"], "sample"), omega=1.0,
+                                     bf16_autocast=settings["train"]["bf16_autocast"])
+    batch = settings["sample_batch_size"]
+    generator = torch.Generator().manual_seed(0)
+    shape = (batch, settings["in_channels"], settings["image_size"], settings["image_size"])
+    t = torch.full((batch,), diffusion.T // 2, dtype=torch.long)
+    inputs = [value.to(device) for value in (torch.randn(shape, generator=generator), t, t - 1,
+                                               torch.arange(batch) % settings["num_classes"],
+                                               torch.randn(shape, generator=generator))]
+    eager = denoising_step(model, diffusion, sample_cfg)
+    with torch.no_grad():
+        breaks = graph_breaks(eager, *inputs)  # before compiling: explain resets torch.compile's caches
+        compiled = CompiledStep(eager, batch, device)
+        started = time.perf_counter()
+        kernels_compiled = kernels_per_call(lambda: compiled(*inputs), device)
+        compile_seconds = time.perf_counter() - started
+        kernels_eager = kernels_per_call(lambda: eager(*inputs), device)
+        seconds = interleaved_seconds({"eager": lambda: eager(*inputs), "compiled": lambda: compiled(*inputs)},
+                                      device, warmup, repeats, rounds)
+    log.info("sampling step: %d graph breaks, %d kernels eager, %d compiled, %.4f s eager, %.4f s compiled",
+             breaks, kernels_eager, kernels_compiled, seconds["eager"], seconds["compiled"])
+    return {"sampler": sample_cfg.sampler, "batch_size": batch, "cuda_graphs": compiled.cuda_graphs,
+            "graph_breaks": breaks, "kernels_per_step_eager": kernels_eager,
+            "kernels_per_step_compiled": kernels_compiled, "seconds_per_step_eager": seconds["eager"],
+            "seconds_per_step_compiled": seconds["compiled"],
+            "compiled_speedup": seconds["eager"] / seconds["compiled"], "compile_seconds": compile_seconds}
+
+
 def bench_features(settings: dict, device: torch.device, num_images: int) -> dict:
     """img/s of the classifier feature extraction through torch-fidelity, and the metric computation time."""
     from coral.classifier import FEATURE_EXTRACTOR_NAME, SmallClassifier, save_classifier
@@ -291,6 +399,7 @@ def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | 
     naive = bench_naive_training(cfg, settings, device, warmup, repeats * rounds)
     flops = training_flops(cfg, settings, device)
     sampling = bench_sampling(cfg, settings, device, probe_steps, rounds)
+    sampling_step = bench_sampling_step(cfg, settings, device, warmup, repeats, rounds)
     features = bench_features(settings, device, feature_images)
     achieved = flops / training["ddpm"]["seconds_per_step"]
     compute = {"flops_per_ddpm_step": flops, "achieved_flops_per_s": achieved}
@@ -301,7 +410,8 @@ def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | 
               "settings": {key: settings[key] for key in ("model", "image_size", "in_channels", "batch_size",
                                                             "sample_batch_size")},
               "train_settings": {key: settings["train"][key] for key in ("bf16_autocast", "channels_last", "compile")},
-              "training": training, "naive_training": naive, "sampling": sampling, "features": features,
+              "training": training, "naive_training": naive, "sampling": sampling, "sampling_step": sampling_step,
+              "features": features,
               "compute": compute, "ratios": ratios(training, naive, sampling), "provenance": provenance()}
     name = f"{preset}-{(gpu or 'cpu').replace(' ', '_')}"
     out_dir = Path(out_dir)
@@ -310,6 +420,7 @@ def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | 
     rows += [("train_img_per_s", key, value["img_per_s"], "") for key, value in training.items()]
     rows += [("train_img_per_s", "naive", naive["img_per_s"], "")]
     rows += [("sample_img_per_s", key, value["img_per_s"], "") for key, value in sampling.items()]
+    rows += [("sampling_step", key, value, "") for key, value in sampling_step.items()]
     rows += [("features", key, value, "") for key, value in features.items()]
     rows += [("compute", key, value, "") for key, value in compute.items()]
     with atomic_path(out_dir / f"{name}.csv") as tmp:

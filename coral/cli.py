@@ -158,6 +158,10 @@ def _cmd_bench(args) -> None:
                            repeats=args.repeats, rounds=args.rounds)
     for name, ratio in result["ratios"].items():
         print(f"{name}: {ratio['value']:.3f} (target {ratio['target']}: {'met' if ratio['met'] else 'missed'})")
+    step = result["sampling_step"]
+    print(f"sampling step ({step['sampler']}, batch {step['batch_size']}): {step['graph_breaks']} graph breaks, "
+          f"{step['kernels_per_step_eager']} kernels eager vs {step['kernels_per_step_compiled']} compiled, "
+          f"{step['seconds_per_step_eager']:.4f} s vs {step['seconds_per_step_compiled']:.4f} s")
 
 
 def _cmd_plan(args) -> None:

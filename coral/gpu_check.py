@@ -49,7 +49,8 @@ from coral.bench import PEAK_BF16_FLOPS, machine_description
 from coral.config import deep_merge, load_yaml, preset_config, run_config, validate
 from coral.io import provenance, write_json
 from coral.longtail import long_tail_counts
-from coral.sample import denoise
+from coral.compiled_step import CompiledStep
+from coral.sample import denoise, denoising_step
 from coral.sections import SampleConfig, TrainConfig
 from coral.sources import NUM_CLASSES
 from coral.tensors import default_device
@@ -303,13 +304,15 @@ class Check:
         from coral.diffusion import Diffusion  # a schedule of 2 steps: each ancestral step costs one of the 1000
         diffusion = Diffusion(2, base["diffusion"]["beta_1"], base["diffusion"]["beta_T"]).to(self.device)
         options = {"sampler": "ddpm", "omega": 1.0, "seed": 0, "batch_size": batch,
-                   "bf16_autocast": group.dtype == "bf16"}
-        if group.mode == "compile":
-            options["compile"] = True  # sample.compile (merge hook: measured once SampleConfig has it)
+                   "bf16_autocast": group.dtype == "bf16", "compile": group.mode == "compile"}
         step_cfg = dataclasses.replace(SampleConfig.of(self.cfg["sample"], "sample"), **options)
+        step = None
+        if group.mode == "compile":  # as coral.sample runs sample.compile: with CUDA graphs on a GPU
+            step = CompiledStep(denoising_step(model, diffusion, step_cfg), batch, self.device)
+            row["cuda_graphs"] = step.cuda_graphs
         labels, ids = torch.arange(batch) % NUM_CLASSES[dataset], torch.arange(batch)
         shape = (3, base["data"]["image_size"], base["data"]["image_size"])
-        two_steps = lambda: denoise(model, diffusion, labels, ids, step_cfg, shape)  # noqa: E731
+        two_steps = lambda: denoise(model, diffusion, labels, ids, step_cfg, shape, step=step)  # noqa: E731
         ms, first = _time_ms(two_steps, self.device, 1 if self.dry_run else 2, 1 if self.dry_run else 3)
         if group.mode == "eager" and group.size == 64 and batch == self.cfg["sample"]["batch_size"]:
             self.sync["sampling_loop"] = _sync_warnings(two_steps, self.device, 2)

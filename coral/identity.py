@@ -157,7 +157,7 @@ def run(run_cfg: Mapping) -> dict:
 
 def sample(section: Mapping, method: str) -> dict:
     """A sample set of a run (rule sample): the sampler and guidance. Images are seeded one by one, so
-    the batch size leaves them alone."""
+    the batch size leaves them alone; a compiled step (sample.compile) changes them only by float rounding."""
     return _versioned("sample", _sample_fields(section, method))
 
 

@@ -107,13 +107,13 @@ class CostModel:
     def want(self, phase: str, scfg: dict, image_size: int, batch: int, **extra) -> dict:
         """The benchmark entry a job of `phase` runs like: the configuration of its own config (dataset_overrides
         included), `scfg` a setting's config or a run config. train.cuda_graphs and sample.compile are read
-        where the config has them (issue 20 adds them)."""
+        where the config has them."""
         train = scfg["train"]
         section = train if phase == "training" else scfg["sample"]
         want = {"image_size": image_size, "batch_size": batch, "dtype": "bf16" if section["bf16_autocast"] else "fp32",
                 "layout": "channels_last" if train["channels_last"] else "nchw", "compile": section.get("compile", False)}
-        if phase == "training":
-            want["cuda_graphs"] = train.get("cuda_graphs", False)
+        # sample.compile replays its compiled step as a CUDA graph on a GPU (coral.compiled_step)
+        want["cuda_graphs"] = train.get("cuda_graphs", False) if phase == "training" else want["compile"]
         return {**want, **extra}
 
     def _entry(self, phase: str, want: dict) -> tuple[dict, str, bool]:

@@ -6,6 +6,7 @@ does not depend on the batch it was generated in.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ from coral.images import save_grid_png
 from coral.io import atomic_path, exclusive, provenance
 from coral.progress import Progress
 from coral import checkpoint as checkpoints
+from coral.compiled_step import COMPILE_CACHE, CompiledStep, Step, compile_cache
 from coral.config import omega_of
 from coral.sections import SampleConfig
 from coral.tensors import default_device, unit_to_uint8
@@ -85,41 +87,64 @@ class _PerImageNoise:
         return noise
 
 
+def denoising_step(model: UNet, diffusion: Diffusion, sample_cfg: SampleConfig, batched_guidance: bool = True) -> Step:
+    """The sampler's step: (x_t, t, t_prev, y, noise) -> x_{t_prev}, all of batch B: x_t and noise
+    (B, C, H, W) float32, t, t_prev and y (B,) int64 on the model's device.
+
+    The guided eps (one forward of the doubled batch, under bf16 autocast where configured), then the
+    DDPM ancestral step (t_prev = t - 1, not read) or the DDIM step. coral.compiled_step compiles it.
+    """
+    omega, bf16, eta = sample_cfg.omega, sample_cfg.bf16_autocast, sample_cfg.eta
+
+    def ddpm_step(x, t, t_prev, y, noise):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = guided_eps(model, x, t, y, omega, batched_guidance)
+        return diffusion.ancestral_step(x, t, eps, noise)
+
+    def ddim_step(x, t, t_prev, y, noise):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            eps = guided_eps(model, x, t, y, omega, batched_guidance)
+        return diffusion.ddim_step(x, t, t_prev, eps, eta, noise)
+
+    return ddpm_step if sample_cfg.sampler == "ddpm" else ddim_step
+
+
+def schedule(diffusion: Diffusion, sample_cfg: SampleConfig) -> list[tuple[int, int, bool]]:
+    """The sampler's steps in order: (t, t_prev, whether the step takes fresh noise); t_prev = -1 is
+    the clean image. DDPM: all T steps, noise except at t = 0; DDIM: its skipped steps, noise when eta > 0."""
+    if sample_cfg.sampler == "ddpm":
+        return [(step, step - 1, step > 0) for step in reversed(range(diffusion.T))]
+    timesteps = ddim_timesteps(diffusion.T, sample_cfg.steps)
+    return [(step, step_prev, sample_cfg.eta > 0) for step, step_prev in zip(timesteps, timesteps[1:] + [-1])]
+
+
 @torch.no_grad()
 def denoise(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: SampleConfig,
-            image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
+            image_shape: tuple[int, int, int], batched_guidance: bool = True, step: Step | None = None) -> torch.Tensor:
     """The sampler's loop: labels (B,), image_ids (B,) -> images (B, C, H, W) in about [-1, 1], on the
     model's device. Nothing in it waits for the device.
 
-    batched_guidance=False runs the two guidance passes separately (for benchmarks).
+    step: the denoising step to run, by default denoising_step(...) run eagerly; a compiled one
+    (coral.compiled_step.CompiledStep) gives the same images within float rounding. The noise is drawn
+    here, image by image, and passed in. batched_guidance=False runs the two guidance passes
+    separately (for benchmarks).
     """
     device = next(model.parameters()).device
+    if step is None:
+        step = denoising_step(model, diffusion, sample_cfg, batched_guidance)
     noise = _PerImageNoise(image_ids, sample_cfg.seed, image_shape, device)
     y = (labels.pin_memory() if device.type == "cuda" else labels).to(device, non_blocking=True)
     x = noise.draw()
-    omega = sample_cfg.omega
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=sample_cfg.bf16_autocast)
-    if sample_cfg.sampler == "ddpm":
-        for step in reversed(range(diffusion.T)):
-            t = torch.full((len(y),), step, device=device, dtype=torch.long)
-            with autocast:
-                eps = guided_eps(model, x, t, y, omega, batched_guidance)
-            x = diffusion.ancestral_step(x, t, eps, noise.draw() if step > 0 else torch.zeros_like(x))
-    else:
-        timesteps = ddim_timesteps(diffusion.T, sample_cfg.steps)
-        for step, step_prev in zip(timesteps, timesteps[1:] + [-1]):
-            t = torch.full((len(y),), step, device=device, dtype=torch.long)
-            with autocast:
-                eps = guided_eps(model, x, t, y, omega, batched_guidance)
-            step_noise = noise.draw() if sample_cfg.eta > 0 else torch.zeros_like(x)
-            x = diffusion.ddim_step(x, t, torch.full_like(t, step_prev), eps, sample_cfg.eta, step_noise)
+    for t_now, t_prev, fresh_noise in schedule(diffusion, sample_cfg):
+        t = torch.full((len(y),), t_now, device=device, dtype=torch.long)
+        x = step(x, t, torch.full_like(t, t_prev), y, noise.draw() if fresh_noise else torch.zeros_like(x))
     return x
 
 
 def generate(model: UNet, diffusion: Diffusion, labels: torch.Tensor, image_ids: torch.Tensor, sample_cfg: SampleConfig,
-             image_shape: tuple[int, int, int], batched_guidance: bool = True) -> torch.Tensor:
+             image_shape: tuple[int, int, int], batched_guidance: bool = True, step: Step | None = None) -> torch.Tensor:
     """One batch of uint8 images (B, C, H, W) on the CPU (see denoise)."""
-    x = denoise(model, diffusion, labels, image_ids, sample_cfg, image_shape, batched_guidance)
+    x = denoise(model, diffusion, labels, image_ids, sample_cfg, image_shape, batched_guidance, step)
     return unit_to_uint8(x).cpu()
 
 
@@ -130,7 +155,8 @@ def sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: str | Path
     Each batch is kept in `<out_npz>.partial/` as it is finished, so an interrupted job resumes where
     it stopped; per-image seeds make the result identical to an uninterrupted run. Near the job's
     deadline (coral.deadline) it stops between batches with OutOfTime; running it again continues.
-    One process at a time per output (Locked otherwise).
+    One process at a time per output (Locked otherwise). With sample.compile the step is compiled once
+    for all batches (coral.compiled_step), its kernels cached in compile_cache/ beside the output.
     """
     out_npz = Path(out_npz)
     with exclusive(out_npz.with_name(f".{out_npz.name}.lock"), f"samples {out_npz}"):
@@ -152,11 +178,18 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
     image_shape = (model.head.in_channels, image_size, image_size)
     labels = sample_labels(sample_cfg.num_samples, num_classes, sample_cfg.labels, sample_cfg.seed)
     ids = torch.arange(len(labels))
-    partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": sample_cfg.as_dict(),
+    # Compiling leaves the images alone (within float rounding): finished batches resume across it.
+    partial_key = {key: value for key, value in sample_cfg.as_dict().items() if key != "compile"}
+    partial = _PartialSamples(Path(str(out_npz) + ".partial"), {"sample": partial_key,
                                                                 "checkpoint_sha256": checkpoint_sha256})
+    step, cache = None, contextlib.nullcontext()
+    if sample_cfg.compile:
+        step = CompiledStep(denoising_step(model, diffusion, sample_cfg), min(sample_cfg.batch_size, len(labels)),
+                            next(model.parameters()).device)
+        cache = compile_cache(out_npz.parent / COMPILE_CACHE)
     batch_seconds = 0.0
     batches = []
-    with Deadline.for_this_job(time_budget) as deadline:
+    with Deadline.for_this_job(time_budget) as deadline, cache:
         progress = Progress(total=len(labels), desc=f"sample {out_npz}", unit="img")
         for start in range(0, len(labels), sample_cfg.batch_size):
             if partial.has(start):
@@ -168,7 +201,8 @@ def _sample(checkpoint: str | Path, sample_cfg: SampleConfig, out_npz: Path, out
                                 f"limit; finished batches are kept, run the job again to continue")
             batch_start = time.perf_counter()
             batch = slice(start, start + sample_cfg.batch_size)
-            batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape))
+            batches.append(generate(model, diffusion, labels[batch], ids[batch], sample_cfg, image_shape,
+                                    step=step))
             partial.save(start, batches[-1])
             batch_seconds = time.perf_counter() - batch_start
             progress.update(len(batches[-1]))

@@ -82,6 +82,7 @@ class SampleConfig(Section):
     seed: int
     batch_size: int
     bf16_autocast: bool
+    compile: bool  # torch.compile the denoising step (coral.compiled_step); images unchanged
 
 
 @dataclasses.dataclass(frozen=True)

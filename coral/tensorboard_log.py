@@ -29,7 +29,7 @@ class TensorBoardLog:
         self.labels = torch.arange(min(num_classes, GRID_CLASSES))
         self.sampler = SampleConfig(sampler="ddim", steps=GRID_STEPS, eta=0.0, omega=GRID_OMEGA,
                                     num_samples=len(self.labels), labels="stratified", seed=0,
-                                    batch_size=len(self.labels), bf16_autocast=bf16_autocast)
+                                    batch_size=len(self.labels), bf16_autocast=bf16_autocast, compile=False)
 
     def scalars(self, record: dict) -> None:
         """One stats line: every value but the step, at its step."""

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from coral.bench import interleaved_seconds, run_benchmark
+from coral.bench import graph_breaks, interleaved_seconds, kernels_per_call, run_benchmark
 from coral.config import load_yaml
 
 
@@ -25,6 +25,10 @@ def test_benchmark_writes_every_ratio(tmp_path):
     assert set(result["sampling"]) == {"ddpm1000_batched", "ddpm1000_two_pass", "ddim100_batched",
                                        "ddim100_two_pass"}
     assert (tmp_path / "smoke-cpu.csv").read_text().startswith("kind,name,value,target\n")
+    step = written["sampling_step"]  # the sampler's step, eager vs compiled (no CUDA graphs on the CPU)
+    assert step["graph_breaks"] == 0 and step["cuda_graphs"] is False and step["sampler"] == "ddim"
+    assert 0 < step["kernels_per_step_compiled"] < step["kernels_per_step_eager"]
+    assert step["compiled_speedup"] == pytest.approx(step["seconds_per_step_eager"] / step["seconds_per_step_compiled"])
 
 
 def test_flop_counter_matches_hand_count_for_a_linear_layer():
@@ -45,3 +49,24 @@ def test_interleaved_seconds_calls_each_function_the_expected_number_of_times():
     times = interleaved_seconds({"a": lambda: count("a"), "b": lambda: count("b")}, torch.device("cpu"),
                                 warmup=2, repeats=3, rounds=4)
     assert calls == {"a": 14, "b": 14} and set(times) == {"a", "b"}
+
+
+def test_kernels_per_call_counts_a_hand_checkable_function():
+    # add, mul, sum: three kernels eagerly (the view launches none); fused into one when compiled
+    x = torch.randn(64, 64)
+    cpu = torch.device("cpu")
+    assert kernels_per_call(lambda: ((x + 1) * 2).view(-1).sum(), cpu) == 3
+    assert kernels_per_call(torch.compile(lambda: ((x + 1) * 2).view(-1).sum()), cpu) == 1
+    compiled_before = torch.compile(lambda: (x - 1).exp())
+    compiled_before()  # its kernels were not recorded when it compiled
+    with pytest.raises(ValueError, match="compiled before"):
+        kernels_per_call(compiled_before, cpu)
+
+
+def test_graph_breaks_counts_a_branch_on_a_tensor_value():
+    def branch(x):
+        y = x + 1
+        return y * 2 if y.sum() > 0 else y  # the Python branch needs the value: one break
+
+    x = torch.randn(4)
+    assert graph_breaks(branch, x) == 1 and graph_breaks(lambda x: (x + 1) * 2, x) == 0

@@ -51,10 +51,10 @@ def test_a_run_changes_its_identity_with_what_changes_its_weights(cfg, section, 
     assert after != before and after[section][key] == values[key]
 
 
-def test_sample_identity_leaves_out_the_batch_size_and_what_its_sampler_never_reads(cfg):
+def test_sample_identity_leaves_out_the_batch_size_compiling_and_what_its_sampler_never_reads(cfg):
     sample = setting_config(cfg, SETTING)["sample"]
     ddim = identity.sample(sample, "coral")
-    assert identity.sample({**sample, "batch_size": 7}, "coral") == ddim
+    assert identity.sample({**sample, "batch_size": 7, "compile": not sample["compile"]}, "coral") == ddim
     assert {"steps": 5, "eta": 0} == {key: ddim[key] for key in ("steps", "eta")}
     ddpm = identity.sample({**sample, "sampler": "ddpm"}, "coral")
     assert "steps" not in ddpm and "eta" not in ddpm

@@ -114,6 +114,21 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
     assert sample.gpu_seconds == pytest.approx(cfg["sample"]["num_samples"] / 1000 * 1000 * 0.3)
 
 
+def test_sampling_time_is_the_compiled_steps_with_sample_compile(tmp_path):
+    cfg = resolved("paper")
+    compiled = {**SAMPLING[0], "step": "compiled_cuda_graphs", "ms_per_denoising_step": 120.0}
+    skipped = {**{key: SAMPLING[0][key] for key in ("image_size", "dtype", "layout", "batch_size")},
+               "step": "compiled", "skipped": "time limit of the check"}  # not measured: left out
+    write_benchmark(tmp_path, [training_entry(32, "fp32", "nchw", "ddpm", 64.0)], [compiled, skipped, *SAMPLING])
+    wildcards = {"setting": "cifar10-rho0.01", "variant": "ddpm", "omega": "1.0"}
+    eager = plan.CostModel(cfg, tmp_path).cost("sample", wildcards)
+    assert eager.gpu_seconds == pytest.approx(cfg["sample"]["num_samples"] / 1000 * 1000 * 0.3)
+    cfg["sample"]["compile"] = True
+    fast = plan.CostModel(cfg, tmp_path).cost("sample", wildcards)
+    assert fast.gpu_seconds == pytest.approx(cfg["sample"]["num_samples"] / 1000 * 1000 * 0.12)
+    assert all("nearest" not in source for source in eager.sources + fast.sources)
+
+
 def test_without_a_benchmark_the_assumption_is_stated(tmp_path):
     model = plan.CostModel(resolved("paper"), tmp_path)
     cost = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "ddpm"})

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from coral.diffusion import Diffusion
-from coral.sample import ddim_timesteps, generate, guided_eps, sample_labels
+from coral.sample import ddim_timesteps, denoise, generate, guided_eps, sample_labels
 from coral.sections import SampleConfig
 from coral.unet import build_unet
 
 DIFFUSION = Diffusion()
 CFG = SampleConfig(sampler="ddim", steps=5, eta=0.0, omega=0.0, num_samples=4, labels="stratified", seed=7,
-                   batch_size=4, bf16_autocast=False)
+                   batch_size=4, bf16_autocast=False, compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,29 @@ def test_shapes_and_determinism_across_batch_sizes(model, sampler):
     assert (whole.int() - halves.int()).abs().max() <= 1  # equal up to float rounding at the uint8 edge
     other_seed = generate(model, diffusion, labels, ids, dataclasses.replace(cfg, seed=8), (1, 8, 8))
     assert not torch.equal(whole, other_seed)
+
+
+@pytest.mark.parametrize("sampler,eta,bf16", [("ddpm", 0.0, False), ("ddim", 0.0, False), ("ddim", 0.5, True)])
+def test_the_eager_sampler_is_the_reference_loop_bit_for_bit(model, sampler, eta, bf16):
+    # The loop as the README's tables were sampled with: eps, then the step with fresh noise drawn per image.
+    cfg = dataclasses.replace(CFG, sampler=sampler, eta=eta, omega=1.0, bf16_autocast=bf16)
+    diffusion = Diffusion(T=20) if sampler == "ddpm" else DIFFUSION
+    labels = torch.tensor([0, 3, 5])
+    generators = [torch.Generator().manual_seed(7 * 2 ** 20 + i) for i in range(3)]
+    draw = lambda: torch.stack([torch.randn((1, 8, 8), generator=g) for g in generators])  # noqa: E731
+    x = draw()
+    steps = list(reversed(range(20))) if sampler == "ddpm" else ddim_timesteps(1000, 5)
+    with torch.no_grad():
+        for k, step in enumerate(steps):
+            t = torch.full((3,), step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                eps = guided_eps(model, x, t, labels, 1.0)
+            if sampler == "ddpm":
+                x = diffusion.ancestral_step(x, t, eps, draw() if step > 0 else torch.zeros_like(x))
+            else:
+                t_prev = torch.full_like(t, steps[k + 1] if k + 1 < len(steps) else -1)
+                x = diffusion.ddim_step(x, t, t_prev, eps, eta, draw() if eta > 0 else torch.zeros_like(x))
+    assert torch.equal(denoise(model, diffusion, labels, torch.arange(3), cfg, (1, 8, 8)), x)
 
 
 def test_guidance_omega_zero_is_conditional_ddim(model):
