@@ -116,9 +116,10 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
 
 def test_sampling_time_is_the_compiled_steps_with_sample_compile(tmp_path):
     cfg = resolved("paper")
-    compiled = {**SAMPLING[0], "step": "compiled_cuda_graphs", "ms_per_denoising_step": 120.0}
+    compiled = {**SAMPLING[0], "compile": True, "cuda_graphs": True, "ms_per_denoising_step": 120.0}
     skipped = {**{key: SAMPLING[0][key] for key in ("image_size", "dtype", "layout", "batch_size")},
-               "step": "compiled", "skipped": "time limit of the check"}  # not measured: left out
+               "compile": True, "cuda_graphs": True, "batch_size": 500,
+               "skipped": "time limit of the check"}  # not measured: left out
     write_benchmark(tmp_path, [training_entry(32, "fp32", "nchw", "ddpm", 64.0)], [compiled, skipped, *SAMPLING])
     wildcards = {"setting": "cifar10-rho0.01", "variant": "ddpm", "omega": "1.0"}
     eager = plan.CostModel(cfg, tmp_path).cost("sample", wildcards)
