@@ -1,7 +1,7 @@
 """`python -m coral.gpu_check`: the paper preset's GPU path, measured as it runs (benchmarks/gpu_check.sh).
 
 For the paper preset's networks at 32 px (CIFAR) and 64 px (CelebA-5, ImageNet-LT), every objective's
-real training step (coral.train.training_step on batches drawn by coral.train.DeviceBatches) in
+real training step (coral.step.training_step on batches drawn by coral.train.DeviceBatches) in
 {fp32, bf16 autocast} x {NCHW, channels-last}: ms/step, FLOPs (torch's FlopCounterMode), TFLOP/s, MFU
 against the card's dense bf16 peak, and peak memory. The sampler's denoising step at the preset's
 sampling batch (guidance doubles it) in the same four variants. Then host synchronisations: the
@@ -32,8 +32,9 @@ from coral.io import provenance, write_json
 from coral.sample import denoise
 from coral.sections import SampleConfig
 from coral.sources import NUM_CLASSES
+from coral.step import build_training, training_step
 from coral.tensors import default_device
-from coral.train import DeviceBatches, build_training, training_step
+from coral.train import DeviceBatches
 from coral.unet import build_unet
 
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks
@@ -99,7 +100,7 @@ class _TrainingLoop:
 
     def __call__(self) -> None:
         idx = self.batches(self.step)
-        terms = training_step(self.setup, self.images[idx], self.labels[idx], self.run)
+        terms = training_step(self.setup, self.images[idx], self.labels[idx], self.run, self.step)
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0) + value.detach().float()
         self.step += 1
