@@ -116,7 +116,10 @@ def launch(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budg
     from coral.deadline import Deadline
 
     devices = run_cfg["train"]["devices"]
-    log.info("starting %d processes, one per %s", devices, "GPU" if torch.cuda.is_available() else "CPU share")
+    if torch.cuda.is_available() and torch.cuda.device_count() < devices:
+        raise RuntimeError(f"train.devices: {devices} GPUs asked for, {torch.cuda.device_count()} visible to this job")
+    log.info("training on %d processes: DDP over %s", devices,
+             "NCCL, one GPU each" if torch.cuda.is_available() else "gloo on the CPU")
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=f"coral-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.2,
                           signals_to_handle="SIGINT,SIGHUP,SIGQUIT")
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     """One rank (`python -m coral.distributed ARGUMENTS.json`, started by `launch`)."""
     from coral.cli import setup_job
     from coral.deadline import OutOfTime
-    from coral.train import TrainingDiverged, _train
+    from coral.train import TrainingDiverged, training_loop
 
     arguments = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -178,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         host = dist.group.WORLD
     outcome = {"status": "finished", "message": ""}
     try:
-        _train(arguments["run_cfg"], arguments["split"], Path(arguments["run_dir"]), arguments["time_budget"],
-               device, Ranks(rank, world, host))
+        training_loop(arguments["run_cfg"], arguments["split"], Path(arguments["run_dir"]), arguments["time_budget"],
+                      device, Ranks(rank, world, host))
     except OutOfTime as err:
         outcome = {"status": "out_of_time", "message": str(err)}
     except TrainingDiverged as err:

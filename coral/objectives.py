@@ -52,7 +52,7 @@ class Objective(nn.Module):
 
     def draw(self, x0, y, y_in, t, noise) -> dict[str, torch.Tensor]:
         """The objective's own random draws for a batch, each a tensor whose first dim is the batch's
-        (so it is sliced with the batch). None by default."""
+        (so it is sliced with the batch); none by default."""
         return {}
 
     def sample_terms(self, model: UNet, x0, y, y_in, t, noise, **drawn

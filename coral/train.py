@@ -93,11 +93,11 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budge
             if outcome["status"] == "diverged":
                 raise TrainingDiverged(outcome["message"])
             return run_dir / "final.pt"
-        return _train(run_cfg, split_path, run_dir, time_budget)
+        return training_loop(run_cfg, split_path, run_dir, time_budget)
 
 
-def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None,
-           device: torch.device | None = None, ranks: Ranks = ONE) -> Path:
+def training_loop(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None,
+                  device: torch.device | None = None, ranks: Ranks = ONE) -> Path:
     """The training loop of this process: the whole run, or one rank of it (coral.distributed)."""
     job_start = time.perf_counter()
     tcfg, seed = TrainConfig.of(run_cfg["train"], "train"), run_cfg["run"]["seed"]

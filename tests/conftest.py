@@ -28,7 +28,7 @@ def cluster_requirements():
 
 # The longest modules (seconds on the 2-core reference machine) start first, so that the other worker
 # is not left with one long module at the end.
-LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_rehearsal.py")
+LONGEST_FIRST = ("test_slurm.py", "test_workflow.py", "test_rehearsal.py", "test_step.py")
 
 
 def pytest_collection_modifyitems(items):
