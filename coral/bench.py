@@ -40,7 +40,7 @@ from coral.sources import IN_CHANNELS, NUM_CLASSES
 from coral.sample import denoising_step, generate
 from coral.sections import SampleConfig
 from coral.tensors import default_device
-from coral.train import build_training, training_step
+from coral.step import build_training, training_step
 from coral.unet import build_unet
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,8 @@ def bench_training(cfg: dict, settings: dict, device: torch.device, warmup: int,
         run = _run_cfg(cfg, settings, method)
         setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
         setup.model.train()
-        steps[method] = lambda setup=setup, run=run: training_step(setup, images, labels, run)
+        step = run["train"]["warmup"]  # past the warm-up: the full learning rate
+        steps[method] = lambda setup=setup, run=run: training_step(setup, images, labels, run, step)
     seconds = interleaved_seconds(steps, device, warmup, repeats, rounds)
     for method, value in seconds.items():
         log.info("train %s: %.4f s/step", method, value)
@@ -269,7 +270,7 @@ def training_flops(cfg: dict, settings: dict, device: torch.device) -> float:
     images, labels = _random_batch(settings, device, torch.Generator().manual_seed(0))
     counter = FlopCounterMode(display=False)
     with counter:
-        training_step(setup, images, labels, run)
+        training_step(setup, images, labels, run, run["train"]["warmup"])
     return float(counter.get_total_flops())
 
 

@@ -23,10 +23,15 @@ from coral.lineage import DamagedArtifact
 ONE_LINE_ERRORS = (config_module.ConfigError, DatasetError, DamagedArtifact, Locked, OSError)
 
 
-def setup_job(log: str | Path | None, threads: int | None) -> None:
+_job_log: str | None = None  # the log file setup_job sends this job's output to
+
+
+def setup_job(log: str | Path | None, threads: int | None, append: bool = False, level: int = logging.INFO) -> None:
     """Send logging and stderr (progress bars) to `log` (a rule's log file, or None for the console)
     and cap torch's threads and those of numpy's and scikit-learn's BLAS and OpenMP pools. With a log,
-    an uncaught error leaves its traceback there and one line on the console (the job exits 1)."""
+    an uncaught error leaves its traceback there and one line on the console (the job exits 1).
+    append: add to the log (the processes of a run on several devices, coral.distributed)."""
+    global _job_log
     if threads:
         import torch
         from threadpoolctl import threadpool_limits
@@ -34,10 +39,16 @@ def setup_job(log: str | Path | None, threads: int | None) -> None:
         threadpool_limits(threads)
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
-        sys.stderr = open(log, "w", buffering=1)
+        sys.stderr = open(log, "a" if append else "w", buffering=1)
         sys.excepthook = lambda kind, error, trace: _report(kind, error, trace, log)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+    _job_log = None if log is None else str(log)
+    logging.basicConfig(level=level, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def job_log() -> str | None:
+    """The log file of this job (setup_job's), None for the console."""
+    return _job_log
 
 
 def _report(kind, error, trace, log) -> None:

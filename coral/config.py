@@ -256,6 +256,7 @@ def _check_sizes(cfg: dict) -> None:
     runs += [(ablation_setting(cfg), variant) for variant in variants(cfg)]
     for name, variant in runs:
         run_cfg = run_config(cfg, name, variant, 0)
+        _check_batch_split(run_cfg["train"], f"run {variant} of {name}")
         images = _training_images(run_cfg["data"])
         if images is not None and run_cfg["train"]["batch_size"] > images:
             run = f"run {variant} of {name}, training set {run_cfg['data']['training_set']}"
@@ -283,6 +284,17 @@ def _check_sizes(cfg: dict) -> None:
             raise ConfigError(f"latent.per_class: {latent['per_class']} gives {points} images of {dataset}; the t-SNE "
                               f"needs at least 4 and more than latent.perplexity = {latent['perplexity']}, and the "
                               f"k-NN purity more than latent.knn_k = {latent['knn_k']}")
+
+
+def _check_batch_split(train: dict, run: str) -> None:
+    """train.batch_size splits evenly over train.devices, and each device's share into micro-batches."""
+    batch, devices, micro = train["batch_size"], train["devices"], train["micro_batch_size"]
+    if batch % devices:
+        raise ConfigError(f"train.batch_size: {batch} is not divisible by train.devices = {devices} ({run}); "
+                          "each device trains on an equal share")
+    if micro and (batch // devices) % micro:
+        raise ConfigError(f"train.micro_batch_size: {micro} does not divide the {batch // devices} images per device "
+                          f"(train.batch_size {batch} / train.devices {devices}) of the {run}")
 
 
 def _training_images(data: dict) -> int | None:

@@ -124,7 +124,8 @@ def training_step(run: dict, channels: int, num_classes: int) -> dict:
             x0, y = torch.zeros(batch, channels, size, size), torch.zeros(batch, dtype=torch.long)
             counter, ops = _flop_counter(), _op_counter()
             with counter, ops, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                loss(model, x0, y, y, y, torch.zeros_like(x0))["loss"].backward()
+                noise = torch.zeros_like(x0)
+                loss(model, x0, y, y, y, noise, **loss.draw(x0, y, y, y, noise))["loss"].backward()
         _STEPS[key] = {"flops": counter.get_total_flops(), "ops": ops.ops,
                        "saved_bytes": sum(t.numel() * t.element_size() for t in saved.values())}
     return _STEPS[key]

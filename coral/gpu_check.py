@@ -2,7 +2,7 @@
 (benchmarks/gpu_check.sh). The cost model (coral.plan, coral.measured) reads every row it writes.
 
 What it measures, on the paper preset's networks at 32 px (CIFAR) and 64 px (CelebA-5, ImageNet-LT):
-- the training step (coral.train.build_training and training_step on batches drawn by DeviceBatches):
+- the training step (coral.step.build_training and training_step on batches drawn by DeviceBatches):
   ms/step, FLOPs, TFLOP/s, MFU against the card's dense bf16 peak, and the step's own peak memory; eager,
   compiled (train.compile) and compiled with CUDA graphs (train.cuda_graphs); fp32 (cuDNN's TF32
   convolutions) and bf16 autocast; NCHW and channels-last; per-GPU batches of 128 (one GPU) and 16, 32,
@@ -54,7 +54,8 @@ from coral.sample import denoise, denoising_step
 from coral.sections import SampleConfig, TrainConfig
 from coral.sources import NUM_CLASSES
 from coral.tensors import default_device
-from coral.train import DeviceBatches, build_training, training_step
+from coral.step import build_training, training_step
+from coral.train import DeviceBatches
 from coral.unet import build_unet
 
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks
@@ -160,7 +161,7 @@ class _TrainingLoop:
 
     def __call__(self) -> None:
         idx = self.batches(self.step)
-        terms = training_step(self.setup, self.images[idx], self.labels[idx], self.run)
+        terms = training_step(self.setup, self.images[idx], self.labels[idx], self.run, self.step)
         for name, value in terms.items():
             self.sums[name] = self.sums.get(name, 0) + value.detach().float()
         self.step += 1

@@ -32,9 +32,10 @@ CHANGES: dict[str, str] = {
               "paired seeds only; a value that is not finite is inconclusive; a range claim never pools methods",
 }
 
-# Train keys that leave the weights alone: how a run is computed, logged and checkpointed.
-TRAIN_SETTINGS = ("micro_batch_size", "devices", "channels_last", "compile", "checkpoint_every", "keep_checkpoints",
-                  "prune_after_final", "log_every", "tensorboard_every")
+# Train keys that leave the weights alone: how a run is computed (the same maths, up to rounding), logged
+# and checkpointed.
+TRAIN_SETTINGS = ("channels_last", "compile", "cuda_graphs", "micro_batch_size", "devices", "checkpoint_every",
+                  "keep_checkpoints", "prune_after_final", "log_every", "tensorboard_every")
 # Evaluate keys that leave the metrics alone: how features are batched, where the weights are, how they got there.
 EVALUATE_SETTINGS = ("batch_size", "inception_weights_path", "inception_download")
 # Datasets whose reference set is a balanced subset drawn with data.subsample_seed.

@@ -1,8 +1,13 @@
 """Training objectives of docs/method.md §4, one small class each, chosen by name.
 
-Every objective maps (model, x0, y, y_in, t, noise) to a dict of scalar loss terms whose
-"loss" entry is optimised; the other entries are logged. `y` holds the true labels and
-`y_in` the labels the network sees (-1 where guidance training dropped them).
+Every objective maps (model, x0, y, y_in, t, noise, **drawn) to a dict of scalar loss terms whose
+"loss" entry is optimised; the other entries are logged. `y` holds the true labels and `y_in` the
+labels the network sees (-1 where guidance training dropped them); `drawn` are the objective's own
+random draws for the batch (`draw`, made before the network runs, so the loss itself draws nothing).
+
+The loss is split in two for batches spread over devices and micro-batches (coral.step):
+`sample_terms`, means over the samples (they split and average), and `batch_terms`, a term that
+couples the samples of the whole batch (CORAL's SupCon) from their embeddings z.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class Objective(nn.Module):
     """Base class: holds the diffusion and the training-set class prior (empirical frequencies)."""
 
     name = ""
+    has_batch_term = False  # whether sample_terms returns embeddings for batch_terms
 
     def __init__(self, diffusion: Diffusion, class_counts: torch.Tensor, model: UNet):
         super().__init__()
@@ -44,8 +50,36 @@ class Objective(nn.Module):
         counts = torch.as_tensor(class_counts, dtype=torch.float32)
         self.register_buffer("prior", counts / counts.sum(), persistent=False)
 
-    def forward(self, model: UNet, x0, y, y_in, t, noise) -> dict[str, torch.Tensor]:
+    def draw(self, x0, y, y_in, t, noise) -> dict[str, torch.Tensor]:
+        """The objective's own random draws for a batch, each a tensor whose first dim is the batch's
+        (so it is sliced with the batch); none by default."""
+        return {}
+
+    def sample_terms(self, model: UNet, x0, y, y_in, t, noise, **drawn
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The loss terms that are means over the samples, and the embeddings z (B, D) that
+        `batch_terms` takes (None: the objective has no batch term)."""
         raise NotImplementedError
+
+    def batch_terms(self, z: torch.Tensor, y, y_in, t) -> dict[str, torch.Tensor]:
+        """The term over a whole batch from its embeddings z (B, D); its "loss" adds to the sample terms'."""
+        raise NotImplementedError
+
+    def forward(self, model: UNet, x0, y, y_in, t, noise, gather=None, **drawn) -> dict[str, torch.Tensor]:
+        """The loss terms of a batch. `gather` (a tensor's slices of every device -> the whole): this
+        device holds one slice of a batch whose batch term covers all of it (coral.distributed)."""
+        terms, z = self.sample_terms(model, x0, y, y_in, t, noise, **drawn)
+        if z is None:
+            return terms
+        if gather is not None:
+            z, y, y_in, t = gather(z), gather(y), gather(y_in), gather(t)
+        return with_batch_terms(terms, self.batch_terms(z, y, y_in, t))
+
+
+def with_batch_terms(sample: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sample terms with a batch term: the losses add, the other entries are logged as they are."""
+    return {"loss": sample["loss"] + batch["loss"], **{k: v for k, v in sample.items() if k != "loss"},
+            **{k: v for k, v in batch.items() if k != "loss"}}
 
 
 class DDPM(Objective):
@@ -53,10 +87,10 @@ class DDPM(Objective):
 
     name = "ddpm"
 
-    def forward(self, model, x0, y, y_in, t, noise):
+    def sample_terms(self, model, x0, y, y_in, t, noise):
         eps = model(self.diffusion.q_sample(x0, t, noise), t, y_in)
         loss = mse(eps, noise)
-        return {"loss": loss, "mse": loss}
+        return {"loss": loss, "mse": loss}, None
 
 
 class CBDM(Objective):
@@ -74,16 +108,19 @@ class CBDM(Objective):
             self.prior = torch.full_like(self.prior, 1.0 / len(self.prior))
         self.tau, self.gamma = tau, gamma
 
-    def forward(self, model, x0, y, y_in, t, noise):
+    def draw(self, x0, y, y_in, t, noise):
+        """y' (B,) ~ the prior."""
+        return {"y_prime": torch.multinomial(self.prior, len(y), replacement=True)}
+
+    def sample_terms(self, model, x0, y, y_in, t, noise, y_prime):
         x_t = self.diffusion.q_sample(x0, t, noise)
         labelled = y_in >= 0  # a mask, not a branch: no host synchronisation per step
-        y_prime = torch.multinomial(self.prior, len(y), replacement=True)
         eps, eps_prime = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y_in, y_prime])).float().chunk(2)
         base = mse(eps, noise)
         weight = Diffusion.per_sample(t.float() / self.diffusion.T * self.tau * labelled.float(), x_t.ndim)
         reg = (weight * (eps - eps_prime.detach()).pow(2)).mean()
         commit = (weight * (eps.detach() - eps_prime).pow(2)).mean()
-        return {"loss": base + reg + self.gamma * commit, "mse": base, "cb_reg": reg, "cb_commit": commit}
+        return {"loss": base + reg + self.gamma * commit, "mse": base, "cb_reg": reg, "cb_commit": commit}, None
 
 
 @torch.no_grad()
@@ -118,7 +155,8 @@ def t2h_targets(diffusion: Diffusion, x0: torch.Tensor, x_t: torch.Tensor, t: to
 
 
 class T2H(Objective):
-    """Same loss as DDPM against calibrated targets; no extra term or forward pass."""
+    """Same loss as DDPM against calibrated targets; no extra term or forward pass. The targets need
+    no gradient and no network: they are drawn with the batch."""
 
     name = "t2h"
 
@@ -126,11 +164,15 @@ class T2H(Objective):
         super().__init__(diffusion, class_counts, model)
         self.mode = mode
 
-    def forward(self, model, x0, y, y_in, t, noise):
+    def draw(self, x0, y, y_in, t, noise):
+        """targets (B, C, H, W) and transferred (B,) bool: whether sample i's target came from another image."""
         x_t = self.diffusion.q_sample(x0, t, noise)
         targets, j, _ = t2h_targets(self.diffusion, x0, x_t, t, y, noise, self.prior, self.mode)
-        loss = mse(model(x_t, t, y_in), targets)
-        return {"loss": loss, "mse": loss, "t2h_transfer_rate": (j != torch.arange(len(j), device=j.device)).float().mean()}
+        return {"targets": targets, "transferred": j != torch.arange(len(j), device=j.device)}
+
+    def sample_terms(self, model, x0, y, y_in, t, noise, targets, transferred):
+        loss = mse(model(self.diffusion.q_sample(x0, t, noise), t, y_in), targets)
+        return {"loss": loss, "mse": loss, "t2h_transfer_rate": transferred.float().mean()}, None
 
 
 def supcon_per_anchor(z: torch.Tensor, y: torch.Tensor, temperature: float):
@@ -158,6 +200,7 @@ class CORAL(Objective):
     """DDPM loss + lambda(t) * SupCon on a projection of the pooled UNet bottleneck."""
 
     name = "coral"
+    has_batch_term = True
 
     def __init__(self, diffusion, class_counts, model, weight: float, tau_r: float, tau_sc: float,
                  reduction: str, proj_dim: int):
@@ -171,11 +214,14 @@ class CORAL(Objective):
     def embedding(self, x_t, t, eps, bottleneck) -> torch.Tensor:
         return bottleneck
 
-    def forward(self, model, x0, y, y_in, t, noise):
+    def sample_terms(self, model, x0, y, y_in, t, noise):
         x_t = self.diffusion.q_sample(x0, t, noise)
         eps, bottleneck = model(x_t, t, y_in, return_bottleneck=True)
         base = mse(eps, noise)
         z = self.head(self.embedding(x_t, t, eps, bottleneck).float())
+        return {"loss": base, "mse": base}, z
+
+    def batch_terms(self, z, y, y_in, t):
         per_anchor, valid = supcon_per_anchor(z, y, self.tau_sc)
         # Masks instead of branches keep the step free of host synchronisation.
         labelled_batch = (y_in >= 0).any().float()  # a fully dropped batch carries no contrastive term
@@ -187,7 +233,7 @@ class CORAL(Objective):
             term = (lam * per_anchor * valid).sum() / num_valid
         term = term * labelled_batch
         supcon = (per_anchor * valid).sum() / num_valid
-        return {"loss": base + term, "mse": base, "supcon": supcon.detach(), "coral_term": term.detach()}
+        return {"loss": term, "supcon": supcon.detach(), "coral_term": term.detach()}
 
 
 class CORALAmbient(CORAL):

@@ -63,6 +63,9 @@ class TrainConfig(Section):
     bf16_autocast: bool
     channels_last: bool
     compile: bool
+    cuda_graphs: bool  # with compile, on a GPU: the compiled step replays as CUDA graphs
+    micro_batch_size: int  # 0: the per-device batch in one pass; else gradient accumulation over parts of this size
+    devices: int  # processes (GPUs) of one run, DDP (coral.distributed); train.batch_size is split over them
     checkpoint_every: int
     keep_checkpoints: int
     prune_after_final: bool

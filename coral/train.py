@@ -1,36 +1,34 @@
-"""Training loop: Adam with warm-up, grad clipping, EMA, atomic step checkpoints, automatic resume.
+"""Training loop: the steps of coral.step, atomic step checkpoints, automatic resume, on one device or
+on train.devices processes (coral.distributed), where rank 0 writes everything.
 
 Run directory layout:
     config.json     the resolved run config
     stats.jsonl     one line of per-term losses every train.log_every steps
     checkpoints/    step-<N>.pt, the newest train.keep_checkpoints kept
+    compile_cache/  Inductor's compiled kernels with train.compile (a resumed job reuses them)
     final.pt        EMA + raw weights and the config, written last
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
+import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from coral import identity, lineage, reuse
+from coral import checkpoint, distributed, identity, lineage, reuse
 from coral.data import load_split
 from coral.deadline import Deadline, OutOfTime
-from coral.diffusion import Diffusion
-from coral import checkpoint
+from coral.distributed import ONE, Ranks
 from coral.io import atomic_path, exclusive, provenance, sha256_file, write_json
-from coral.objectives import build_objective, drop_labels
 from coral.progress import Progress
 from coral.sections import TrainConfig
+from coral.step import build_training, learning_rate, load_optimizer, training_step
 from coral.tensorboard_log import TensorBoardLog
-from coral.tensors import default_device, uint8_to_unit
-from coral.unet import UNet, build_unet
+from coral.tensors import default_device
 
 log = logging.getLogger(__name__)
 
@@ -72,87 +70,14 @@ class DeviceBatches:
         return self.order[position * self.batch_size:(position + 1) * self.batch_size]
 
 
-def random_hflip(x: torch.Tensor) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
-    return torch.where(flip, x.flip(-1), x)
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, list(model.parameters()), 1.0 - decay)
-
-
-@dataclass
-class TrainingSetup:
-    """Everything one optimisation step touches."""
-
-    model: UNet
-    ema: UNet
-    objective: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    params: list[torch.nn.Parameter]
-    diffusion: Diffusion
-    config: TrainConfig
-    forward: Callable  # the objective, compiled when train.compile is set
-
-
-def build_training(run_cfg: dict, class_counts: torch.Tensor, in_channels: int, num_classes: int,
-                   device: torch.device) -> TrainingSetup:
-    """Model, EMA copy, objective, Adam with linear warm-up, on `device`."""
-    tcfg = TrainConfig.of(run_cfg["train"], "train")
-    diffusion = Diffusion.from_config(run_cfg["diffusion"]).to(device)
-    model = build_unet(run_cfg["model"], in_channels, num_classes).to(device)
-    if tcfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(run_cfg["objective"]["name"], run_cfg["objective"]["hparams"], diffusion,
-                                class_counts, model).to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    params = list(model.parameters()) + list(objective.parameters())
-    # One fused kernel on GPUs; multi-tensor (foreach) updates on CPUs.
-    fused = device.type == "cuda"
-    optimizer = torch.optim.Adam(params, lr=tcfg.lr, fused=fused, foreach=not fused)
-    warmup = tcfg.warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(step, warmup) / warmup if warmup > 0 else 1.0)
-    forward = torch.compile(objective) if tcfg.compile else objective
-    return TrainingSetup(model, ema, objective, optimizer, scheduler, params, diffusion, tcfg, forward)
-
-
-def training_step(setup: TrainingSetup, images_uint8: torch.Tensor, y: torch.Tensor,
-                  run_cfg: dict) -> dict[str, torch.Tensor]:
-    """One optimisation step on a uint8 batch (B, C, H, W); returns the loss terms and grad norm.
-
-    Nothing here waits for the device: the returned tensors stay where they were computed.
-    """
-    tcfg, device = setup.config, images_uint8.device
-    x0 = uint8_to_unit(images_uint8)
-    if run_cfg["data"]["hflip"]:
-        x0 = random_hflip(x0)
-    if tcfg.channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-    t = torch.randint(0, setup.diffusion.T, (len(y),), device=device)
-    noise = torch.randn_like(x0)
-    y_in = drop_labels(y, tcfg.label_drop, tcfg.p_uncond)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.bf16_autocast):
-        terms = setup.forward(setup.model, x0, y, y_in, t, noise)
-    setup.optimizer.zero_grad(set_to_none=True)
-    terms["loss"].backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(setup.params, tcfg.grad_clip)
-    setup.optimizer.step()
-    setup.scheduler.step()
-    ema_update(setup.ema, setup.model, tcfg.ema_decay)
-    return {**terms, "grad_norm": grad_norm}
-
-
 def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budget: float | None = None) -> Path:
     """Train one run and write run_dir/final.pt: the kept model of the same identity and training set
     when there is one (coral.reuse), else resuming from the newest step checkpoint of this identity.
 
     Stops with OutOfTime after saving a checkpoint when the job's deadline nears (coral.deadline:
-    `time_budget` seconds, or the SLURM time limit); running it again continues. One process at a
-    time per run directory (Locked otherwise).
+    `time_budget` seconds, or the SLURM time limit); running it again continues. One job at a time per
+    run directory (Locked otherwise); with train.devices > 1 the job trains in that many processes
+    (coral.distributed).
     """
     run_dir = Path(run_dir)
     run_cfg = identity.plain(run_cfg)
@@ -161,60 +86,75 @@ def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budge
             if run_cfg["train"]["prune_after_final"]:  # left by a job stopped at its time limit
                 checkpoint.prune(run_dir / "checkpoints", 0)
             return run_dir / "final.pt"
-        return _train(run_cfg, split_path, run_dir, time_budget)
+        if run_cfg["train"]["devices"] > 1:
+            outcome = distributed.launch(run_cfg, split_path, run_dir, time_budget)
+            if outcome["status"] == "out_of_time":
+                raise OutOfTime(outcome["message"])
+            if outcome["status"] == "diverged":
+                raise TrainingDiverged(outcome["message"])
+            return run_dir / "final.pt"
+        return training_loop(run_cfg, split_path, run_dir, time_budget)
 
 
-def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None) -> Path:
+def training_loop(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: float | None,
+                  device: torch.device | None = None, ranks: Ranks = ONE) -> Path:
+    """The training loop of this process: the whole run, or one rank of it (coral.distributed)."""
     job_start = time.perf_counter()
     tcfg, seed = TrainConfig.of(run_cfg["train"], "train"), run_cfg["run"]["seed"]
-    device = default_device()
+    device = device or default_device()
+    main = ranks.main
 
     split = load_split(split_path)  # a missing or damaged split stops here, before any output
     images = split.images.to(device)  # uint8, resident
     labels = torch.from_numpy(split.labels).to(device)
-    _log_header(run_cfg, device)
-    log.info("data: %d training images of %d classes (%s), %s px, %d channel(s), from %s", len(images),
-             len(split.class_names), _format_counts(split.class_counts), "x".join(map(str, images.shape[2:])),
-             images.shape[1], split_path)
+    if main:
+        _log_header(run_cfg, device, ranks.world)
+        log.info("data: %d training images of %d classes (%s), %s px, %d channel(s), from %s", len(images),
+                 len(split.class_names), _format_counts(split.class_counts), "x".join(map(str, images.shape[2:])),
+                 images.shape[1], split_path)
     if len(images) < tcfg.batch_size:
         raise ValueError(f"train.batch_size: {tcfg.batch_size} exceeds the {len(images)} training images")
 
     run_identity, inputs = identity.run(run_cfg), {"split": sha256_file(split_path)}
     torch.manual_seed(seed)
-    setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], len(split.class_names), device)
-    model, ema, objective, optimizer, scheduler = (setup.model, setup.ema, setup.objective, setup.optimizer,
-                                                   setup.scheduler)
+    setup = build_training(run_cfg, torch.from_numpy(split.class_counts), images.shape[1], len(split.class_names),
+                           device, ranks, compile_cache=run_dir / "compile_cache")
+    model, ema, objective, optimizer = setup.model, setup.ema, setup.objective, setup.optimizer
 
     start = 0
-    resumed = checkpoint.resume_point(run_dir / "checkpoints", run_identity, inputs,
-                                      lambda state: identity.of_checkpoint("train", state))
-    if resumed:
-        path, state = resumed
+    resumed = None  # rank 0 chooses the checkpoint (and sets aside those of another identity)
+    if main:
+        resumed = checkpoint.resume_point(run_dir / "checkpoints", run_identity, inputs,
+                                          lambda state: identity.of_checkpoint("train", state))
+    path = ranks.from_main(resumed[0] if resumed else None)
+    if path is not None:
+        state = resumed[1] if main else checkpoint.load(path)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_optimizer(optimizer, state["optimizer"])
         checkpoint.restore_rng(state, device)
         start = state["step"]
-        log.info("resuming %s from step %d (%s)", run_dir, start, path.name)
-    else:
+        if main:
+            log.info("resuming %s from step %d (%s)", run_dir, start, path.name)
+    elif main:
         log.info("starting %s at step 0 (no step checkpoint to resume from)", run_dir)
-    log.info("schedule: %d steps of batch size %d, this job from step %d; a stats line every %d steps, a "
-             "checkpoint every %d", tcfg.steps, tcfg.batch_size, start, tcfg.log_every, tcfg.checkpoint_every)
-    write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
-    _truncate_stats(run_dir / "stats.jsonl", start)
     board = None
-    if tcfg.tensorboard_every:
-        board = TensorBoardLog(run_dir / "tensorboard", tcfg.tensorboard_every, setup.diffusion,
-                               tuple(images.shape[1:]), len(split.class_names), tcfg.bf16_autocast)
+    if main:
+        log.info("schedule: %d steps of batch size %d%s, this job from step %d; a stats line every %d steps, a "
+                 "checkpoint every %d", tcfg.steps, tcfg.batch_size, _batch_split(tcfg), start, tcfg.log_every,
+                 tcfg.checkpoint_every)
+        write_json(run_dir / "config.json", {"config": run_cfg, "provenance": provenance()})
+        _truncate_stats(run_dir / "stats.jsonl", start)
+        if tcfg.tensorboard_every:
+            board = TensorBoardLog(run_dir / "tensorboard", tcfg.tensorboard_every, setup.diffusion,
+                                   tuple(images.shape[1:]), len(split.class_names), tcfg.bf16_autocast)
 
     def snapshot(step: int) -> dict:
         state = {"step": step, "config": run_cfg, "identity": run_identity, "inputs": inputs,
                  "in_channels": images.shape[1], "class_names": split.class_names,
                  "model": model.state_dict(), "ema": ema.state_dict(), "objective": objective.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 **checkpoint.rng_states(device)}
+                 "optimizer": optimizer.state_dict(), **checkpoint.rng_states(device)}
         return state
 
     model.train()
@@ -228,40 +168,41 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
     state_bytes = 4 * sum(p.numel() * p.element_size() for p in setup.params)
     step_seconds, save_seconds = 0.0, 1.0 + state_bytes / 100e6
     progress = Progress(range(start, tcfg.steps), initial=start, total=tcfg.steps, desc=f"train {run_dir}",
-                        unit="step", dynamic_ncols=True)
+                        unit="step", dynamic_ncols=True, disable=not main)
     with Deadline.for_this_job(time_budget) as deadline:
         for step in progress:
             step_start = time.perf_counter()
             idx = batches(step)
-            terms = training_step(setup, images[idx], labels[idx], run_cfg)
+            terms = training_step(setup, images[idx], labels[idx], run_cfg, step)
             for name, value in terms.items():  # accumulated on-device: no host sync between log steps
                 sums[name] = sums.get(name, 0) + value.detach().float()
             accumulated += 1
 
             done = step + 1
             if done % tcfg.log_every == 0 or done == tcfg.steps:
-                record = {"step": done, "lr": scheduler.get_last_lr()[0]}
-                record.update({name: float(total) / accumulated for name, total in sums.items()})
+                record = {"step": done, "lr": learning_rate(tcfg, done)}
+                record.update({name: float(total) / accumulated for name, total in _over_ranks(sums, ranks).items()})
                 now = time.perf_counter()
                 record["img_per_s"] = accumulated * tcfg.batch_size / (now - tick)
                 step_seconds = (now - tick) / accumulated
                 last_window = (done - accumulated + 1, done)
                 tick, sums, accumulated = now, {}, 0
-                if not math.isfinite(record["loss"]):
+                if not math.isfinite(record["loss"]):  # the same record on every rank: all stop
                     last = checkpoint.step_checkpoints(run_dir / "checkpoints")
                     raise TrainingDiverged(f"loss is {record['loss']} at step {done}; kept the last good checkpoint "
                                            f"{last[-1] if last else '(none yet)'}")
-                with open(run_dir / "stats.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
                 last_record = record
-                if board is not None:
-                    board.scalars(record)
+                if main:
+                    with open(run_dir / "stats.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if board is not None:
+                        board.scalars(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}", img_per_s=f"{record['img_per_s']:.0f}", refresh=False)
-            out_of_time = done < tcfg.steps and deadline.must_stop(
-                2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds)
+            out_of_time = done < tcfg.steps and ranks.any(deadline.must_stop(
+                2 * max(step_seconds, time.perf_counter() - step_start) + save_seconds))
             if board is not None:
                 board.grid(done, ema)
-            if done % tcfg.checkpoint_every == 0 or done == tcfg.steps or out_of_time:
+            if main and (done % tcfg.checkpoint_every == 0 or done == tcfg.steps or out_of_time):
                 save_start = time.perf_counter()
                 checkpoint.save(checkpoint.step_path(run_dir / "checkpoints", done), snapshot(done))
                 checkpoint.prune(run_dir / "checkpoints", tcfg.keep_checkpoints)
@@ -271,10 +212,12 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
                 raise OutOfTime(f"{run_dir}: stopped at step {done} of {tcfg.steps} before the job's time limit; "
                                 f"saved a checkpoint, run the job again to continue")
 
+        if not main:
+            return run_dir / "final.pt"
         if board is not None:
             board.close()
         final = snapshot(tcfg.steps)
-        for key in ("optimizer", "scheduler", "rng_cpu", "rng_cuda"):
+        for key in ("optimizer", "rng_cpu", "rng_cuda"):
             final.pop(key, None)
         final["provenance"] = provenance()
         checkpoint.save(run_dir / "final.pt", final)
@@ -282,6 +225,7 @@ def _train(run_cfg: dict, split_path: str | Path, run_dir: Path, time_budget: fl
         # Snakemake: then the step checkpoints let the next job rewrite it at once.
         if tcfg.prune_after_final and not deadline.must_stop(0):
             checkpoint.prune(run_dir / "checkpoints", 0)
+            shutil.rmtree(run_dir / "compile_cache", ignore_errors=True)
         elif tcfg.prune_after_final:
             log.warning("%s: kept the step checkpoints, this job is at its time limit", run_dir)
     lineage.record([run_dir / "final.pt"], "train", [split_path], run_cfg, run_identity)
@@ -295,13 +239,29 @@ def _format_counts(counts) -> str:
     return f"{max(counts)} to {min(counts)} per class"
 
 
-def _log_header(run_cfg: dict, device: torch.device) -> None:
+def _over_ranks(sums: dict[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Tensor]:
+    """Each rank's sums of its shares' loss terms -> their means over the ranks (the global batch's)."""
+    if ranks.world == 1:
+        return sums
+    return dict(zip(sums, ranks.mean(torch.stack(list(sums.values()))).unbind()))
+
+
+def _batch_split(tcfg: TrainConfig) -> str:
+    """How a step's batch is split, for the log: over the processes, into micro-batches."""
+    parts = [f"{tcfg.batch_size // tcfg.devices} per process"] if tcfg.devices > 1 else []
+    if tcfg.micro_batch_size:
+        parts.append(f"in micro-batches of {tcfg.micro_batch_size}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _log_header(run_cfg: dict, device: torch.device, processes: int) -> None:
     """The first lines of a training job's log: which run, on what, with which training config."""
     run = run_cfg["run"]
     log.info("train run %s/%s/seed%s: method %s, dataset %s, rho %s", run["setting"], run["variant"], run["seed"],
              run["method"], run["dataset"], run["rho"])
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    log.info("device %s%s, torch %s, %d CPU thread(s)", device, gpu, torch.__version__, torch.get_num_threads())
+    log.info("device %s%s, torch %s, %d CPU thread(s), %s", device, gpu, torch.__version__, torch.get_num_threads(),
+             "1 process" if processes == 1 else f"{processes} processes (DDP, one per device; this is rank 0)")
     log.info("train config: %s", json.dumps(run_cfg["train"], sort_keys=True))
     objective = run_cfg["objective"]
     log.info("objective %s: %s", objective["name"], json.dumps(objective["hparams"], sort_keys=True))

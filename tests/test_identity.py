@@ -32,7 +32,8 @@ def test_canonical_sorts_keys_and_writes_whole_numbers_as_integers():
 
 @pytest.mark.parametrize("section,values", [
     ("train", {"log_every": 7, "checkpoint_every": 3, "keep_checkpoints": 9, "prune_after_final": False,
-               "tensorboard_every": 5, "compile": True, "channels_last": True}),
+               "tensorboard_every": 5, "compile": True, "channels_last": True, "cuda_graphs": True,
+               "micro_batch_size": 8, "devices": 2}),
     ("train", {"lr": 5.0e-4}),  # the value it has, restated
     ("data", {"data_root": "/somewhere/else", "download": True}),
 ])

@@ -73,7 +73,7 @@ def test_cbdm_with_tau_zero_equals_ddpm():
     counts = torch.arange(10, 0, -1)
     cbdm = CBDM(DIFFUSION, counts, model, tau=0.0, gamma=0.25, prior="train")
     ddpm = DDPM(DIFFUSION, counts, model)
-    assert cbdm(model, x0, y, y, t, noise)["loss"].item() == pytest.approx(
+    assert cbdm(model, x0, y, y, t, noise, **cbdm.draw(x0, y, y, t, noise))["loss"].item() == pytest.approx(
         ddpm(model, x0, y, y, t, noise)["loss"].item(), rel=1e-5)
 
 
@@ -95,7 +95,8 @@ def test_cbdm_regulariser_hand_built_case():
     y = torch.tensor([0, 1])
     t = torch.tensor([250, 500])
     noise = torch.zeros(2, 1, 2, 2)
-    terms = cbdm(model, torch.zeros(2, 1, 2, 2), y, y, t, noise)
+    x0 = torch.zeros(2, 1, 2, 2)
+    terms = cbdm(model, x0, y, y, t, noise, **cbdm.draw(x0, y, y, t, noise))
     w = [0.25 * 2.0, 0.5 * 2.0]
     # (a_y - a_3)^2: (1 - -1)^2 = 4, (2 - -1)^2 = 9; mean over batch and pixels
     expected_reg = (w[0] * 4 + w[1] * 9) / 2

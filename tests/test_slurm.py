@@ -173,3 +173,26 @@ def test_every_job_is_sized_by_the_plan_and_gpu_rules_declare_a_gpu(tmp_path):
         assert int(resources["mem_mb"]) <= 8 * 1024 and ("gpu_mem_gb" in resources) == (rule in GPU_RULES)
     assert {rule for rule, gpu in gpu_by_rule.items() if gpu == {True}} == GPU_RULES, dry_run.stdout[-3000:]
     assert gpu_by_rule["subsample"] == {False} and gpu_by_rule["main_table"] == {False}
+
+
+def test_a_run_on_several_gpus_asks_for_them_on_one_node(tmp_path):
+    """train.devices: 2 -> each training job asks for 2 GPUs (the SLURM plugin's `gpu`: --gpus) on one node,
+    with the CPUs and memory of its two processes; the other jobs ask for what they did."""
+    def jobs(*config):
+        dry_run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                                  "--configfile", str(REPO / "config.yaml"), "-n", "--config", "preset=smoke", *config],
+                                 capture_output=True, text=True, timeout=300)
+        return planned_jobs(dry_run.stdout)
+
+    one, two = jobs(), jobs("train={devices: 2}")
+
+    def others(planned):
+        return Counter((rule, tuple(sorted(asked.items()))) for rule, asked in planned if rule != "train")
+
+    assert one and others(one) == others(two)
+    trains, trains_two = ([asked for rule, asked in planned if rule == "train"] for planned in (one, two))
+    assert trains and len(trains) == len(trains_two)
+    assert {(asked["gpu"], asked["nodes"]) for asked in trains} == {("1", "1")}
+    assert {(asked["gpu"], asked["nodes"]) for asked in trains_two} == {("2", "1")}
+    assert sorted((2 * int(a["cpus_per_task"]), 2 * int(a["mem_mb"])) for a in trains) == \
+        sorted((int(a["cpus_per_task"]), int(a["mem_mb"])) for a in trains_two)

@@ -5,13 +5,15 @@ import shutil
 import pytest
 import torch
 
+import coral.step as step_module
 import coral.train as train_module
 from coral.config import load, run_config, setting_config
 from coral.data import write_split
 from coral.checkpoint import load as load_checkpoint
 from coral.deadline import OutOfTime
 from coral.checkpoint import load_model
-from coral.train import DeviceBatches, batch_indices, ema_update, train
+from coral.step import ema_update
+from coral.train import DeviceBatches, batch_indices, train
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def test_interrupted_run_resumes_to_identical_weights(setup, monkeypatch):
     reference = load_checkpoint(train(run, root / "split.npz", root / "reference"))
 
     calls = {"n": 0}
-    original = train_module.ema_update
+    original = step_module.ema_update
 
     def crash_at_step_15(*args):
         calls["n"] += 1
@@ -61,11 +63,11 @@ def test_interrupted_run_resumes_to_identical_weights(setup, monkeypatch):
             raise KeyboardInterrupt
         original(*args)
 
-    monkeypatch.setattr(train_module, "ema_update", crash_at_step_15)
+    monkeypatch.setattr(step_module, "ema_update", crash_at_step_15)
     with pytest.raises(KeyboardInterrupt):
         train(run, root / "split.npz", root / "resumed")
     assert not (root / "resumed" / "final.pt").exists()
-    monkeypatch.setattr(train_module, "ema_update", original)
+    monkeypatch.setattr(step_module, "ema_update", original)
     resumed = load_checkpoint(train(run, root / "split.npz", root / "resumed"))
     for key in ("model", "ema", "objective"):
         for name, tensor in reference[key].items():
@@ -82,7 +84,7 @@ def test_step_checkpoints_of_another_config_are_set_aside_and_taken_back(setup, 
     fresh = load_checkpoint(train(changed, root / "split.npz", root / "fresh-changed"))
     run_dir = root / "other"
     calls = {"n": 0}
-    original = train_module.ema_update
+    original = step_module.ema_update
 
     def crash_at_step_15(*args):
         calls["n"] += 1
@@ -90,10 +92,10 @@ def test_step_checkpoints_of_another_config_are_set_aside_and_taken_back(setup, 
             raise KeyboardInterrupt
         original(*args)
 
-    monkeypatch.setattr(train_module, "ema_update", crash_at_step_15)
+    monkeypatch.setattr(step_module, "ema_update", crash_at_step_15)
     with pytest.raises(KeyboardInterrupt):
         train(run, root / "split.npz", run_dir)  # leaves step 10
-    monkeypatch.setattr(train_module, "ema_update", original)
+    monkeypatch.setattr(step_module, "ema_update", original)
     trained = load_checkpoint(train(changed, root / "split.npz", run_dir))
     for name, tensor in fresh["ema"].items():
         assert torch.equal(tensor, trained["ema"][name]), f"{name}: not trained from step 0"
@@ -103,7 +105,7 @@ def test_step_checkpoints_of_another_config_are_set_aside_and_taken_back(setup, 
     (run_dir / "final.pt").unlink()
     shutil.rmtree(run_dir / "kept")
     calls["n"] = 0
-    monkeypatch.setattr(train_module, "ema_update", lambda *args: calls.update(n=calls["n"] + 1) or original(*args))
+    monkeypatch.setattr(step_module, "ema_update", lambda *args: calls.update(n=calls["n"] + 1) or original(*args))
     resumed = load_checkpoint(train(run, root / "split.npz", run_dir))
     assert calls["n"] == 10  # steps 11 to 20: resumed from the checkpoint set aside
     reference = load_checkpoint(train(run, root / "split.npz", root / "fresh-first"))

@@ -308,20 +308,38 @@ except ConfigError as err:
 
 
 def planned_resources(rule):
-    """The SLURM resources of a rule's jobs, each from its wildcards and attempt."""
+    """The SLURM resources of a rule's jobs, each from its wildcards and attempt. A training run asks for
+    train.devices GPUs of one node (the SLURM plugin's `gpu`: --gpus) and, for each of its processes (one
+    per GPU, each with its own torch and copy of the data), the CPUs and memory planned for one."""
     def ask(key):
         def resource(wildcards, attempt):
             return COST.resources(rule, dict(wildcards.items()), attempt)[key]
         return resource
 
     keys = ["runtime", "mem_mb", "cpus_per_task"] + (["gpu_mem_gb"] if rule in coral_plan.GPU_RULES else [])
-    return {key: ask(key) for key in keys}
+    resources = {key: ask(key) for key in keys}
+    if rule == "train":
+        one_process = resources["mem_mb"]
+
+        def memory(wildcards, attempt):
+            return min(CFG["cluster"]["max_mem_gb"] * 1024, train_devices(wildcards) * one_process(wildcards, attempt))
+
+        resources.update(mem_mb=memory, cpus_per_task=planned_threads(rule), gpu=train_devices, nodes=1)
+    return resources
 
 
 def planned_threads(rule):
     def threads(wildcards):
-        return COST.cost(rule, dict(wildcards.items())).cpus
+        cpus = COST.cost(rule, dict(wildcards.items())).cpus
+        if rule == "train":  # for each process of the run, within cluster.max_cpus
+            return min(CFG["cluster"]["max_cpus"], train_devices(wildcards) * cpus)
+        return cpus
     return threads
+
+
+def train_devices(wildcards):
+    """The GPUs (processes) of a training run: its train.devices."""
+    return run_params(wildcards)["train"]["devices"]
 
 
 # ---------------------------------------------------------------- reference features (rule reference_features)

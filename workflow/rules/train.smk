@@ -8,8 +8,7 @@ rule train:
         **TRACKED["train"],
     threads: planned_threads("train")
     resources:
-        gpu=1,
-        **planned_resources("train"),
+        **planned_resources("train"),  # train.devices GPUs of one node
     retries: RETRIES["train"]
     log:
         f"results/logs/train/{RUN}.log",
