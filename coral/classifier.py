@@ -27,7 +27,7 @@ from coral.io import provenance, sha256_file, write_json
 from coral.progress import Progress
 from coral.sections import ClassifierConfig
 from coral.tensors import default_device, uint8_to_unit
-from coral.train import DeviceBatches
+from coral.batches import DeviceBatches
 
 log = logging.getLogger(__name__)
 

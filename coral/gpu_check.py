@@ -55,7 +55,7 @@ from coral.sections import SampleConfig, TrainConfig
 from coral.sources import NUM_CLASSES
 from coral.tensors import default_device
 from coral.step import build_training, training_step
-from coral.train import DeviceBatches
+from coral.batches import DeviceBatches
 from coral.unet import build_unet
 
 SETTINGS = {32: "cifar10-rho0.01", 64: "imagenet_lt"}  # the paper preset's 32 px and 64 px networks

@@ -94,7 +94,7 @@ class _ImageFiles(Dataset):
 
 def decode_images(paths: list[Path], size: int, crop: int | None, desc: str) -> torch.Tensor:
     """uint8 (N, 3, size, size), decoded by one worker process per thread of the job (torch's thread
-    count, which a rule's `threads` set through cli.setup_job), with a progress bar on stderr."""
+    count, which a rule's `threads` set through coral.jobs.setup_job), with a progress bar on stderr."""
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DatasetError(f"{missing[0]}: no such image file ({len(missing)} of the {len(paths)} listed "

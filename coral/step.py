@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from coral import checkpoint
 from coral.diffusion import Diffusion
-from coral.distributed import ONE, Ranks
+from coral.ranks import ONE, Ranks
 from coral.objectives import Objective, build_objective, drop_labels, with_batch_terms
 from coral.sections import TrainConfig
 from coral.tensors import uint8_to_unit

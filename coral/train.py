@@ -1,5 +1,6 @@
 """Training loop: the steps of coral.step, atomic step checkpoints, automatic resume, on one device or
-on train.devices processes (coral.distributed), where rank 0 writes everything.
+on train.devices processes (started by coral.distributed, each running rank_main), where rank 0 writes
+everything.
 
 Run directory layout:
     config.json     the resolved run config
@@ -13,18 +14,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from coral import checkpoint, distributed, identity, lineage, reuse
+from coral.batches import DeviceBatches
 from coral.data import load_split
 from coral.deadline import Deadline, OutOfTime
-from coral.distributed import ONE, Ranks
 from coral.io import atomic_path, exclusive, provenance, sha256_file, write_json
+from coral.jobs import setup_job
 from coral.progress import Progress
+from coral.ranks import ONE, Ranks
 from coral.sections import TrainConfig
 from coral.step import build_training, learning_rate, load_optimizer, training_step
 from coral.tensorboard_log import TensorBoardLog
@@ -35,39 +41,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def epoch_order(num_images: int, seed: int, epoch: int) -> torch.Tensor:
-    """The seeded shuffle of one epoch (on the CPU)."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(num_images, generator=generator)
-
-
-def batch_indices(step: int, num_images: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Indices of the step's minibatch: a seeded shuffle per epoch, the last partial batch dropped.
-
-    Stateless in `step`, so a resumed run draws exactly the batches of an uninterrupted one.
-    """
-    epoch, position = divmod(step, num_images // batch_size)
-    return epoch_order(num_images, seed, epoch)[position * batch_size:(position + 1) * batch_size]
-
-
-class DeviceBatches:
-    """batch_indices(step, ...) served from the device: each epoch's order is copied there once,
-    from pinned memory and asynchronously, so drawing a batch never waits for the host."""
-
-    def __init__(self, num_images: int, batch_size: int, seed: int, device: torch.device):
-        self.num_images, self.batch_size, self.seed, self.device = num_images, batch_size, seed, device
-        self.epoch, self.order = None, None
-
-    def __call__(self, step: int) -> torch.Tensor:
-        epoch, position = divmod(step, self.num_images // self.batch_size)
-        if epoch != self.epoch:
-            order = epoch_order(self.num_images, self.seed, epoch)
-            if self.device.type == "cuda":
-                order = order.pin_memory().to(self.device, non_blocking=True)
-            self.epoch, self.order = epoch, order
-        return self.order[position * self.batch_size:(position + 1) * self.batch_size]
 
 
 def train(run_cfg: dict, split_path: str | Path, run_dir: str | Path, time_budget: float | None = None) -> Path:
@@ -296,3 +269,37 @@ def _truncate_stats(path: Path, step: int) -> None:
     lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines))
+
+
+def rank_main(argv: list[str] | None = None) -> None:
+    """One rank of a run on several devices (`python -m coral.train ARGUMENTS.json`, started by
+    coral.distributed.launch): joins the process group and runs the training loop on its device."""
+
+    arguments = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    setup_job(arguments["log"], arguments["threads"], append=True, level=logging.INFO if rank == 0 else logging.WARNING)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+        host = dist.new_group(backend="gloo")
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+        host = dist.group.WORLD
+    outcome = {"status": "finished", "message": ""}
+    try:
+        training_loop(arguments["run_cfg"], arguments["split"], Path(arguments["run_dir"]), arguments["time_budget"],
+                      device, Ranks(rank, world, host))
+    except OutOfTime as err:
+        outcome = {"status": "out_of_time", "message": str(err)}
+    except TrainingDiverged as err:
+        outcome = {"status": "diverged", "message": str(err)}
+    finally:
+        dist.destroy_process_group()
+    if rank == 0:
+        Path(arguments["outcome"]).write_text(json.dumps(outcome))
+
+
+if __name__ == "__main__":
+    rank_main()

@@ -60,6 +60,6 @@ def test_the_package_has_no_import_cycle():
 
 def test_evaluation_does_not_load_the_training_code():
     code = "import sys, coral.metrics, coral.classifier; print(sorted(m for m in sys.modules if m in " \
-           "('coral.train', 'coral.objectives', 'coral.reuse')))"
+           "('coral.train', 'coral.step', 'coral.objectives', 'coral.distributed')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert loaded.stdout.strip() == "[]"

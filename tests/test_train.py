@@ -13,7 +13,8 @@ from coral.checkpoint import load as load_checkpoint
 from coral.deadline import OutOfTime
 from coral.checkpoint import load_model
 from coral.step import ema_update
-from coral.train import DeviceBatches, batch_indices, train
+from coral.batches import DeviceBatches, batch_indices
+from coral.train import train
 
 
 @pytest.fixture(scope="module")
