@@ -141,9 +141,8 @@ def test_deleting_one_final_checkpoint_reruns_only_its_chain(smoke_run):
                     "ablation_table": 1, "ablation_figure": 1,
                     "latent_table": 1, "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1,
                     "tsne_run_figure": 1, "samples_figure": 1, "training_curves": 1, "claims": 1, "claims_figure": 1,
-                    "main_table_page": 1, "per_class_table_page": 1, "latent_table_page": 1, "paper_vs_ours_page": 1,
-                    "ablation_table_page": 1, "claims_page": 1, "omega_tuned_table": 1, "omega_tuned_page": 1,
-                    "all": 1}, \
+                    "table_page": 7,  # main, per_class, latent, paper_vs_ours, ablation_omega, claims, omega_tuned
+                    "omega_tuned_table": 1, "all": 1}, \
         dry_run.stdout + dry_run.stderr
 
 
@@ -340,8 +339,8 @@ def test_main_target_plans_the_main_runs_without_the_ablations(tmp_path):
     assert jobs == {"subsample": 1, "reference": 1, "train_classifier": 1, "reference_features": 1, "train": 4,
                     "sample": 4, "evaluate": 4, "latent": 4, "main_table": 1, "per_class_table": 1, "latent_table": 1,
                     "paper_vs_ours": 1, "per_class_fid_figure": 1, "tsne_figure": 1, "tsne_run_figure": 4,
-                    "samples_figure": 4, "training_curves": 1, "main_table_page": 1, "per_class_table_page": 1,
-                    "latent_table_page": 1, "paper_vs_ours_page": 1, "main": 1}, result.stdout + result.stderr
+                    "samples_figure": 4, "training_curves": 1, "table_page": 4, "main_runs": 1}, \
+        result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert "results/figures/training_curves_animals-rho0.1.png" in output
     assert "~" not in output  # no ablation variant (coral~tau_sc=...) is trained, sampled or evaluated

@@ -9,7 +9,7 @@ rule claims:
     input:
         claim_files(CLAIM_INPUTS),
     output:
-        table="results/tables/claims.csv",  # in the report as its page, rule claims_page (report.smk)
+        table="results/tables/claims.csv",  # in the report as its page (rule table_page)
         markdown="results/tables/claims.md",
     params:
         **TRACKED["claims"],

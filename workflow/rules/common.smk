@@ -68,6 +68,8 @@ wildcard_constraints:
     omega=r"[0-9]+\.[0-9]+",
     study=_alternatives(STUDIES),
     training_set="balanced_total|balanced_scarce",  # the long-tailed split is results/data/{setting}/split.npz
+    table=_alternatives(["main", "per_class", "latent", "paper_vs_ours", "omega_tuned", "claims",
+                         *(f"ablation_{study}" for study in STUDIES)]),
 
 
 def runs(pattern, settings=None, variants=None, seeds=None, **fixed):
@@ -244,104 +246,6 @@ def run_dir(wildcards, output):
     return os.path.dirname(output.final)
 
 
-CHECKPOINTS = runs(f"results/runs/{RUN}/final.pt")
-METRICS = run_files("results/metrics/{run}/{tag}.json")
-PER_CLASS_METRICS = per_class_metrics()
-PER_CLASS = list(PER_CLASS_METRICS)
-SEPARATION = runs(f"results/latent/{RUN}/separation.json")
-ABLATION_CHECKPOINTS = [f"results/runs/{ABLATION_SETTING}/{variant}/seed{seed}/final.pt"
-                        for study in STUDIES for variant in dict.fromkeys(
-                            row["variant"] for row in coral_config.study_rows(CFG, study)) for seed in SEEDS]
-# The main runs' tables and figures (rule main) and the ablations' (rule all adds them).
-MAIN_FIGURES = [
-    *expand("results/figures/per_class_fid_{setting}.png", setting=SETTINGS),
-    *expand("results/figures/tsne_{setting}.png", setting=SETTINGS),
-    *runs(f"results/figures/tsne/{RUN}.png"),  # each run's own t-SNE (rule tsne_run_figure)
-    *expand("results/figures/samples_{setting}_{variant}.png", setting=SETTINGS, variant=METHODS),
-    *expand("results/figures/training_curves_{setting}.png", setting=SETTINGS),
-]
-ABLATION_FIGURES = expand("results/figures/ablation_{study}.png", study=STUDIES)
-FIGURES = MAIN_FIGURES + ABLATION_FIGURES
-MAIN_TABLES = [
-    "results/tables/main.csv",
-    "results/tables/per_class.csv",
-    "results/tables/latent.csv",
-    "results/tables/paper_vs_ours.csv",  # reads main.csv only: no runs of its own
-]
-ABLATION_TABLES = expand("results/tables/ablation_{study}.csv", study=STUDIES)
-ABLATION_TABLES += ["results/tables/omega_tuned.csv"] if OMEGA_STUDY else []  # report.smk, rule omega_tuned_table
-TABLES = MAIN_TABLES + ABLATION_TABLES
-# The final checkpoints are targets too: Snakemake ignores a deleted intermediate file when
-# everything after it exists, so listing them makes a deleted checkpoint retrain its run (and
-# rerun the chain after it).
-CLAIM_TARGETS = ["results/tables/claims.csv", "results/figures/claims.png"]  # the paper's claims, with verdicts
-
-
-def pages(tables):
-    """The HTML page of each table: the report shows a table through its page (report.smk)."""
-    return [table.removesuffix(".csv") + ".html" for table in tables]
-
-
-MAIN_TARGETS = CHECKPOINTS + MAIN_TABLES + MAIN_FIGURES + pages(MAIN_TABLES)
-ALL_TARGETS = (sorted(set(CHECKPOINTS + ABLATION_CHECKPOINTS)) + TABLES + FIGURES + CLAIM_TARGETS
-               + pages(TABLES + CLAIM_TARGETS[:1]))
-
-
-# ---------------------------------------------------------------- cluster resources
-# Every job's runtime (minutes), mem_mb, cpus_per_task (= threads) and gpu_mem_gb come from coral's
-# cost model (coral/plan.py; `python -m coral plan` prints them), capped by the config's `cluster`
-# limits. train and sample save their state and exit with code 75 before their SLURM time limit, so a
-# run longer than cluster.max_runtime_min spans several jobs: their `retries:` (a rule's own retries
-# take precedence over the profile's and --retries) are the jobs a run needs plus cluster.spare_attempts.
-# They are given where jobs go to a cluster (--jobs N, which cluster executors require; a local run
-# uses --cores), and not inside a SLURM job (Snakemake's remote job step), where a run that stopped for
-# the time limit must end the job, to be resubmitted with a new allocation. A local job never stops
-# early, so a failed one is not run again (its error would be printed twice).
-from coral import plan as coral_plan
-
-try:
-    COST = coral_plan.CostModel(CFG)
-    ON_CLUSTER = workflow.resource_settings.nodes is not None and not workflow.remote_exec
-    RETRIES = {rule: COST.retries(rule) if ON_CLUSTER else 0 for rule in coral_plan.RESUMABLE_RULES}
-except ConfigError as err:
-    sys.exit(f"config error: {err}")
-
-
-def planned_resources(rule):
-    """The SLURM resources of a rule's jobs, each from its wildcards and attempt. A training run asks for
-    train.devices GPUs of one node (the SLURM plugin's `gpu`: --gpus) and, for each of its processes (one
-    per GPU, each with its own torch and copy of the data), the CPUs and memory planned for one."""
-    def ask(key):
-        def resource(wildcards, attempt):
-            return COST.resources(rule, dict(wildcards.items()), attempt)[key]
-        return resource
-
-    keys = ["runtime", "mem_mb", "cpus_per_task"] + (["gpu_mem_gb"] if rule in coral_plan.GPU_RULES else [])
-    resources = {key: ask(key) for key in keys}
-    if rule == "train":
-        one_process = resources["mem_mb"]
-
-        def memory(wildcards, attempt):
-            return min(CFG["cluster"]["max_mem_gb"] * 1024, train_devices(wildcards) * one_process(wildcards, attempt))
-
-        resources.update(mem_mb=memory, cpus_per_task=planned_threads(rule), gpu=train_devices, nodes=1)
-    return resources
-
-
-def planned_threads(rule):
-    def threads(wildcards):
-        cpus = COST.cost(rule, dict(wildcards.items())).cpus
-        if rule == "train":  # for each process of the run, within cluster.max_cpus
-            return min(CFG["cluster"]["max_cpus"], train_devices(wildcards) * cpus)
-        return cpus
-    return threads
-
-
-def train_devices(wildcards):
-    """The GPUs (processes) of a training run: its train.devices."""
-    return run_params(wildcards)["train"]["devices"]
-
-
 # ---------------------------------------------------------------- reference features (rule reference_features)
 def dataset_evaluate(wildcards):
     """The evaluate config of a dataset (the same in each of its settings), from its first setting."""
@@ -365,9 +269,9 @@ def reference_features_of(wildcards):
 
 
 # ---------------------------------------------------------------- what reruns a job (coral/identity.py)
-# A rule whose outputs record an identity gets its params from TRACKED: `identity`, the part of its
-# config that changes its numbers (what Snakemake compares to decide a rerun), and the job's whole
-# section as coral.identity.Settings, which Snakemake does not compare. The workflow's start
+# Rules whose outputs record an identity get two params from TRACKED. `identity` is the part of a job's
+# config that changes its numbers (what Snakemake compares to decide a rerun); the job's whole section
+# comes as coral.identity.Settings, which Snakemake does not compare. The workflow's start
 # (preflight.smk) checks the finished outputs of these rules against the identity the config gives now.
 def settings(section_of):
     """The job's config section as Settings: read by the job, not compared by Snakemake."""

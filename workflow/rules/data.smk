@@ -50,28 +50,3 @@ rule reference:
         ENV
     script:
         "../scripts/reference.py"
-
-
-rule train_classifier:
-    """Small classifier on the balanced reference set: the feature extractor of small-scale metrics
-    and the judge of per-class accuracy. Trains on the GPU when there is one; an interrupted job,
-    run again, resumes from results/classifier/{dataset}/checkpoints/ (removed once it finishes)."""
-    input:
-        reference="results/data/{dataset}/reference.npz",
-    output:
-        checkpoint="results/classifier/{dataset}/classifier.pt",
-        summary="results/classifier/{dataset}/classifier.json",
-    params:
-        **TRACKED["train_classifier"],
-    threads: planned_threads("train_classifier")
-    resources:
-        gpu=1,
-        **planned_resources("train_classifier"),
-    log:
-        "results/logs/train_classifier/{dataset}.log",
-    benchmark:
-        "results/benchmarks/train_classifier/{dataset}.tsv"
-    conda:
-        ENV
-    script:
-        "../scripts/train_classifier.py"

@@ -1,3 +1,27 @@
+rule train_classifier:
+    """Small classifier on the balanced reference set: the feature extractor of small-scale metrics
+    and the judge of per-class accuracy. Trains on the GPU when there is one; an interrupted job,
+    run again, resumes from results/classifier/{dataset}/checkpoints/ (removed once it finishes)."""
+    input:
+        reference="results/data/{dataset}/reference.npz",
+    output:
+        checkpoint="results/classifier/{dataset}/classifier.pt",
+        summary="results/classifier/{dataset}/classifier.json",
+    params:
+        **TRACKED["train_classifier"],
+    threads: planned_threads("train_classifier")
+    resources:
+        **planned_resources("train_classifier"),
+    log:
+        "results/logs/train_classifier/{dataset}.log",
+    benchmark:
+        "results/benchmarks/train_classifier/{dataset}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/train_classifier.py"
+
+
 # torch-fidelity's Inception weights where evaluate.inception_download asks for them: fetched by a local job
 # (on the submit host: compute nodes often have no internet) before the first job that reads them.
 INCEPTION_DOWNLOADS = sorted({evaluate["inception_weights_path"] for evaluate in
@@ -31,7 +55,6 @@ rule reference_features:
         **TRACKED["reference_features"],
     threads: planned_threads("reference_features")
     resources:
-        gpu=1,
         **planned_resources("reference_features"),
     log:
         "results/logs/reference_features/{dataset}.log",
@@ -57,7 +80,6 @@ rule evaluate:
         **TRACKED["evaluate"],
     threads: planned_threads("evaluate")
     resources:
-        gpu=1,
         **planned_resources("evaluate"),
     log:
         f"results/logs/evaluate/{RUN}/{{sampler}}-w{{omega}}.log",

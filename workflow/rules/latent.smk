@@ -12,7 +12,6 @@ rule latent:
         **TRACKED["latent"],
     threads: planned_threads("latent")
     resources:
-        gpu=1,
         **planned_resources("latent"),
     log:
         f"results/logs/latent/{RUN}.log",

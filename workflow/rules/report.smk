@@ -107,25 +107,6 @@ if OMEGA_STUDY:
         script:
             "../scripts/omega_tuned_table.py"
 
-    rule omega_tuned_page:
-        input:
-            "results/tables/omega_tuned.csv",
-        output:
-            report("results/tables/omega_tuned.html", caption="../report/omega_tuned_table.rst",
-                   category="Ablations", subcategory=OMEGA_STUDY),
-        params:
-            title="Tuned omega (results/tables/omega_tuned.csv)",
-            made_by="omega_tuned_table",
-        localrule: True
-        resources:
-            **planned_resources("table_page"),
-        log:
-            "results/logs/tables/omega_tuned_page.log",
-        conda:
-            ENV
-        script:
-            "../scripts/table_page.py"
-
 
 rule ablation_figure:
     input:
@@ -241,118 +222,25 @@ rule training_curves:
 # Snakemake's report shows images and HTML pages but lists any other file (a .csv) with a download link
 # only, which shows nothing in the report. So each table is in the report as an HTML page rendered from
 # its CSV (coral.tables.html_page; the CSV itself is inside the page, to download), and the pages are
-# targets beside the tables (common.smk, pages).
+# targets beside the tables (targets.smk, pages). TABLE_PAGES (common.smk) says each page's category,
+# title and the rule that makes its table; workflow/report/table_page.rst holds the captions.
 
 
-rule main_table_page:
+rule table_page:
     input:
-        "results/tables/main.csv",
+        "results/tables/{table}.csv",
     output:
-        report("results/tables/main.html", caption="../report/main_table.rst", category="Tables"),
+        report("results/tables/{table}.html", caption="../report/table_page.rst",
+               category=lambda wildcards: page_of(wildcards.table)["category"],
+               subcategory=lambda wildcards: page_of(wildcards.table)["subcategory"]),
     params:
-        title="Main results (results/tables/main.csv)",
-        made_by="main_table",
+        title=lambda wildcards: page_of(wildcards.table)["title"],
+        made_by=lambda wildcards: page_of(wildcards.table)["made_by"],
     localrule: True
     resources:
         **planned_resources("table_page"),
     log:
-        "results/logs/tables/main_page.log",
-    conda:
-        ENV
-    script:
-        "../scripts/table_page.py"
-
-
-rule per_class_table_page:
-    input:
-        "results/tables/per_class.csv",
-    output:
-        report("results/tables/per_class.html", caption="../report/per_class_table.rst", category="Tables"),
-    params:
-        title="Per-class results (results/tables/per_class.csv)",
-        made_by="per_class_table",
-    localrule: True
-    resources:
-        **planned_resources("table_page"),
-    log:
-        "results/logs/tables/per_class_page.log",
-    conda:
-        ENV
-    script:
-        "../scripts/table_page.py"
-
-
-rule latent_table_page:
-    input:
-        "results/tables/latent.csv",
-    output:
-        report("results/tables/latent.html", caption="../report/latent_table.rst", category="Tables"),
-    params:
-        title="Bottleneck separation (results/tables/latent.csv)",
-        made_by="latent_table",
-    localrule: True
-    resources:
-        **planned_resources("table_page"),
-    log:
-        "results/logs/tables/latent_page.log",
-    conda:
-        ENV
-    script:
-        "../scripts/table_page.py"
-
-
-rule paper_vs_ours_page:
-    input:
-        "results/tables/paper_vs_ours.csv",
-    output:
-        report("results/tables/paper_vs_ours.html", caption="../report/paper_vs_ours.rst", category="Tables"),
-    params:
-        title="Published vs ours (results/tables/paper_vs_ours.csv)",
-        made_by="paper_vs_ours",
-    localrule: True
-    resources:
-        **planned_resources("table_page"),
-    log:
-        "results/logs/tables/paper_vs_ours_page.log",
-    conda:
-        ENV
-    script:
-        "../scripts/table_page.py"
-
-
-rule ablation_table_page:
-    input:
-        "results/tables/ablation_{study}.csv",
-    output:
-        report("results/tables/ablation_{study}.html", caption="../report/ablation_table.rst", category="Ablations",
-               subcategory="{study}"),
-    params:
-        title="Ablation {study} (results/tables/ablation_{study}.csv)",
-        made_by="ablation_table",
-    localrule: True
-    resources:
-        **planned_resources("table_page"),
-    log:
-        "results/logs/tables/ablation_{study}_page.log",
-    conda:
-        ENV
-    script:
-        "../scripts/table_page.py"
-
-
-rule claims_page:
-    input:
-        "results/tables/claims.csv",
-    output:
-        report("results/tables/claims.html", caption="../report/claims_table.rst", category="Claims"),
-    params:
-        title="The paper's claims (results/tables/claims.csv)",
-        made_by="claims",
-    localrule: True
-    resources:
-        **planned_resources("table_page"),
-    log:
-        "results/logs/tables/claims_page.log",
+        "results/logs/tables/{table}_page.log",
     conda:
         ENV
     script:

@@ -9,7 +9,6 @@ rule sample:
         **TRACKED["sample"],
     threads: planned_threads("sample")
     resources:
-        gpu=1,
         **planned_resources("sample"),
     retries: RETRIES["sample"]
     log:
