@@ -211,14 +211,7 @@ def _check_consistency(cfg: dict, check_files: bool) -> None:
     if cfg["diffusion"]["beta_1"] >= cfg["diffusion"]["beta_T"]:
         raise ConfigError(f"diffusion.beta_1: {cfg['diffusion']['beta_1']} must be below "
                           f"diffusion.beta_T = {cfg['diffusion']['beta_T']}")
-    train = cfg["train"]
-    if train["batch_size"] % train["devices"]:
-        raise ConfigError(f"train.batch_size: {train['batch_size']} does not split evenly over train.devices = "
-                          f"{train['devices']}; allowed: a multiple of {train['devices']}")
-    per_device = train["batch_size"] // train["devices"]
-    if train["micro_batch_size"] and per_device % train["micro_batch_size"]:
-        raise ConfigError(f"train.micro_batch_size: {train['micro_batch_size']} does not divide the per-device batch "
-                          f"{per_device} (train.batch_size / train.devices); allowed: a divisor of it, or 0")
+    _check_batch_split(cfg["train"], "")
     if check_files:
         missing = missing_dataset_message(data)
         if missing:
@@ -256,7 +249,7 @@ def _check_sizes(cfg: dict) -> None:
     runs += [(ablation_setting(cfg), variant) for variant in variants(cfg)]
     for name, variant in runs:
         run_cfg = run_config(cfg, name, variant, 0)
-        _check_batch_split(run_cfg["train"], f"run {variant} of {name}")
+        _check_batch_split(run_cfg["train"], f" (run {variant} of {name})")
         images = _training_images(run_cfg["data"])
         if images is not None and run_cfg["train"]["batch_size"] > images:
             run = f"run {variant} of {name}, training set {run_cfg['data']['training_set']}"
@@ -286,15 +279,16 @@ def _check_sizes(cfg: dict) -> None:
                               f"k-NN purity more than latent.knn_k = {latent['knn_k']}")
 
 
-def _check_batch_split(train: dict, run: str) -> None:
-    """train.batch_size splits evenly over train.devices, and each device's share into micro-batches."""
+def _check_batch_split(train: dict, where: str) -> None:
+    """train.batch_size splits evenly over train.devices, and each device's share into micro-batches;
+    `where` names the run (" (run coral of cifar10-rho0.01)") where a variant may have changed them."""
     batch, devices, micro = train["batch_size"], train["devices"], train["micro_batch_size"]
     if batch % devices:
-        raise ConfigError(f"train.batch_size: {batch} is not divisible by train.devices = {devices} ({run}); "
-                          "each device trains on an equal share")
+        raise ConfigError(f"train.batch_size: {batch} does not split evenly over train.devices = {devices}{where}; "
+                          f"allowed: a multiple of {devices}")
     if micro and (batch // devices) % micro:
-        raise ConfigError(f"train.micro_batch_size: {micro} does not divide the {batch // devices} images per device "
-                          f"(train.batch_size {batch} / train.devices {devices}) of the {run}")
+        raise ConfigError(f"train.micro_batch_size: {micro} does not divide the per-device batch {batch // devices} "
+                          f"(train.batch_size / train.devices){where}; allowed: a divisor of it, or 0")
 
 
 def _training_images(data: dict) -> int | None:

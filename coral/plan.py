@@ -302,8 +302,8 @@ class CostModel:
                "it chosen for the card")
         return self.job(
             "train", gpu_seconds=train["steps"] * step_seconds, devices=devices, gpu_memory_gb=one.memory_gb,
-            host_memory_gb=HOST_BASE_GB["gpu"] * devices + (image_count(data, "train") * image_bytes(data)
-                                                            + checkpoint) / GB,
+            host_memory_gb=devices * (HOST_BASE_GB["gpu"] + (image_count(data, "train") * image_bytes(data)
+                                                             + checkpoint) / GB),  # each process loads both
             disk_gb=(train["keep_checkpoints"] * checkpoint + 2 * model + extra) / GB,
             fitted=f"train.micro_batch_size {micro}" if chosen else "", memory_fix=fix,
             sources=(f"train: {one.source}", *([f"train: {ddp}"] if ddp else [])))

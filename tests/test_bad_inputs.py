@@ -95,10 +95,10 @@ CONFIG_CASES = [
     (lambda c: c["ablations"]["studies"].update({"a/b": {"methods": ["coral"]}}),
      "ablations.studies: 'a/b' cannot be part of a file name"),
     # the batch splits evenly over the devices, and each device's share into micro-batches
-    (lambda c: c["train"].update(devices=3), "train.batch_size: 64 is not divisible by train.devices = 3 (run ddpm "
-     "of animals-rho0.01); each device trains on an equal share"),
-    (lambda c: c["train"].update(devices=2, micro_batch_size=5), "train.micro_batch_size: 5 does not divide the 32 "
-     "images per device (train.batch_size 64 / train.devices 2) of the run ddpm of animals-rho0.01"),
+    (lambda c: c["train"].update(devices=3), "train.batch_size: 64 does not split evenly over train.devices = 3; "
+     "allowed: a multiple of 3"),
+    (lambda c: c["train"].update(devices=2, micro_batch_size=5), "train.micro_batch_size: 5 does not divide the per-device batch 32 "
+     "(train.batch_size / train.devices); allowed: a divisor of it, or 0"),
     # a tail class needs one image: int(1000 x rho) >= 1 for the 1000 images per class of animals
     (lambda c: c["data"].update(settings=[{"dataset": "animals", "rho": 1e-300}]),
      "data.settings[0].rho: 1e-300 leaves the tail class of animals with int(1000 x 1e-300) = 0 images; "

@@ -222,6 +222,11 @@ def test_devices_must_split_the_batch_and_a_micro_batch_divide_each_share():
         resolve_with(lambda c: c["train"].update(devices=3))
     with pytest.raises(ConfigError, match=r"^train.micro_batch_size: 24 does not divide the per-device batch 32 "):
         resolve_with(lambda c: c["train"].update(devices=2, micro_batch_size=24))
+    # a study that varies the micro-batch: the run it makes is named
+    study = {"micro": {"methods": ["coral"], "key": "train.micro_batch_size", "values": [0, 5]}}
+    with pytest.raises(ConfigError, match=r"^train.micro_batch_size: 5 does not divide the per-device batch 64 "
+                                          r"\(train.batch_size / train.devices\) \(run coral~micro_batch_size=5 of "):
+        resolve_with(lambda c: c["ablations"]["studies"].update(study))
     cfg = resolve_with(lambda c: c["train"].update(devices=2, micro_batch_size=8))  # 64 / 2 GPUs = 4 passes of 8
     assert (cfg["train"]["devices"], cfg["train"]["micro_batch_size"]) == (2, 8)
 
