@@ -289,12 +289,16 @@ def rank_main(argv: list[str] | None = None) -> None:
         host = dist.group.WORLD
     outcome = {"status": "finished", "message": ""}
     try:
-        training_loop(arguments["run_cfg"], arguments["split"], Path(arguments["run_dir"]), arguments["time_budget"],
-                      device, Ranks(rank, world, host))
-    except OutOfTime as err:
-        outcome = {"status": "out_of_time", "message": str(err)}
-    except TrainingDiverged as err:
-        outcome = {"status": "diverged", "message": str(err)}
+        try:
+            training_loop(arguments["run_cfg"], arguments["split"], Path(arguments["run_dir"]),
+                          arguments["time_budget"], device, Ranks(rank, world, host))
+        except OutOfTime as err:
+            outcome = {"status": "out_of_time", "message": str(err)}
+        except TrainingDiverged as err:
+            outcome = {"status": "diverged", "message": str(err)}
+        # Every rank stops at the same step; they leave together, once rank 0 has saved, so that none tears
+        # its connections down while another still uses them.
+        dist.barrier(group=host)
     finally:
         dist.destroy_process_group()
     if rank == 0:
