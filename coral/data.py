@@ -110,8 +110,8 @@ def _load_cifar(data_cfg: dict) -> LabeledImages:
 
 
 def _load_photos(data_cfg: dict, part: str) -> LabeledImages:
-    from coral import photos
-    loader = photos.load_celeba5 if data_cfg["dataset"] == "celeba5" else photos.load_imagenet_lt
+    from coral import photo_datasets
+    loader = photo_datasets.load_celeba5 if data_cfg["dataset"] == "celeba5" else photo_datasets.load_imagenet_lt
     return LabeledImages(*loader(data_cfg, part))
 
 

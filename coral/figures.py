@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 
 from coral import lineage
 from coral.config import setting_name
-from coral.images import save_grid_png
+from coral.sample_grids import save_grid_png
 from coral.io import atomic_path
 from coral.methods import COLOURS, NAMES
 
@@ -199,7 +199,7 @@ def tsne_run_figure(features_npz: str | os.PathLike, separation_json: str | os.P
 
 
 def samples_figure(samples_npz: str | os.PathLike, out_png: str | os.PathLike, per_row: int = 10) -> None:
-    """A class-by-row grid of the first `per_row` samples of each class (coral.images.save_grid_png).
+    """A class-by-row grid of the first `per_row` samples of each class (coral.sample_grids.save_grid_png).
 
     samples_npz: images uint8 (N, C, H, W), labels int64 (N,), meta (JSON string); the number of
     classes and their names come from meta's "num_classes" / "class_names" when present.

@@ -20,7 +20,7 @@ import torch
 from coral import identity, lineage, reuse
 from coral.deadline import Deadline, OutOfTime
 from coral.diffusion import Diffusion
-from coral.images import save_grid_png
+from coral.sample_grids import save_grid_png
 from coral.io import atomic_path, exclusive, provenance
 from coral.progress import Progress
 from coral import checkpoint as checkpoints

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from coral.figures import ablation_figure, per_class_fid_figure, samples_figure, tsne_figure, tsne_run_figure
-from coral.images import image_grid, save_grid_png
+from coral.sample_grids import image_grid, save_grid_png
 from coral.tables import (ablation_table, latent_table, main_table, markdown, omega_tuned_table, paper_vs_ours,
                           per_class_table)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from coral import photos
+from coral import photo_datasets
 from coral.io import DatasetError
-from coral.photos import CELEBA5_CLASSES, load_celeba5, load_imagenet_lt
+from coral.photo_datasets import CELEBA5_CLASSES, load_celeba5, load_imagenet_lt
 
 # line 2 of list_attr_celeba.txt, in the real file's order (the hair attributes are not the first columns)
 CELEBA_HEADER = (
@@ -106,7 +106,7 @@ def test_celeba5_reference_is_balanced_subset_of_train(tmp_path):
 
 
 def test_celeba5_centre_crop(tmp_path):
-    rows = [([attr], 0, c) for c, attr in enumerate(photos.CELEBA5_ATTRIBUTES)]
+    rows = [([attr], 0, c) for c, attr in enumerate(photo_datasets.CELEBA5_ATTRIBUTES)]
     write_celeba(tmp_path, rows)
     pixels = solid(178, 218, (0, 0, 255))
     pixels[39:179, 19:159] = (255, 0, 0)  # the 140x140 centre of the 178 wide x 218 high image
@@ -234,8 +234,8 @@ def test_imagenet_lt_errors(tmp_path):
 
 
 def test_worker_processes_decode_and_report_errors(tmp_path, monkeypatch):
-    monkeypatch.setattr(photos, "MIN_IMAGES_FOR_WORKERS", 1)
-    monkeypatch.setattr(photos, "BATCH_SIZE", 2)
+    monkeypatch.setattr(photo_datasets, "MIN_IMAGES_FOR_WORKERS", 1)
+    monkeypatch.setattr(photo_datasets, "BATCH_SIZE", 2)
     rows = write_imagenet_lt(tmp_path)["train"]
     images, _, _ = load_imagenet_lt(imagenet_cfg(tmp_path), "train")
     assert np.abs(mean_colours(images) - np.array([c for _, _, c in rows])).max() < 10
@@ -249,7 +249,7 @@ def test_worker_processes_decode_and_report_errors(tmp_path, monkeypatch):
 def test_decoding_uses_one_worker_per_thread_of_the_job(tmp_path, monkeypatch, threads, workers):
     """A rule's `threads` (torch's thread count in a job) set the decoding processes, not the machine's cores."""
     paths = []
-    for i in range(photos.MIN_IMAGES_FOR_WORKERS):
+    for i in range(photo_datasets.MIN_IMAGES_FOR_WORKERS):
         paths.append(tmp_path / f"{i}.jpg")
         save_jpeg(paths[-1], solid(8, 8, (i % 256, 128, 255 - i % 256)))
     asked = []
@@ -258,11 +258,11 @@ def test_decoding_uses_one_worker_per_thread_of_the_job(tmp_path, monkeypatch, t
         asked.append(num_workers)
         return torch.utils.data.DataLoader(dataset, num_workers=0, **kwargs)
 
-    monkeypatch.setattr(photos, "DataLoader", data_loader)
+    monkeypatch.setattr(photo_datasets, "DataLoader", data_loader)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        images = photos.decode_images(paths, 8, None, "test")
+        images = photo_datasets.decode_images(paths, 8, None, "test")
     finally:
         torch.set_num_threads(previous)
     assert asked == [workers] and images.shape == (len(paths), 3, 8, 8)
