@@ -6,41 +6,38 @@ per-sample transforms, a Python-loop EMA), each method's step vs the DDPM step, 
 guidance batched into one forward vs two passes, the sampler's step eager vs compiled. Images
 are random: throughput does not depend on their content, and the paper-scale datasets need not be on disk.
 
-The sampler's step also gets its graph breaks under torch.compile and the kernels it launches
-(graph_breaks, kernels_per_call: reusable for any step, e.g. training's).
+Each method's training step and the sampler's step also get their graph breaks under torch.compile
+and the kernels they launch, eager and compiled (coral.measure).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import logging
-import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from torch._inductor import config as inductor_config
-from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from coral.compiled_step import CompiledStep
-from coral.config import preset_config, run_config, setting_config, settings as config_settings
+from coral.config import preset_config
+from coral.grid import run_config, setting_config, settings as config_settings
 from coral.longtail import long_tail_counts
+from coral.measure import graph_breaks, interleaved_seconds, kernels_per_call, machine_description, seconds_per_call
 from coral.diffusion import Diffusion
 from coral.io import atomic_path, provenance, write_json
-from coral.methods import PAPER_METHODS
+from coral.methods import NAMES, PAPER_METHODS
 from coral.sources import IN_CHANNELS, NUM_CLASSES
 from coral.sample import denoising_step, generate
 from coral.sections import SampleConfig
 from coral.tensors import default_device
-from coral.step import build_training, training_step
+from coral.step import build_training, draw_batch, training_step
 from coral.unet import build_unet
 
 log = logging.getLogger(__name__)
@@ -50,111 +47,6 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 TARGETS = {"coral_over_ddpm_step": ("<=", 1.05), "t2h_over_ddpm_step": ("<=", 1.15),
            "cbdm_over_ddpm_step": ("<=", 2.1), "batched_guidance_speedup": (">=", 1.5),
            "training_speedup_over_naive": (">=", 2.0)}
-
-
-def machine_description(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": device.type}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds_per_call(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Mean wall time of fn() after `warmup` untimed calls, waiting for the device at both ends."""
-    return interleaved_seconds({"fn": fn}, device, warmup, repeats, rounds=1)["fn"]
-
-
-def interleaved_seconds(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int,
-                        rounds: int) -> dict[str, float]:
-    """Seconds per call of each function, measured in alternating rounds of `repeats` calls.
-
-    Alternating keeps slow drifts of the machine (other load, clocks) out of the ratios between
-    them; each function's figure is the median over rounds.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _synchronize(device)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            _synchronize(device)
-            times[name].append((time.perf_counter() - start) / repeats)
-    return {name: float(np.median(values)) for name, values in times.items()}
-
-
-# Operators that launch no kernel besides views: allocations, and _unsafe_view (a view its schema does not say).
-NO_KERNEL = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::_unsafe_view", "aten::resize_",
-             "aten::result_type"}
-
-
-def _computes(event) -> bool:
-    """Whether a profiled CPU event is an operator that computes: a kernel inductor generated for the
-    CPU (cpp_fused_*), or an aten operator that is neither a view nor an allocation."""
-    name = event.name
-    if "cpp_fused" in name:
-        return True
-    if not name.startswith("aten::") or name in NO_KERNEL:
-        return False
-    packet = getattr(torch.ops.aten, name.removeprefix("aten::"), None)
-    return packet is None or not getattr(packet, packet.overloads()[0]).is_view
-
-
-def _launched_by_caller(event) -> bool:
-    """A computing event that no computing event encloses: what the program (or the compiled graph's
-    wrapper) itself launched; an operator's inner operators belong to it."""
-    if not _computes(event):
-        return False
-    parent = event.cpu_parent
-    while parent is not None:
-        if _computes(parent):
-            return False
-        parent = parent.cpu_parent
-    return True
-
-
-def kernels_per_call(fn: Callable[[], object], device: torch.device, warmup: int = 2) -> int:
-    """Kernels one call of fn() launches, counted by torch.profiler after `warmup` calls (a compiled fn
-    compiles in the first; on a GPU, CUDA graphs record in the second).
-
-    On CUDA: the host's kernel and CUDA-graph launches (cudaLaunchKernel, cuLaunchKernel, cudaGraphLaunch),
-    so a replayed graph counts once. On the CPU, the proxy for launch overhead: the operators the program
-    calls (aten operators that compute, each counted once with what runs inside it; views and allocations
-    left out) plus, in compiled code, each kernel inductor generated; a fn compiled before this call
-    raises, since only kernels compiled here are recorded (inductor's cpp.enable_kernel_profile).
-    E.g. lambda: ((x + 1) * 2).sum() launches 3 eagerly, 1 compiled on the CPU.
-    """
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
-        for _ in range(warmup):
-            fn()
-        _synchronize(device)
-        with profile(activities=activities) as prof:
-            fn()
-            _synchronize(device)
-    events = prof.events()
-    if device.type == "cuda":
-        return sum("LaunchKernel" in e.name or "GraphLaunch" in e.name for e in events)
-    if any(e.name.startswith("Torch-Compiled Region") for e in events) and not any("cpp_fused" in e.name
-                                                                                  for e in events):
-        raise ValueError("kernels_per_call: fn was compiled before; its generated kernels are not recorded")
-    return sum(_launched_by_caller(e) for e in events)
-
-
-def graph_breaks(fn: Callable, *args) -> int:
-    """Graph breaks torch.compile makes in fn(*args) (torch._dynamo.explain; 0: one graph). explain
-    resets torch.compile's caches: call it before compiling what is timed."""
-    return torch._dynamo.explain(fn)(*args).graph_break_count
 
 
 def bench_settings(raw: dict, preset: str, device: torch.device, cpu_batch: int | None) -> tuple[dict, dict]:
@@ -304,6 +196,39 @@ def bench_sampling(cfg: dict, settings: dict, device: torch.device, probe_steps:
     return results
 
 
+def bench_training_steps_compiled(cfg: dict, settings: dict, device: torch.device) -> dict:
+    """Each method's training step (coral.step) eager vs compiled (train.compile): the graph breaks of its
+    two compiled pieces (the loss with its backward, and the update) and the kernels one step launches
+    each way. The methods share one Inductor cache, so the network compiles once."""
+    generator = torch.Generator().manual_seed(0)
+    images, labels = _random_batch(settings, device, generator)
+    counts = torch.tensor(long_tail_counts(1000, 0.01, settings["num_classes"]))
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="coral-bench-compile-") as cache:
+        for method in NAMES:
+            run = _run_cfg(cfg, settings, method)
+            step = run["train"]["warmup"]
+            setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
+            setup.model.train()
+            batch = draw_batch(images, labels, setup.objective, setup.config, hflip=False)
+            breaks = sum(graph_breaks(piece, *args) for piece, args in ((setup.loss, batch.inputs()), (setup.update, ())))
+            kernels_eager = kernels_per_call(lambda: training_step(setup, images, labels, run, step), device)
+            compiled_run = copy.deepcopy(run)
+            compiled_run["train"]["compile"] = True
+            compiled = build_training(compiled_run, counts, settings["in_channels"], settings["num_classes"], device,
+                                      compile_cache=Path(cache))
+            compiled.model.train()
+            started = time.perf_counter()
+            kernels_compiled = kernels_per_call(lambda: training_step(compiled, images, labels, compiled_run, step),
+                                                device)
+            results[method] = {"graph_breaks": breaks, "kernels_per_step_eager": kernels_eager,
+                               "kernels_per_step_compiled": kernels_compiled,
+                               "compile_seconds": time.perf_counter() - started}
+            log.info("train %s compiled: %d graph breaks, %d kernels eager, %d compiled", method, breaks,
+                     kernels_eager, kernels_compiled)
+    return results
+
+
 def bench_sampling_step(cfg: dict, settings: dict, device: torch.device, warmup: int, repeats: int,
                         rounds: int) -> dict:
     """The preset's sampler's guided denoising step (coral.sample.denoising_step) on the sampling batch,
@@ -401,6 +326,7 @@ def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | 
     flops = training_flops(cfg, settings, device)
     sampling = bench_sampling(cfg, settings, device, probe_steps, rounds)
     sampling_step = bench_sampling_step(cfg, settings, device, warmup, repeats, rounds)
+    training_compiled = bench_training_steps_compiled(cfg, settings, device)
     features = bench_features(settings, device, feature_images)
     achieved = flops / training["ddpm"]["seconds_per_step"]
     compute = {"flops_per_ddpm_step": flops, "achieved_flops_per_s": achieved}
@@ -411,7 +337,8 @@ def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | 
               "settings": {key: settings[key] for key in ("model", "image_size", "in_channels", "batch_size",
                                                             "sample_batch_size")},
               "train_settings": {key: settings["train"][key] for key in ("bf16_autocast", "channels_last", "compile")},
-              "training": training, "naive_training": naive, "sampling": sampling, "sampling_step": sampling_step,
+              "training": training, "training_compiled": training_compiled, "naive_training": naive,
+              "sampling": sampling, "sampling_step": sampling_step,
               "features": features,
               "compute": compute, "ratios": ratios(training, naive, sampling), "provenance": provenance()}
     name = f"{preset}-{(gpu or 'cpu').replace(' ', '_')}"
@@ -422,6 +349,8 @@ def run_benchmark(raw: dict, preset: str, out_dir: str | Path, cpu_batch: int | 
     rows += [("train_img_per_s", "naive", naive["img_per_s"], "")]
     rows += [("sample_img_per_s", key, value["img_per_s"], "") for key, value in sampling.items()]
     rows += [("sampling_step", key, value, "") for key, value in sampling_step.items()]
+    rows += [("training_compiled", f"{method}_{key}", value, "") for method, figures in training_compiled.items()
+             for key, value in figures.items()]
     rows += [("features", key, value, "") for key, value in features.items()]
     rows += [("compute", key, value, "") for key, value in compute.items()]
     with atomic_path(out_dir / f"{name}.csv") as tmp:

@@ -27,7 +27,7 @@ import yaml
 from scipy import stats
 
 from coral import lineage, tables
-from coral.config import setting_name
+from coral.grid import setting_name
 from coral.io import atomic_path
 
 LEVEL = 0.95

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from coral import __version__
 from coral import config as config_module
+from coral import grid
 from coral import sections
 from coral.deadline import EXIT_RESUBMIT, OutOfTime
 from coral.io import DatasetError
@@ -27,7 +28,7 @@ def raw_config(base: str | Path, overlays: list[str | Path] | None = None) -> di
         raise config_module.ConfigError(f"{base} has no presets, so it is not a whole config; to merge it over "
                                         f"config.yaml use --configfile {base}")
     for overlay in overlays or ():
-        raw = config_module.deep_merge(raw, config_module.load_yaml(overlay))
+        raw = grid.deep_merge(raw, config_module.load_yaml(overlay))
     return raw
 
 
@@ -53,7 +54,7 @@ def _cmd_check_config(args) -> None:
 
 def _setting(cfg: dict, name: str | None) -> str:
     """The named setting (default: the first of data.settings); ConfigError when it is not configured."""
-    names = list(config_module.settings(cfg))
+    names = list(grid.settings(cfg))
     if name is None:
         return names[0]
     if name not in names:
@@ -70,22 +71,22 @@ def _setting_section(args, section: str):
 def _cmd_subsample(args) -> None:
     from coral.data import write_split
     cfg = _config(args)
-    data = config_module.setting_config(cfg, _setting(cfg, args.setting))["data"]
+    data = grid.setting_config(cfg, _setting(cfg, args.setting))["data"]
     write_split(data, data["rho"], args.out_split, args.out_counts)
 
 
 def _cmd_reference(args) -> None:
     from coral.data import write_reference
     cfg = _config(args)
-    dataset = config_module.settings(cfg)[_setting(cfg, args.setting)]["dataset"]
-    write_reference(config_module.dataset_config(cfg, dataset), args.out)
+    dataset = grid.settings(cfg)[_setting(cfg, args.setting)]["dataset"]
+    write_reference(grid.dataset_config(cfg, dataset), args.out)
 
 
 def _cmd_train_classifier(args) -> None:
     from coral.classifier import train_classifier
     cfg = _config(args)
     setting = _setting(cfg, args.setting)
-    hflip = config_module.setting_config(cfg, setting)["data"]["hflip"]
+    hflip = grid.setting_config(cfg, setting)["data"]["hflip"]
     train_classifier(args.reference, sections.of_setting(cfg, setting, "classifier"), hflip, args.out_checkpoint,
                      args.out_json)
 
@@ -93,11 +94,11 @@ def _cmd_train_classifier(args) -> None:
 def _cmd_train(args) -> None:
     from coral.train import train
     cfg = _config(args)
-    variants = config_module.variants(cfg)
+    variants = grid.variants(cfg)
     if args.variant not in variants:
         raise config_module.ConfigError(f"--variant: {args.variant!r} is not a configured method or ablation variant; "
                                         f"allowed: {', '.join(variants)}")
-    run_cfg = config_module.run_config(cfg, _setting(cfg, args.setting), args.variant, args.seed)
+    run_cfg = grid.run_config(cfg, _setting(cfg, args.setting), args.variant, args.seed)
     train(run_cfg, args.split, args.run_dir)
 
 

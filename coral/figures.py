@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from coral import lineage
-from coral.config import setting_name
+from coral.grid import setting_name
 from coral.sample_grids import save_grid_png
 from coral.io import atomic_path
 from coral.methods import COLOURS, NAMES

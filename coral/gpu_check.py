@@ -45,8 +45,10 @@ from typing import NamedTuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from coral.bench import PEAK_BF16_FLOPS, machine_description
-from coral.config import deep_merge, load_yaml, preset_config, run_config, validate
+from coral.bench import PEAK_BF16_FLOPS
+from coral.measure import machine_description
+from coral.config import load_yaml, preset_config, validate
+from coral.grid import deep_merge, run_config
 from coral.io import provenance, write_json
 from coral.longtail import long_tail_counts
 from coral.compiled_step import CompiledStep

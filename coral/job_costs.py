@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from coral import config as config_module
+from coral import grid
 from coral.chunks import DISTANCE_BLOCK, KMEANS_BATCH
 from coral.costs import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, JobCost
 from coral.flops import classifier_figures, parameter_bytes, unet_forward
@@ -33,8 +33,8 @@ def decode(model, rule: str, data: dict, part: str) -> JobCost:
 
 
 def train_classifier(model, dataset: str) -> JobCost:
-    data = config_module.dataset_config(model.cfg, dataset)
-    clf = config_module.dataset_section(model.cfg, dataset, "classifier")
+    data = grid.dataset_config(model.cfg, dataset)
+    clf = grid.dataset_section(model.cfg, dataset, "classifier")
     net = classifier_figures(IN_CHANNELS[dataset], NUM_CLASSES[dataset], clf["width"], data["image_size"],
                       clf["batch_size"])
     eager_fp32 = {"train": {"bf16_autocast": False, "channels_last": False, "compile": False}}  # as it trains
@@ -52,7 +52,7 @@ def train_classifier(model, dataset: str) -> JobCost:
 def feature_network(model, setting: str) -> dict:
     """The evaluation's feature network of a setting: FLOPs per image (with the classifier's logits
     beside Inception's features), feature dims, live batch bytes, and the inference rate."""
-    scfg = config_module.setting_config(model.cfg, setting)
+    scfg = grid.setting_config(model.cfg, setting)
     data, ev, clf = scfg["data"], scfg["evaluate"], scfg["classifier"]
     classes, channels, size = NUM_CLASSES[data["dataset"]], IN_CHANNELS[data["dataset"]], data["image_size"]
     classifier = classifier_figures(channels, classes, clf["width"], size, ev["batch_size"])
@@ -70,8 +70,8 @@ def feature_network(model, setting: str) -> dict:
 
 
 def reference_features(model, dataset: str) -> JobCost:
-    setting = next(name for name, s in config_module.settings(model.cfg).items() if s["dataset"] == dataset)
-    data = config_module.setting_config(model.cfg, setting)["data"]
+    setting = next(name for name, s in grid.settings(model.cfg).items() if s["dataset"] == dataset)
+    data = grid.setting_config(model.cfg, setting)["data"]
     net, real = feature_network(model, setting), image_count(data, "reference")
     features = real * net["dim"] * 4
     return model.job(
@@ -85,7 +85,7 @@ def reference_features(model, dataset: str) -> JobCost:
 def evaluate(model, setting: str) -> JobCost:
     """Features of the samples, then every metric on the job's GPU (coral.metrics uses it where there
     is one) except KID (torch-fidelity, on the CPU)."""
-    scfg = config_module.setting_config(model.cfg, setting)
+    scfg = grid.setting_config(model.cfg, setting)
     data, ev = scfg["data"], scfg["evaluate"]
     classes = NUM_CLASSES[data["dataset"]]
     generated, real = scfg["sample"]["num_samples"], image_count(data, "reference")
@@ -113,12 +113,12 @@ def evaluate(model, setting: str) -> JobCost:
 
 
 def latent(model, setting: str, variant: str) -> JobCost:
-    run, latent = model.run_config(setting, variant), config_module.setting_config(model.cfg, setting)["latent"]
+    run, latent = model.run_config(setting, variant), grid.setting_config(model.cfg, setting)["latent"]
     data = run["data"]
     classes, channels = NUM_CLASSES[data["dataset"]], IN_CHANNELS[data["dataset"]]
     points = min(latent["per_class"] * classes, image_count(data, "reference"))
     net = unet_forward(json.dumps(run["model"]), data["image_size"], channels, latent["batch_size"])
-    rate, source = model.inference_rate(model.want("sampling", config_module.setting_config(model.cfg, setting),
+    rate, source = model.inference_rate(model.want("sampling", grid.setting_config(model.cfg, setting),
                                                   data["image_size"], latent["batch_size"], guided=False,
                                                   compile=False), net["flops_per_image"])
     weights, _ = parameter_bytes(run, channels, classes)

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from coral import config as config_module
+from coral import grid
 from coral import job_costs, measured
 from coral.config import ConfigError
 from coral.costs import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, JobCost
@@ -220,7 +220,7 @@ class CostModel:
     def sample_batch(self, setting: str, variant: str, omega: float) -> tuple[int, bool]:
         """The sampling batch of a run, and whether it was chosen for the card: sample.batch_size where it
         fits, else its largest divisor that fits (1 where none does)."""
-        run, sample = self.run_config(setting, variant), config_module.setting_config(self.cfg, setting)["sample"]
+        run, sample = self.run_config(setting, variant), grid.setting_config(self.cfg, setting)["sample"]
 
         def fits(batch: int) -> bool:
             return self.sample_pass(run, sample, batch, omega != 0).memory_gb <= self.usable_gb
@@ -232,7 +232,7 @@ class CostModel:
     def fitted_sample(self, setting: str, variant: str, omega: float) -> dict:
         """A setting's sample section as a sampling job of this run gets it: sample.batch_size chosen for the
         card (outside the sample set's identity) and this omega."""
-        sample = config_module.setting_config(self.cfg, setting)["sample"]
+        sample = grid.setting_config(self.cfg, setting)["sample"]
         return {**sample, "omega": omega, "batch_size": self.sample_batch(setting, variant, omega)[0]}
 
     def memory_warning(self, cost: JobCost) -> str | None:
@@ -252,10 +252,10 @@ class CostModel:
     def _cost(self, rule: str, wildcards: tuple) -> JobCost:
         w = dict(wildcards)
         if rule == "subsample":
-            return job_costs.decode(self, "subsample", config_module.setting_config(self.cfg, w["setting"])["data"],
+            return job_costs.decode(self, "subsample", grid.setting_config(self.cfg, w["setting"])["data"],
                                     "train")
         if rule == "reference":
-            return job_costs.decode(self, "reference", config_module.dataset_config(self.cfg, w["dataset"]), "reference")
+            return job_costs.decode(self, "reference", grid.dataset_config(self.cfg, w["dataset"]), "reference")
         if rule == "train_classifier":
             return job_costs.train_classifier(self, w["dataset"])
         if rule == "train":
@@ -273,9 +273,9 @@ class CostModel:
 
     def omega(self, wildcards: dict) -> float:
         """A sampling job's guidance: its wildcard, else its method's in the config."""
-        method = config_module.variants(self.cfg)[wildcards["variant"]][0]
-        sample = config_module.setting_config(self.cfg, wildcards["setting"])["sample"]
-        return float(wildcards.get("omega") or config_module.omega_of(sample, method))
+        method = grid.variants(self.cfg)[wildcards["variant"]][0]
+        sample = grid.setting_config(self.cfg, wildcards["setting"])["sample"]
+        return float(wildcards.get("omega") or grid.omega_of(sample, method))
 
     def job(self, rule: str, **figures) -> JobCost:
         """A JobCost whose CPU work gets a core per CPU_SECONDS_PER_CORE (and one per device at least), up to
@@ -284,7 +284,7 @@ class CostModel:
         return JobCost(rule, gpu=rule in GPU_RULES, cpus=min(self.cluster["max_cpus"], cores), **figures)
 
     def run_config(self, setting: str, variant: str) -> dict:
-        return config_module.run_config(self.cfg, setting, variant, 0)
+        return grid.run_config(self.cfg, setting, variant, 0)
 
     def _train(self, setting: str, variant: str) -> JobCost:
         """train.steps steps, each of batch_size / devices images per GPU in passes of the micro-batch,
@@ -309,7 +309,7 @@ class CostModel:
             sources=(f"train: {one.source}", *([f"train: {ddp}"] if ddp else [])))
 
     def _sample(self, setting: str, variant: str, omega: float) -> JobCost:
-        run, sample = self.run_config(setting, variant), config_module.setting_config(self.cfg, setting)["sample"]
+        run, sample = self.run_config(setting, variant), grid.setting_config(self.cfg, setting)["sample"]
         batch, chosen = self.sample_batch(setting, variant, omega)
         one = self.sample_pass(run, sample, batch, omega != 0)
         steps = run["diffusion"]["T"] if sample["sampler"] == "ddpm" else sample["steps"]
@@ -359,7 +359,7 @@ class CostModel:
         """The `retries:` of a resumable rule: its longest job's attempts minus one. Jobs: every setting x
         method, and the ablation setting x every run variant (sampled with guidance, the dearer case)."""
         cfg = self.cfg
-        pairs = {(setting, method) for setting in config_module.settings(cfg) for method in cfg["methods"]}
-        pairs |= {(config_module.ablation_setting(cfg), variant) for variant in config_module.variants(cfg)}
+        pairs = {(setting, method) for setting in grid.settings(cfg) for method in cfg["methods"]}
+        pairs |= {(grid.ablation_setting(cfg), variant) for variant in grid.variants(cfg)}
         omega = {"omega": "1.0"}  # guided: two forwards per step
         return max(self.attempts(self.cost(rule, {"setting": s, "variant": v, **omega})) for s, v in pairs) - 1

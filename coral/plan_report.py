@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from coral import config as config_module
+from coral import grid
 from coral import measured
 from coral.config import ConfigError
 from coral.plan import RESUMABLE_RULES, CostModel
@@ -50,8 +51,8 @@ def stand_in_config(cfg: dict, folder: Path) -> dict:
     cfg["evaluate"]["inception_weights_path"] = str(folder / "inception-weights.pth")
     cfg["presets"] = {cfg["preset"]: {}}
     paths = [Path(cfg["evaluate"]["inception_weights_path"])]
-    for name in config_module.settings(cfg):
-        paths += dataset_files(config_module.setting_config(cfg, name)["data"])
+    for name in grid.settings(cfg):
+        paths += dataset_files(grid.setting_config(cfg, name)["data"])
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -180,7 +181,7 @@ def configurations(model: CostModel, settings: list[str]) -> list[dict]:
     found, method = [], model.cfg["methods"][0]
     for setting in settings:
         run = model.run_config(setting, method)
-        sample = config_module.setting_config(model.cfg, setting)["sample"]
+        sample = grid.setting_config(model.cfg, setting)["sample"]
         size = run["data"]["image_size"]
         wants = {"training": (model.want("training", run, size, model.micro_batch(run)[0], objective=method),
                               measured.CONFIGURATION),

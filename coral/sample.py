@@ -25,7 +25,7 @@ from coral.io import atomic_path, exclusive, provenance
 from coral.progress import Progress
 from coral import checkpoint as checkpoints
 from coral.compiled_step import COMPILE_CACHE, CompiledStep, Step, compile_cache
-from coral.config import omega_of
+from coral.grid import omega_of
 from coral.sections import SampleConfig
 from coral.tensors import default_device, unit_to_uint8
 from coral.unet import UNet

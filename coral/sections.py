@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TypeVar
 
-from coral import config
+from coral import grid
 from coral.config import ConfigError
 
 S = TypeVar("S", bound="Section")
@@ -79,7 +79,7 @@ class SampleConfig(Section):
     sampler: str  # 'ddpm' or 'ddim'
     steps: int  # DDIM steps
     eta: float
-    omega: float | dict  # guidance scale, or one per method (config.omega_of)
+    omega: float | dict  # guidance scale, or one per method (grid.omega_of)
     num_samples: int
     labels: str  # 'stratified' or 'uniform'
     seed: int
@@ -152,9 +152,9 @@ SECTIONS: dict[str, type[Section]] = {"model": ModelConfig, "train": TrainConfig
 
 def of_setting(cfg: dict, setting: str, name: str) -> Section:
     """Section `name` of a resolved config as one setting sees it (its dataset's overrides merged in)."""
-    return SECTIONS[name].of(config.setting_config(cfg, setting)[name], name)
+    return SECTIONS[name].of(grid.setting_config(cfg, setting)[name], name)
 
 
 def of_dataset(cfg: dict, dataset: str, name: str) -> Section:
     """Section `name` of a dataset (for its reference set, features and classifier)."""
-    return SECTIONS[name].of(config.dataset_section(cfg, dataset, name), name)
+    return SECTIONS[name].of(grid.dataset_section(cfg, dataset, name), name)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from coral import identity, lineage, methods
 from coral.columns import PER_CLASS_COLUMNS
-from coral.config import setting_name
+from coral.grid import setting_name
 from coral.io import atomic_path
 
 SETTING = ["dataset", "rho", "method"]

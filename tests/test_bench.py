@@ -5,11 +5,15 @@ import math
 import pytest
 import torch
 
-from coral.bench import graph_breaks, interleaved_seconds, kernels_per_call, run_benchmark
+from coral import bench
+from coral.bench import run_benchmark
+from coral.measure import graph_breaks, interleaved_seconds, kernels_per_call
 from coral.config import load_yaml
 
 
-def test_benchmark_writes_every_ratio(tmp_path):
+@pytest.mark.slow  # compiles a training step and the sampler's step
+def test_benchmark_writes_every_ratio(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "NAMES", ("coral",))  # one objective's compile (tests/test_step.py compiles each)
     result = run_benchmark(load_yaml("config.yaml"), "smoke", tmp_path, warmup=1, repeats=1, rounds=1, probe_steps=2,
                            feature_images=200)
     written = json.loads(next(tmp_path.glob("smoke-cpu.json")).read_text())
@@ -25,6 +29,10 @@ def test_benchmark_writes_every_ratio(tmp_path):
     assert set(result["sampling"]) == {"ddpm1000_batched", "ddpm1000_two_pass", "ddim100_batched",
                                        "ddim100_two_pass"}
     assert (tmp_path / "smoke-cpu.csv").read_text().startswith("kind,name,value,target\n")
+    for method, figures in written["training_compiled"].items():  # each objective's step, eager vs compiled
+        assert figures["graph_breaks"] == 0, method
+        assert 0 < figures["kernels_per_step_compiled"] < figures["kernels_per_step_eager"], method
+    assert set(written["training_compiled"]) == {"coral"}
     step = written["sampling_step"]  # the sampler's step, eager vs compiled (no CUDA graphs on the CPU)
     assert step["graph_breaks"] == 0 and step["cuda_graphs"] is False and step["sampler"] == "ddim"
     assert 0 < step["kernels_per_step_compiled"] < step["kernels_per_step_eager"]

@@ -47,7 +47,8 @@ def test_a_jobs_threads_cap_torch_and_the_blas_pools():
 def test_stages_read_their_settings_dataset_overrides(tmp_path, monkeypatch):
     """A stage run by hand sees a setting's config as the workflow does: its dataset's overrides merged in."""
     from coral import cli
-    from coral.config import deep_merge, load_yaml
+    from coral.config import load_yaml
+    from coral.grid import deep_merge
     overrides = {"dataset_overrides": {"animals": {"sample": {"batch_size": 7}, "evaluate": {"kid_subsets": 3},
                                                    "latent": {"per_class": 2}, "classifier": {"width": 8}}}}
     config = tmp_path / "config.yaml"

@@ -4,8 +4,8 @@ import copy
 import pytest
 import yaml
 
-from coral.config import (ConfigError, deep_merge, from_command_line, load, resolve, run_config, setting_config,
-                          schema, settings, study_rows, variants)
+from coral.config import ConfigError, from_command_line, load, resolve, schema
+from coral.grid import deep_merge, run_config, setting_config, settings, study_rows, variants
 
 BASE = yaml.safe_load(open("config.yaml"))
 
@@ -143,7 +143,8 @@ def test_the_diagnosis_trains_on_balanced_sets_of_a_balanced_source():
 
 
 def test_a_per_method_omega_gives_each_method_its_own_guidance():
-    from coral.config import omega_of, preset_config
+    from coral.config import preset_config
+    from coral.grid import omega_of
     paper = preset_config(BASE, "paper")
     assert [omega_of(paper["sample"], m) for m in ("ddpm", "cbdm", "t2h", "coral")] == [0.8, 1.6, 1.5, 0.8]
     assert omega_of({"omega": 1}, "t2h") == 1.0

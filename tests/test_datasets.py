@@ -72,7 +72,7 @@ def test_missing_dataset_stops_before_any_job(tmp_path):
 
 def test_naturally_long_tailed_sets_through_the_pipeline_interface(tmp_path):
     """CelebA-5 and ImageNet-LT files in their real formats -> a setting without rho -> split and reference."""
-    from coral.config import setting_config
+    from coral.grid import setting_config
     from coral.data import load_reference, load_split, write_reference, write_split
 
     standins.write_celeba(tmp_path)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from coral.checkpoint import load as load_checkpoint
-from coral.config import load, run_config, setting_config
+from coral.config import load
+from coral.grid import run_config, setting_config
 from coral.data import write_split
 from coral.deadline import OutOfTime
 from coral.train import train

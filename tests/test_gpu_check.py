@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from coral.config import load, run_config
+from coral.config import load
+from coral.grid import run_config
 from coral.diffusion import Diffusion
 from coral import measured
 from coral.gpu_check import (BUDGET_S, ESTIMATE_S, Check, _TrainingLoop, measurement_plan,

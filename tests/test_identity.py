@@ -7,7 +7,8 @@ import os
 import pytest
 
 from coral import identity, lineage, reuse
-from coral.config import load, run_config, setting_config
+from coral.config import load
+from coral.grid import run_config, setting_config
 from coral.sections import SampleConfig
 
 SETTING = "animals-rho0.1"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coral import config as config_module
+from coral import grid
 from coral import costs, flops, measured, plan, plan_report
 from coral.cli import main
 
@@ -67,7 +68,7 @@ def test_objectives_add_their_own_flops_to_the_network():
     batch, size, channels = 4, 4, 1
 
     def step(method):
-        run = config_module.run_config(cfg, "animals-rho0.1", method, 0)
+        run = grid.run_config(cfg, "animals-rho0.1", method, 0)
         run["model"], run["data"]["image_size"], run["train"]["batch_size"] = TINY, size, batch
         return run, flops.training_step(run, channels, 10)["flops"]
 
@@ -105,7 +106,7 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
     assert exact.gpu_memory_gb == pytest.approx(7.0 + costs.CUDA_CONTEXT_GB)
     # CBDM: no entry of its own, so its counted FLOPs at the DDPM entry's 100 TFLOP/s
     cbdm = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "cbdm"})
-    run = config_module.run_config(cfg, "cifar10-rho0.01", "cbdm", 0)
+    run = grid.run_config(cfg, "cifar10-rho0.01", "cbdm", 0)
     step_flops = flops.training_step(run, 3, 10)["flops"]
     assert cbdm.gpu_seconds == pytest.approx(cfg["train"]["steps"] * step_flops / 100e12)
     assert "nearest: objective ddpm instead of cbdm" in " ".join(cbdm.sources)
@@ -299,14 +300,14 @@ A100 = "NVIDIA A100-SXM4-40GB"  # 40 GiB, 36 usable
 def unet_gib(cfg: dict, setting: str) -> float:
     """A setting's UNet in GiB, counted on the CPU."""
     from coral.unet import build_unet
-    run = config_module.run_config(cfg, setting, "ddpm", 0)
+    run = grid.run_config(cfg, setting, "ddpm", 0)
     return 4 * sum(p.numel() for p in build_unet(run["model"], 3, 1000).parameters()) / 2 ** 30
 
 
 def test_a_training_pass_that_does_not_fit_gets_the_largest_micro_batch_that_does(tmp_path):
     from coral import identity
     cfg = resolved("paper", gpu=A100)
-    run = config_module.run_config(cfg, "imagenet_lt", "cbdm", 0)
+    run = grid.run_config(cfg, "imagenet_lt", "cbdm", 0)
     states = 5 * unet_gib(cfg, "imagenet_lt")  # weights, gradients, two Adam moments, EMA (CBDM adds no weights)
     step = flops.training_step(run, 3, 1000)["flops"]
     # a measured CBDM step at batch 128: 10 s, its peak the states and 100 GiB of activations
@@ -383,7 +384,7 @@ def test_the_paper_preset_runs_the_fastest_measured_configuration():
     in the paper preset's configuration is the fastest measured (within 5%). A new check that finds a faster
     one fails this until the preset is set to it."""
     model = plan.CostModel(resolved("paper"))
-    settings = list(config_module.settings(model.cfg))
+    settings = list(grid.settings(model.cfg))
     assert "it measured eager steps only" in plan_report.configuration_lines(model, settings)[1]
     found = plan_report.configurations(model, settings)
     assert len(found) == 5 * 2
@@ -408,7 +409,7 @@ def test_the_report_names_a_faster_configuration_and_the_keys_to_set(tmp_path):
 def test_a_compiled_config_without_compiled_measurements_keeps_the_eager_figures_and_says_so(tmp_path):
     cfg = resolved("paper")
     cfg["train"]["compile"] = True
-    run = config_module.run_config(cfg, "cifar10-rho0.01", "ddpm", 0)
+    run = grid.run_config(cfg, "cifar10-rho0.01", "ddpm", 0)
     write_benchmark(tmp_path, [{"image_size": 32, "objective": "ddpm", "dtype": "fp32", "layout": "nchw",
                                 "batch_size": 128, "ms_per_step": 64.0,
                                 "flops_per_step": flops.training_step(run, 3, 10)["flops"]}], SAMPLING)

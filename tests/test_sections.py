@@ -2,6 +2,7 @@
 import pytest
 
 from coral import config, sections
+from coral import grid
 from coral.config import ConfigError
 
 
@@ -14,10 +15,10 @@ def test_each_section_has_exactly_the_schema_keys_in_order(name):
 def test_every_preset_builds_every_section_and_round_trips(name):
     raw = config.load_yaml("config.yaml")
     for preset in raw["presets"]:
-        cfg = config.deep_merge(raw, raw["presets"][preset])
-        for setting in config.settings(cfg):
+        cfg = grid.deep_merge(raw, raw["presets"][preset])
+        for setting in grid.settings(cfg):
             section = sections.of_setting(cfg, setting, name)
-            assert section.as_dict() == config.setting_config(cfg, setting)[name]
+            assert section.as_dict() == grid.setting_config(cfg, setting)[name]
             assert type(section).of(section.as_dict(), name) == section
 
 
@@ -32,7 +33,7 @@ def test_a_missing_or_unknown_key_is_one_line_naming_it():
 def test_a_dataset_override_reaches_the_section_of_its_settings():
     cfg = config.load("config.yaml")
     cfg["dataset_overrides"] = {"animals": {"evaluate": {"batch_size": 7}}}
-    setting = next(iter(config.settings(cfg)))
+    setting = next(iter(grid.settings(cfg)))
     assert sections.of_setting(cfg, setting, "evaluate").batch_size == 7
     assert sections.of_dataset(cfg, "animals", "evaluate").extractor == sections.ExtractorConfig("classifier", 7)
 

@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from coral.checkpoint import load as load_checkpoint
-from coral.config import deep_merge, load_yaml
+from coral.config import load_yaml
+from coral.grid import deep_merge
 
 from conftest import REPO
 from slurm_cluster import local_slurm_cluster

@@ -3,7 +3,8 @@ the compiled step has no graph break and gives the eager weights; micro-batches 
 import pytest
 import torch
 
-from coral.config import load, run_config
+from coral.config import load
+from coral.grid import run_config
 from coral.diffusion import Diffusion
 from coral.objectives import build_objective
 from coral.sections import TrainConfig

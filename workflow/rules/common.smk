@@ -8,6 +8,7 @@ import sys
 # through workflow/scripts/coral, a link to it (Snakemake puts the scripts' folder on sys.path), also in
 # conda environments.
 from coral import config as coral_config
+from coral import grid as coral_grid
 from coral import claims as coral_claims
 from coral import identity as coral_identity
 from coral import sections as coral_sections
@@ -25,13 +26,13 @@ if MAIN_PROCESS:
                                              coral_config.from_command_line(config), CFG["preset"]):
         print(line, file=sys.stderr)
 
-SETTINGS = coral_config.settings(CFG)  # name -> {"dataset", "rho"}
+SETTINGS = coral_grid.settings(CFG)  # name -> {"dataset", "rho"}
 DATASETS = list(dict.fromkeys(s["dataset"] for s in SETTINGS.values()))
 METHODS = CFG["methods"]
-VARIANTS = coral_config.variants(CFG)  # methods and ablation runs, e.g. coral~tau_sc=0.5
+VARIANTS = coral_grid.variants(CFG)  # methods and ablation runs, e.g. coral~tau_sc=0.5
 SEEDS = [str(seed) for seed in CFG["seeds"]]
 SAMPLER = f"ddim{CFG['sample']['steps']}" if CFG["sample"]["sampler"] == "ddim" else "ddpm"
-ABLATION_SETTING = coral_config.ablation_setting(CFG)
+ABLATION_SETTING = coral_grid.ablation_setting(CFG)
 STUDIES = list(CFG["ablations"]["studies"])
 RUN = "{setting}/{variant}/seed{seed}"  # a run: its folder under runs/, samples/, metrics/, latent/
 ENV = "../../envs/coral.yaml"
@@ -46,7 +47,7 @@ def tag(omega) -> str:
 def run_tag(setting, variant) -> str:
     """The sample set of a main run: the guidance of its method (sample.omega may give one per method)."""
     method = VARIANTS[variant][0]
-    return tag(coral_config.omega_of(coral_config.setting_config(CFG, setting)["sample"], method))
+    return tag(coral_grid.omega_of(coral_grid.setting_config(CFG, setting)["sample"], method))
 
 
 def run_files(template, settings=None):
@@ -93,7 +94,7 @@ def classifier_of(wildcards):
 def run_params(wildcards):
     """A run's config as its training job gets it: train.micro_batch_size chosen for cluster.gpu where the
     config leaves it 0 and the per-device batch would not fit (coral.plan; outside the run's identity)."""
-    return COST.fitted_run(coral_config.run_config(CFG, wildcards.setting, wildcards.variant, int(wildcards.seed)))
+    return COST.fitted_run(coral_grid.run_config(CFG, wildcards.setting, wildcards.variant, int(wildcards.seed)))
 
 
 def split_of(wildcards):
@@ -115,35 +116,35 @@ def sample_params(wildcards):
 
 
 def setting_data(wildcards):
-    return coral_config.setting_config(CFG, wildcards.setting)["data"]
+    return coral_grid.setting_config(CFG, wildcards.setting)["data"]
 
 
 def dataset_data(wildcards):
-    return coral_config.dataset_config(CFG, wildcards.dataset)
+    return coral_grid.dataset_config(CFG, wildcards.dataset)
 
 
 def evaluate_params(wildcards):
-    return coral_config.setting_config(CFG, wildcards.setting)["evaluate"]
+    return coral_grid.setting_config(CFG, wildcards.setting)["evaluate"]
 
 
 def latent_params(wildcards):
-    return coral_config.setting_config(CFG, wildcards.setting)["latent"]
+    return coral_grid.setting_config(CFG, wildcards.setting)["latent"]
 
 
 def classifier_params(wildcards):
-    return coral_config.dataset_section(CFG, wildcards.dataset, "classifier")
+    return coral_grid.dataset_section(CFG, wildcards.dataset, "classifier")
 
 
 def study_points(study):
     """{metrics JSON: the value of the study's key} of every point and seed of an ablation study, in table order."""
     return {f"results/metrics/{ABLATION_SETTING}/{row['variant']}/seed{seed}/{tag(row['omega'])}.json":
             row["value"]
-            for row in coral_config.study_rows(CFG, study) for seed in SEEDS}
+            for row in coral_grid.study_rows(CFG, study) for seed in SEEDS}
 
 
 # The study of sample.omega (if any): its sample sets, with the main runs', give each method a tuned omega.
 OMEGA_STUDY = next((name for name, study in CFG["ablations"]["studies"].items()
-                    if study.get("key") == coral_config.SAMPLING_KEY), None)
+                    if study.get("key") == coral_grid.SAMPLING_KEY), None)
 
 
 def omega_tuned_inputs():
@@ -152,9 +153,9 @@ def omega_tuned_inputs():
     methods = CFG["ablations"]["studies"][OMEGA_STUDY]["methods"]
     main = [f"results/metrics/{ABLATION_SETTING}/{method}/seed{seed}/{run_tag(ABLATION_SETTING, method)}.json"
             for method in methods for seed in SEEDS]
-    sample_cfg = coral_config.setting_config(CFG, ABLATION_SETTING)["sample"]
+    sample_cfg = coral_grid.setting_config(CFG, ABLATION_SETTING)["sample"]
     return {"metrics": list(dict.fromkeys(list(study_points(OMEGA_STUDY)) + main)),
-            "fixed": {method: coral_config.omega_of(sample_cfg, method) for method in methods}}
+            "fixed": {method: coral_grid.omega_of(sample_cfg, method) for method in methods}}
 
 
 def samples_of(wildcards):
@@ -249,7 +250,7 @@ def run_dir(wildcards, output):
 # ---------------------------------------------------------------- reference features (rule reference_features)
 def dataset_evaluate(wildcards):
     """The evaluate config of a dataset (the same in each of its settings), from its first setting."""
-    return coral_config.dataset_section(CFG, wildcards.dataset, "evaluate")
+    return coral_grid.dataset_section(CFG, wildcards.dataset, "evaluate")
 
 
 def feature_weights_of(wildcards):

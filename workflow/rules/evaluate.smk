@@ -25,7 +25,7 @@ rule train_classifier:
 # torch-fidelity's Inception weights where evaluate.inception_download asks for them: fetched by a local job
 # (on the submit host: compute nodes often have no internet) before the first job that reads them.
 INCEPTION_DOWNLOADS = sorted({evaluate["inception_weights_path"] for evaluate in
-                              (coral_config.dataset_section(CFG, dataset, "evaluate") for dataset in DATASETS)
+                              (coral_grid.dataset_section(CFG, dataset, "evaluate") for dataset in DATASETS)
                               if evaluate["feature_extractor"] == "inception-v3-compat" and evaluate["inception_download"]})
 
 if INCEPTION_DOWNLOADS:

@@ -7,7 +7,7 @@ PER_CLASS = list(PER_CLASS_METRICS)
 SEPARATION = runs(f"results/latent/{RUN}/separation.json")
 ABLATION_CHECKPOINTS = [f"results/runs/{ABLATION_SETTING}/{variant}/seed{seed}/final.pt"
                         for study in STUDIES for variant in dict.fromkeys(
-                            row["variant"] for row in coral_config.study_rows(CFG, study)) for seed in SEEDS]
+                            row["variant"] for row in coral_grid.study_rows(CFG, study)) for seed in SEEDS]
 # The main runs' tables and figures (rule main) and the ablations' (rule all adds them).
 MAIN_FIGURES = [
     *expand("results/figures/per_class_fid_{setting}.png", setting=SETTINGS),
