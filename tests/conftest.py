@@ -1,5 +1,5 @@
 """What the tests share: the repository, running Snakemake on it, reading a dry run's plan, and the
-fixtures of machines parts (a SLURM cluster, a browser). Test modules import helpers from here (or from
+fixtures of machines parts (a SLURM cluster, a browser) and the samplers' small network. Test modules import helpers from here (or from
 the helper modules standins, slurm_cluster and browser), never from each other.
 
 `pytest -m "not slow"` is the inner loop; a test that runs the workflow or trains for minutes is marked
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from coral.unet import build_unet
 from slurm_cluster import missing_requirements
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,3 +82,14 @@ def chromium() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return found
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    """A small UNet (1 channel, 10 classes, 8x8 or larger) with random weights, in eval mode: the samplers' network."""
+    torch.manual_seed(0)
+    net = build_unet({"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.0}, 1, 10)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net.eval()

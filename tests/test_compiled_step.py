@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from coral.bench import graph_breaks
+from coral.measure import graph_breaks
 from coral.compiled_step import COMPILE_CACHE, CompiledStep, compile_cache
 from coral.diffusion import Diffusion
 from coral.sample import denoise, denoising_step, sample
 from coral.sections import SampleConfig
-from coral.unet import build_unet
 
 TOLERANCE = 1e-4
 CFG = SampleConfig(sampler="ddpm", steps=3, eta=0.5, omega=1.0, num_samples=6, labels="stratified", seed=7,
@@ -24,25 +23,15 @@ CFG = SampleConfig(sampler="ddpm", steps=3, eta=0.5, omega=1.0, num_samples=6, l
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    net = build_unet({"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.0}, 1, 10)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
-
-
-def test_compiled_ddpm_with_a_padded_last_batch_gives_the_eager_images(model, tmp_path):
+def test_compiled_ddpm_with_a_padded_last_batch_gives_the_eager_images(small_unet, tmp_path):
     diffusion = Diffusion(T=3)
     labels, ids = torch.tensor([0, 3, 5, 9, 2, 1]), torch.arange(6)
-    eager = denoise(model, diffusion, labels, ids, CFG, SHAPE)
-    step = CompiledStep(denoising_step(model, diffusion, CFG), batch_size=4, device=torch.device("cpu"))
+    eager = denoise(small_unet, diffusion, labels, ids, CFG, SHAPE)
+    step = CompiledStep(denoising_step(small_unet, diffusion, CFG), batch_size=4, device=torch.device("cpu"))
     assert not step.cuda_graphs  # none on the CPU
     with compile_cache(tmp_path):
-        compiled = torch.cat([denoise(model, diffusion, labels[:4], ids[:4], CFG, SHAPE, step=step),
-                              denoise(model, diffusion, labels[4:], ids[4:], CFG, SHAPE, step=step)])  # padded 2 -> 4
+        compiled = torch.cat([denoise(small_unet, diffusion, labels[:4], ids[:4], CFG, SHAPE, step=step),
+                              denoise(small_unet, diffusion, labels[4:], ids[4:], CFG, SHAPE, step=step)])  # padded 2 -> 4
     assert compiled.shape == eager.shape and (compiled - eager).abs().max() <= TOLERANCE
     assert any(tmp_path.iterdir())  # inductor wrote its cache where it was told
     five, steps = torch.zeros(5, *SHAPE), torch.zeros(5, dtype=torch.long)
@@ -52,8 +41,8 @@ def test_compiled_ddpm_with_a_padded_last_batch_gives_the_eager_images(model, tm
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 @pytest.mark.parametrize("bf16", [False, True])
-def test_the_denoising_step_compiles_to_one_graph(model, sampler, bf16):
-    step = denoising_step(model, Diffusion(), dataclasses.replace(CFG, sampler=sampler, bf16_autocast=bf16))
+def test_the_denoising_step_compiles_to_one_graph(small_unet, sampler, bf16):
+    step = denoising_step(small_unet, Diffusion(), dataclasses.replace(CFG, sampler=sampler, bf16_autocast=bf16))
     x, t, y = torch.randn(4, *SHAPE), torch.tensor([999, 500, 20, 0]), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
         assert graph_breaks(step, x, t, t - 1, y, torch.randn(4, *SHAPE)) == 0
@@ -61,7 +50,8 @@ def test_the_denoising_step_compiles_to_one_graph(model, sampler, bf16):
 
 @pytest.fixture(scope="module")
 def smoke_checkpoint(tmp_path_factory):
-    from coral.config import load, run_config, setting_config
+    from coral.config import load
+    from coral.grid import run_config, setting_config
     from coral.data import write_split
     from coral.train import train
 

@@ -10,21 +10,10 @@ import torch
 from coral.diffusion import Diffusion
 from coral.sample import ddim_timesteps, denoise, generate, guided_eps, sample_labels
 from coral.sections import SampleConfig
-from coral.unet import build_unet
 
 DIFFUSION = Diffusion()
 CFG = SampleConfig(sampler="ddim", steps=5, eta=0.0, omega=0.0, num_samples=4, labels="stratified", seed=7,
                    batch_size=4, bf16_autocast=False, compile=False)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    net = build_unet({"ch": 32, "ch_mult": [1, 2], "attn": [1], "num_res_blocks": 1, "dropout": 0.0}, 1, 10)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net.eval()
 
 
 def test_schedule_matches_linear_betas():
@@ -56,21 +45,21 @@ def test_stratified_labels_exact_counts():
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_shapes_and_determinism_across_batch_sizes(model, sampler):
+def test_shapes_and_determinism_across_batch_sizes(small_unet, sampler):
     diffusion = Diffusion(T=20) if sampler == "ddpm" else DIFFUSION
     cfg = dataclasses.replace(CFG, sampler=sampler, eta=0.5, omega=1.0)
     labels, ids = torch.tensor([0, 3, 5, 9]), torch.arange(4)
-    whole = generate(model, diffusion, labels, ids, cfg, (1, 8, 8))
+    whole = generate(small_unet, diffusion, labels, ids, cfg, (1, 8, 8))
     assert whole.shape == (4, 1, 8, 8) and whole.dtype == torch.uint8
-    halves = torch.cat([generate(model, diffusion, labels[:2], ids[:2], cfg, (1, 8, 8)),
-                        generate(model, diffusion, labels[2:], ids[2:], cfg, (1, 8, 8))])
+    halves = torch.cat([generate(small_unet, diffusion, labels[:2], ids[:2], cfg, (1, 8, 8)),
+                        generate(small_unet, diffusion, labels[2:], ids[2:], cfg, (1, 8, 8))])
     assert (whole.int() - halves.int()).abs().max() <= 1  # equal up to float rounding at the uint8 edge
-    other_seed = generate(model, diffusion, labels, ids, dataclasses.replace(cfg, seed=8), (1, 8, 8))
+    other_seed = generate(small_unet, diffusion, labels, ids, dataclasses.replace(cfg, seed=8), (1, 8, 8))
     assert not torch.equal(whole, other_seed)
 
 
 @pytest.mark.parametrize("sampler,eta,bf16", [("ddpm", 0.0, False), ("ddim", 0.0, False), ("ddim", 0.5, True)])
-def test_the_eager_sampler_is_the_reference_loop_bit_for_bit(model, sampler, eta, bf16):
+def test_the_eager_sampler_is_the_reference_loop_bit_for_bit(small_unet, sampler, eta, bf16):
     # The loop as the README's tables were sampled with: eps, then the step with fresh noise drawn per image.
     cfg = dataclasses.replace(CFG, sampler=sampler, eta=eta, omega=1.0, bf16_autocast=bf16)
     diffusion = Diffusion(T=20) if sampler == "ddpm" else DIFFUSION
@@ -83,25 +72,25 @@ def test_the_eager_sampler_is_the_reference_loop_bit_for_bit(model, sampler, eta
         for k, step in enumerate(steps):
             t = torch.full((3,), step)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                eps = guided_eps(model, x, t, labels, 1.0)
+                eps = guided_eps(small_unet, x, t, labels, 1.0)
             if sampler == "ddpm":
                 x = diffusion.ancestral_step(x, t, eps, draw() if step > 0 else torch.zeros_like(x))
             else:
                 t_prev = torch.full_like(t, steps[k + 1] if k + 1 < len(steps) else -1)
                 x = diffusion.ddim_step(x, t, t_prev, eps, eta, draw() if eta > 0 else torch.zeros_like(x))
-    assert torch.equal(denoise(model, diffusion, labels, torch.arange(3), cfg, (1, 8, 8)), x)
+    assert torch.equal(denoise(small_unet, diffusion, labels, torch.arange(3), cfg, (1, 8, 8)), x)
 
 
-def test_guidance_omega_zero_is_conditional_ddim(model):
+def test_guidance_omega_zero_is_conditional_ddim(small_unet):
     labels, ids = torch.tensor([1, 2]), torch.tensor([0, 1])
-    out = generate(model, DIFFUSION, labels, ids, CFG, (1, 8, 8))
+    out = generate(small_unet, DIFFUSION, labels, ids, CFG, (1, 8, 8))
     # Hand-rolled deterministic DDIM with the conditional model and the same initial noise.
     x = torch.stack([torch.randn((1, 8, 8), generator=torch.Generator().manual_seed(7 * 2 ** 20 + i)) for i in range(2)])
     abar = DIFFUSION.alphas_bar.double()
     steps = [800, 600, 400, 200, 0]
     with torch.no_grad():
         for k, step in enumerate(steps):
-            eps = model(x, torch.full((2,), step), labels).double()
+            eps = small_unet(x, torch.full((2,), step), labels).double()
             a, a_prev = abar[step], (abar[steps[k + 1]] if k + 1 < len(steps) else torch.tensor(1.0).double())
             x0 = (x.double() - (1 - a).sqrt() * eps) / a.sqrt()
             x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps).float()
@@ -109,21 +98,22 @@ def test_guidance_omega_zero_is_conditional_ddim(model):
     assert (out.int() - expected.int()).abs().max() <= 1
 
 
-def test_batched_guidance_equals_two_passes(model):
+def test_batched_guidance_equals_two_passes(small_unet):
     torch.manual_seed(1)
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([10, 200, 500, 900]), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        batched = guided_eps(model, x, t, y, 1.5, batched=True)
-        two_pass = guided_eps(model, x, t, y, 1.5, batched=False)
-        by_hand = 2.5 * model(x, t, y) - 1.5 * model(x, t, torch.full_like(y, -1))
-        conditional = guided_eps(model, x, t, y, 0.0)
+        batched = guided_eps(small_unet, x, t, y, 1.5, batched=True)
+        two_pass = guided_eps(small_unet, x, t, y, 1.5, batched=False)
+        by_hand = 2.5 * small_unet(x, t, y) - 1.5 * small_unet(x, t, torch.full_like(y, -1))
+        conditional = guided_eps(small_unet, x, t, y, 0.0)
     assert torch.allclose(batched, two_pass, atol=1e-5) and torch.allclose(batched, by_hand, atol=1e-5)
-    assert torch.allclose(conditional, model(x, t, y), atol=0)
+    assert torch.allclose(conditional, small_unet(x, t, y), atol=0)
 
 
 def test_interrupted_sampling_resumes_to_identical_images(tmp_path, monkeypatch):
     import coral.sample as sample_module
-    from coral.config import load, run_config, setting_config
+    from coral.config import load
+    from coral.grid import run_config, setting_config
     from coral.data import write_split
     from coral.train import train
 

@@ -1,4 +1,5 @@
 """Training: EMA formula, warm-up, and resume after an interruption equals an uninterrupted run."""
+import contextlib
 import json
 import shutil
 
@@ -7,7 +8,8 @@ import torch
 
 import coral.step as step_module
 import coral.train as train_module
-from coral.config import load, run_config, setting_config
+from coral.config import load
+from coral.grid import run_config, setting_config
 from coral.data import write_split
 from coral.checkpoint import load as load_checkpoint
 from coral.deadline import OutOfTime
@@ -51,24 +53,32 @@ def test_run_writes_stats_checkpoints_and_final(setup):
     assert not model.training and cfg == run
 
 
+@contextlib.contextmanager
+def crash_at_step(monkeypatch, step: int):
+    """Training crashes (KeyboardInterrupt) in the `step`-th step, before its EMA update; undone on leaving."""
+    calls = {"n": 0}
+    original = step_module.ema_update
+
+    def crashing(*args):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        original(*args)
+
+    monkeypatch.setattr(step_module, "ema_update", crashing)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(step_module, "ema_update", original)
+
+
 def test_interrupted_run_resumes_to_identical_weights(setup, monkeypatch):
     root, run = setup
     reference = load_checkpoint(train(run, root / "split.npz", root / "reference"))
 
-    calls = {"n": 0}
-    original = step_module.ema_update
-
-    def crash_at_step_15(*args):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        original(*args)
-
-    monkeypatch.setattr(step_module, "ema_update", crash_at_step_15)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), crash_at_step(monkeypatch, 15):
         train(run, root / "split.npz", root / "resumed")
     assert not (root / "resumed" / "final.pt").exists()
-    monkeypatch.setattr(step_module, "ema_update", original)
     resumed = load_checkpoint(train(run, root / "split.npz", root / "resumed"))
     for key in ("model", "ema", "objective"):
         for name, tensor in reference[key].items():
@@ -84,19 +94,8 @@ def test_step_checkpoints_of_another_config_are_set_aside_and_taken_back(setup, 
     changed = {**run, "train": {**run["train"], "lr": 1e-2}}
     fresh = load_checkpoint(train(changed, root / "split.npz", root / "fresh-changed"))
     run_dir = root / "other"
-    calls = {"n": 0}
-    original = step_module.ema_update
-
-    def crash_at_step_15(*args):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        original(*args)
-
-    monkeypatch.setattr(step_module, "ema_update", crash_at_step_15)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), crash_at_step(monkeypatch, 15):
         train(run, root / "split.npz", run_dir)  # leaves step 10
-    monkeypatch.setattr(step_module, "ema_update", original)
     trained = load_checkpoint(train(changed, root / "split.npz", run_dir))
     for name, tensor in fresh["ema"].items():
         assert torch.equal(tensor, trained["ema"][name]), f"{name}: not trained from step 0"
@@ -105,7 +104,8 @@ def test_step_checkpoints_of_another_config_are_set_aside_and_taken_back(setup, 
 
     (run_dir / "final.pt").unlink()
     shutil.rmtree(run_dir / "kept")
-    calls["n"] = 0
+    calls = {"n": 0}
+    original = step_module.ema_update
     monkeypatch.setattr(step_module, "ema_update", lambda *args: calls.update(n=calls["n"] + 1) or original(*args))
     resumed = load_checkpoint(train(run, root / "split.npz", run_dir))
     assert calls["n"] == 10  # steps 11 to 20: resumed from the checkpoint set aside
