@@ -178,6 +178,7 @@ def test_checkpoints_of_another_config_are_set_aside_and_taken_back(reference, u
     _assert_same_weights(uninterrupted, load_classifier_checkpoint(tmp_path / "classifier.pt"))
 
 
+@pytest.mark.slow  # trains in a subprocess, killed and rerun
 def test_sigkill_mid_run_then_rerun_gives_identical_weights(reference, tmp_path):
     """`coral train-classifier` killed with SIGKILL and started again ends with the uninterrupted weights."""
     cfg = dataclasses.replace(CFG, steps=600, checkpoint_every=25)

@@ -23,6 +23,7 @@ CFG = SampleConfig(sampler="ddpm", steps=3, eta=0.5, omega=1.0, num_samples=6, l
 SHAPE = (1, 8, 8)
 
 
+@pytest.mark.slow  # compiles
 def test_compiled_ddpm_with_a_padded_last_batch_gives_the_eager_images(small_unet, tmp_path):
     diffusion = Diffusion(T=3)
     labels, ids = torch.tensor([0, 3, 5, 9, 2, 1]), torch.arange(6)
@@ -61,6 +62,7 @@ def smoke_checkpoint(tmp_path_factory):
     return cfg, train(run_config(cfg, "animals-rho0.1", "ddpm", 0), folder / "split.npz", folder / "run")
 
 
+@pytest.mark.slow  # compiles
 def test_compiled_ddim_sample_set_equals_the_eager_one_and_caches_beside_it(smoke_checkpoint, tmp_path):
     cfg, checkpoint = smoke_checkpoint
     eager_cfg = SampleConfig.of({**cfg["sample"], "eta": 0.5, "num_samples": 30, "batch_size": 20}, "sample")

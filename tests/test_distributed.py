@@ -59,6 +59,7 @@ def test_two_processes_reproduce_one(setup, method, micro_batch_size, capfd):
     assert "schedule: 20 steps of batch size 16 (8 per process" in log
 
 
+@pytest.mark.slow  # four launches of two processes
 def test_a_stop_for_the_time_limit_stops_both_ranks_and_the_next_jobs_resume(setup):
     """A zero time budget stops every job after one step, with one checkpoint (rank 0's); three jobs of two
     processes finish a three-step run with the weights of an uninterrupted one."""

@@ -36,6 +36,7 @@ class FailOnSync(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.slow  # compiles every kind of step
 def test_dry_run_measures_every_kind_and_the_plan_reads_it(tmp_path):
     subprocess.run(["bash", str(REPO / "benchmarks/gpu_check.sh"), "--dry-run", str(tmp_path)], check=True,
                    cwd=REPO, capture_output=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable})

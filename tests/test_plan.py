@@ -218,6 +218,7 @@ def test_imagenet_lt_evaluation_counts_the_capped_prd_and_extracts_the_reference
 
 # ---------------------------------------------------------------- the jobs of a target
 
+@pytest.mark.slow  # a dry run of the paper preset
 def test_plan_counts_the_jobs_of_the_paper_main_table_without_datasets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no data/ here: the dry run uses stand-ins
     counts = Counter(rule for rule, _ in plan_report.dag_jobs(resolved("paper"), [plan_report.DEFAULT_TARGET]))
@@ -353,6 +354,7 @@ def test_a_sampling_batch_that_does_not_fit_gets_the_largest_divisor_that_does(t
     assert identity.sample(section, "ddpm") == identity.sample({**section, "batch_size": 1000}, "ddpm")
 
 
+@pytest.mark.slow  # a dry run of the paper preset
 def test_the_paper_plan_on_a_40_gb_card_flags_nothing():
     raw = config_module.load_yaml(REPO / "config.yaml")
     raw["cluster"]["gpu"] = A100  # no GPU check of it: the memory model counted on the meta device

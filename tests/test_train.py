@@ -144,6 +144,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(setup, caplog):
         assert torch.equal(tensor, resumed["ema"][name])
 
 
+@pytest.mark.slow  # trains in a subprocess, killed and rerun
 def test_sigkill_mid_run_then_rerun_gives_identical_weights(tmp_path):
     """A training process killed with SIGKILL and started again ends with the uninterrupted weights."""
     import signal
