@@ -82,17 +82,25 @@ def _random_batch(settings: dict, device: torch.device, generator: torch.Generat
     return images, labels
 
 
+def _training_setup(run: dict, settings: dict, device: torch.device, compile_cache: Path | None = None):
+    """A method's training setup on the benchmark's shapes, in training mode, under the shape of a CIFAR10-LT
+    prior (rho 0.01)."""
+    counts = torch.tensor(long_tail_counts(1000, 0.01, settings["num_classes"]))
+    setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device,
+                           compile_cache=compile_cache)
+    setup.model.train()
+    return setup
+
+
 def bench_training(cfg: dict, settings: dict, device: torch.device, warmup: int, repeats: int,
                    rounds: int) -> dict:
     """Seconds per optimisation step and img/s of each method's real training step."""
     generator = torch.Generator().manual_seed(0)
     images, labels = _random_batch(settings, device, generator)
-    counts = torch.tensor(long_tail_counts(1000, 0.01, settings["num_classes"]))  # the shape of a CIFAR10-LT prior
     steps = {}
     for method in PAPER_METHODS:
         run = _run_cfg(cfg, settings, method)
-        setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
-        setup.model.train()
+        setup = _training_setup(run, settings, device)
         step = run["train"]["warmup"]  # past the warm-up: the full learning rate
         steps[method] = lambda setup=setup, run=run: training_step(setup, images, labels, run, step)
     seconds = interleaved_seconds(steps, device, warmup, repeats, rounds)
@@ -202,22 +210,18 @@ def bench_training_steps_compiled(cfg: dict, settings: dict, device: torch.devic
     each way. The methods share one Inductor cache, so the network compiles once."""
     generator = torch.Generator().manual_seed(0)
     images, labels = _random_batch(settings, device, generator)
-    counts = torch.tensor(long_tail_counts(1000, 0.01, settings["num_classes"]))
     results = {}
     with tempfile.TemporaryDirectory(prefix="coral-bench-compile-") as cache:
         for method in NAMES:
             run = _run_cfg(cfg, settings, method)
             step = run["train"]["warmup"]
-            setup = build_training(run, counts, settings["in_channels"], settings["num_classes"], device)
-            setup.model.train()
+            setup = _training_setup(run, settings, device)
             batch = draw_batch(images, labels, setup.objective, setup.config, hflip=False)
             breaks = sum(graph_breaks(piece, *args) for piece, args in ((setup.loss, batch.inputs()), (setup.update, ())))
             kernels_eager = kernels_per_call(lambda: training_step(setup, images, labels, run, step), device)
             compiled_run = copy.deepcopy(run)
             compiled_run["train"]["compile"] = True
-            compiled = build_training(compiled_run, counts, settings["in_channels"], settings["num_classes"], device,
-                                      compile_cache=Path(cache))
-            compiled.model.train()
+            compiled = _training_setup(compiled_run, settings, device, compile_cache=Path(cache))
             started = time.perf_counter()
             kernels_compiled = kernels_per_call(lambda: training_step(compiled, images, labels, compiled_run, step),
                                                 device)
