@@ -94,8 +94,9 @@ def snakemake_in_background(workdir: Path, *args: str) -> tuple[subprocess.Popen
 
 @pytest.fixture(scope="module")
 def cluster_runs(tmp_path_factory, cluster_requirements) -> dict:
-    """Both workflows of the module on one cluster, one after the other (the training first, while the
-    machine runs as fast as its calibration measured); per name, (return code, output, workdir)."""
+    """Both workflows of the module on one cluster at once; per name, (return code, output, workdir). The
+    smoke jobs slow the spread training down, which only adds jobs to it (its steps are calibrated on an
+    idle machine at the least)."""
     root = tmp_path_factory.mktemp("slurm")
     (root / "spread").mkdir()
     config = spread_training_config(root / "spread")
@@ -104,13 +105,13 @@ def cluster_runs(tmp_path_factory, cluster_requirements) -> dict:
                                   "--run-dir", str(root / "spread/uninterrupted")])
     runs = {}
     with local_slurm_cluster(root / "cluster"):
-        for name, workdir, args in [
-                ("spread", root / "spread/work", ["--configfile", str(config), "--latency-wait", "5", f"{RUN}/final.pt"]),
-                # what a new user runs: the profile as shipped (the default partition and account)
-                ("smoke", root / "smoke", ["--configfile", str(REPO / "config.yaml"), "--slurm-keep-successful-logs",
-                                           "results/tables/main.csv", "--config", "preset=smoke"])]:
-            process, output = snakemake_in_background(workdir, "--workflow-profile", str(PROFILE), *STATUS,
-                                                      "--verbose", *args)
+        started = {name: (workdir, *snakemake_in_background(workdir, "--workflow-profile", str(PROFILE), *STATUS,
+                                                           "--verbose", *args)) for name, workdir, args in [
+            ("spread", root / "spread/work", ["--configfile", str(config), "--latency-wait", "5", f"{RUN}/final.pt"]),
+            # what a new user runs: the profile as shipped (the default partition and account)
+            ("smoke", root / "smoke", ["--configfile", str(REPO / "config.yaml"), "--slurm-keep-successful-logs",
+                                       "results/tables/main.csv", "--config", "preset=smoke"])]}
+        for name, (workdir, process, output) in started.items():
             try:
                 code = process.wait(timeout=1200)
             except subprocess.TimeoutExpired:
