@@ -17,7 +17,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_fidelity
-from sklearn.model_selection import train_test_split
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
@@ -156,6 +155,7 @@ def train_classifier(reference_npz: str | Path, clf_cfg: ClassifierConfig, hflip
     device = default_device()
     data = load_reference(reference_npz)
     labels = data.labels.numpy()
+    from sklearn.model_selection import train_test_split  # a second to import: only in the training job
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=clf_cfg.test_fraction,
                                            stratify=labels, random_state=seed)
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)

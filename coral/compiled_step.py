@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 Step = Callable[..., torch.Tensor]  # coral.sample.denoising_step's: (x, t, t_prev, y, noise) -> x_prev
 COMPILE_CACHE = "compile_cache"  # folder beside the sample sets of a run: results/samples/<run>/compile_cache/
@@ -62,6 +61,7 @@ def _pad(value: torch.Tensor, rows: int) -> torch.Tensor:
 @contextlib.contextmanager
 def compile_cache(folder: str | Path) -> Iterator[None]:
     """Inductor's (and Triton's) on-disk cache in `folder` while the block runs: compile in it."""
+    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir  # loads Inductor: only to compile
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     with temporary_cache_dir(str(folder)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
 
 from coral.diffusion import Diffusion
 from coral.sample import generate
@@ -24,6 +23,8 @@ class TensorBoardLog:
     def __init__(self, folder: str | Path, every: int, diffusion: Diffusion, image_shape: tuple[int, int, int],
                  num_classes: int, bf16_autocast: bool):
         from torch.utils.tensorboard import SummaryWriter  # the optional dependency, only when asked for
+        from torchvision.utils import make_grid  # torchvision loads torch._dynamo: a second, only when asked for
+        self.make_grid = make_grid
         self.writer = SummaryWriter(str(folder))
         self.every, self.diffusion, self.image_shape = every, diffusion, image_shape
         self.labels = torch.arange(min(num_classes, GRID_CLASSES))
@@ -42,7 +43,7 @@ class TensorBoardLog:
         if step % self.every:
             return
         images = generate(ema, self.diffusion, self.labels, self.labels, self.sampler, self.image_shape)
-        self.writer.add_image("samples", make_grid(images, nrow=min(len(images), 8)), step)
+        self.writer.add_image("samples", self.make_grid(images, nrow=min(len(images), 8)), step)
 
     def close(self) -> None:
         self.writer.close()
