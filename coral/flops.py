@@ -3,12 +3,60 @@
 What the cost model (coral.plan) prices: a training step's FLOPs, the ATen ops it dispatches (each a
 kernel launch in eager mode) and the bytes it saves for the backward; a forward pass's FLOPs, ops
 and peak of live activations; parameter bytes; the evaluation classifier's figures.
+
+Every Snakemake start prices every job (a dry run, and each SLURM job, which parses the workflow again),
+and counting takes about half a second per network, torch's import aside. So each count is kept in a
+file of this machine's cache (CORAL_CACHE_DIR, else ~/.cache/coral) named by a hash of coral's source and
+torch's version: a change to either counts afresh, and a start that finds its counts imports no torch.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import json
 import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from coral.io import atomic_path
+
+
+@functools.cache
+def cache_file() -> Path:
+    """This code's file of counts in this machine's cache."""
+    code = hashlib.sha256(importlib.metadata.version("torch").encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(source.read_bytes())
+    root = Path(os.environ.get("CORAL_CACHE_DIR") or Path.home() / ".cache" / "coral")
+    return root / f"counts-{code.hexdigest()[:16]}.json"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or damaged: counted again
+        return {}
+
+
+_KEPT: dict = {}  # key -> count, this process's copy of the file
+
+
+def _kept(name: str, key: list, count: Callable[[], object]):
+    """count() for `key` (JSON), from this process, else the cache file, else counted and stored there."""
+    text = json.dumps([name, *key], sort_keys=True)
+    if not _KEPT:
+        _KEPT.update(_read(cache_file()))
+    if text not in _KEPT:
+        _KEPT[text] = json.loads(json.dumps(count()))  # as read back: tuples are lists
+        try:
+            stored = {**_read(cache_file()), text: _KEPT[text]}  # what other processes stored meanwhile
+            with atomic_path(cache_file()) as tmp:
+                tmp.write_text(json.dumps(stored))
+        except OSError:  # no cache where none can be written: count again next time
+            pass
+    return _KEPT[text]
 
 def _cdist_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
     """torch.cdist (p=2), T2H's posterior: a difference, a square and a sum per pair and feature."""
@@ -89,29 +137,32 @@ def _objective(model, run: dict):
                                torch.ones(model.class_embedding.num_embeddings), model)
 
 
-def parameter_bytes(run: dict, channels: int, num_classes: int) -> tuple[int, int]:
+def _structure(run: dict) -> list:
+    """What sizes a run's networks: the model, the objective and its integer hyperparameters (sizes such as
+    proj_dim; temperatures and weights change no count)."""
+    objective = run["objective"]
+    return [run["model"], objective["name"], {k: v for k, v in objective["hparams"].items() if type(v) is int}]
+
+
+def parameter_bytes(run: dict, channels: int, num_classes: int) -> list[int]:
     """Parameter bytes of a run's UNet and of its objective (CORAL's projection head)."""
-    model = _unet(json.dumps(run["model"]), channels, num_classes)
-    return _param_bytes(model), _param_bytes(_objective(model, run))
+    def count():
+        model = _unet(json.dumps(run["model"]), channels, num_classes)
+        return _param_bytes(model), _param_bytes(_objective(model, run))
+
+    return _kept("parameter_bytes", [*_structure(run), channels, num_classes], count)
 
 
-_STEPS: dict = {}
-
-
-def training_step(run: dict, channels: int, num_classes: int) -> dict:
+def step_flops(run: dict, channels: int, num_classes: int) -> dict:
     """One optimisation step of a run at train.batch_size on the meta device: FLOPs of the objective's
     forward and backward, the ATen ops they dispatch and the bytes saved for the backward (parameters
-    excluded). Counted once per network, objective and integer hyperparameter (sizes such as proj_dim):
-    temperatures and weights change none of them."""
-    import torch
-    objective = run["objective"]
-    structure = {k: v for k, v in objective["hparams"].items() if type(v) is int}
-    key = json.dumps([run["model"], objective["name"], structure, run["data"]["image_size"], channels,
-                      run["train"]["batch_size"]], sort_keys=True)
-    if key not in _STEPS:
+    excluded)."""
+    batch, size = run["train"]["batch_size"], run["data"]["image_size"]
+
+    def count():
+        import torch
         model = _unet(json.dumps(run["model"]), channels, num_classes).train()
         loss = _objective(model, run)
-        batch, size = run["train"]["batch_size"], run["data"]["image_size"]
         parameters = {id(p) for p in [*model.parameters(), *loss.parameters()]}
         saved = {}
 
@@ -126,28 +177,35 @@ def training_step(run: dict, channels: int, num_classes: int) -> dict:
             with counter, ops, torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
                 noise = torch.zeros_like(x0)
                 loss(model, x0, y, y, y, noise, **loss.draw(x0, y, y, y, noise))["loss"].backward()
-        _STEPS[key] = {"flops": counter.get_total_flops(), "ops": ops.ops,
-                       "saved_bytes": sum(t.numel() * t.element_size() for t in saved.values())}
-    return _STEPS[key]
+        return {"flops": counter.get_total_flops(), "ops": ops.ops,
+                "saved_bytes": sum(t.numel() * t.element_size() for t in saved.values())}
+
+    return _kept("step_flops", [*_structure(run), size, channels, num_classes, batch], count)
 
 
-@functools.lru_cache(maxsize=None)
 def unet_forward(model_json: str, image_size: int, channels: int, batch: int) -> dict:
     """One forward pass of the UNet without autograd on the meta device: FLOPs per image, the ATen ops
     it dispatches and the peak of live activation bytes at this batch."""
-    import torch
-    with torch.device("meta"), torch.no_grad():
-        model = _unet(model_json, channels, 1).eval()
-        with _flop_counter() as counter, _op_counter() as ops, _live_bytes() as live:
-            x, t = torch.zeros(batch, channels, image_size, image_size), torch.zeros(batch, dtype=torch.long)
-            model(x, t, t)
-    return {"flops_per_image": counter.get_total_flops() / batch, "ops": ops.ops, "live_bytes": live.peak}
+    def count():
+        import torch
+        with torch.device("meta"), torch.no_grad():
+            model = _unet(model_json, channels, 1).eval()
+            with _flop_counter() as counter, _op_counter() as ops, _live_bytes() as live:
+                x, t = torch.zeros(batch, channels, image_size, image_size), torch.zeros(batch, dtype=torch.long)
+                model(x, t, t)
+        return {"flops_per_image": counter.get_total_flops() / batch, "ops": ops.ops, "live_bytes": live.peak}
+
+    return _kept("unet_forward", [json.loads(model_json), image_size, channels, batch], count)
 
 
-@functools.lru_cache(maxsize=None)
 def classifier_figures(channels: int, num_classes: int, width: int, image_size: int, batch: int) -> dict:
     """The evaluation classifier on the meta device: FLOPs per image of a training step (forward and
     backward) and of a forward pass, bytes saved for the backward, parameter bytes, feature size."""
+    return _kept("classifier_figures", [channels, num_classes, width, image_size, batch],
+                 lambda: _classifier_figures(channels, num_classes, width, image_size, batch))
+
+
+def _classifier_figures(channels: int, num_classes: int, width: int, image_size: int, batch: int) -> dict:
     import torch
     import torch.nn.functional as F
     from coral.classifier import SmallClassifier

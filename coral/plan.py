@@ -36,7 +36,7 @@ from coral import grid
 from coral import job_costs, measured
 from coral.config import ConfigError
 from coral.costs import CUDA_CONTEXT_GB, GB, HOST_BASE_GB, JobCost
-from coral.flops import parameter_bytes, training_step, unet_forward
+from coral.flops import parameter_bytes, step_flops, unet_forward
 from coral.measured import BENCHMARK_DIR
 from coral.sources import IN_CHANNELS, NUM_CLASSES, image_bytes, image_count
 
@@ -159,7 +159,7 @@ class CostModel:
         nearest measured step, or its FLOPs at the assumed rate and its counted saved activations."""
         data, train = run["data"], run["train"]
         channels, classes = IN_CHANNELS[data["dataset"]], NUM_CLASSES[data["dataset"]]
-        step, share = training_step(run, channels, classes), images / train["batch_size"]
+        step, share = step_flops(run, channels, classes), images / train["batch_size"]
         work = step["flops"] * share
         model, extra = parameter_bytes(run, channels, classes)
         states = 4 * (model + extra) + model  # weights, gradients, two Adam moments; the EMA copy

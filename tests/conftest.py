@@ -62,6 +62,12 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path not in slow_modules)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def counts_cache(tmp_path_factory):
+    """The cache of FLOP counts (coral.flops) for this session and every process it starts: not the user's."""
+    os.environ["CORAL_CACHE_DIR"] = str(tmp_path_factory.mktemp("counts_cache"))
+
+
 @pytest.fixture(scope="session")
 def cluster_requirements():
     """Skip a test that needs a local SLURM cluster where none can start (fail under CI, which installs one)."""

@@ -2,6 +2,9 @@
 runs on several GPUs, batches chosen for the card, the fastest measured configuration."""
 import json
 import math
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -70,7 +73,7 @@ def test_objectives_add_their_own_flops_to_the_network():
     def step(method):
         run = grid.run_config(cfg, "animals-rho0.1", method, 0)
         run["model"], run["data"]["image_size"], run["train"]["batch_size"] = TINY, size, batch
-        return run, flops.training_step(run, channels, 10)["flops"]
+        return run, flops.step_flops(run, channels, 10)["flops"]
 
     _, ddpm = step("ddpm")
     assert step("cbdm")[1] == 2 * ddpm  # one forward and backward of the doubled batch
@@ -79,6 +82,24 @@ def test_objectives_add_their_own_flops_to_the_network():
     bottleneck, proj = TINY["ch"] * TINY["ch_mult"][-1], run["objective"]["hparams"]["proj_dim"]
     # projection head: forward, weight and input gradients; SupCon's z z^T: forward and two gradients
     assert coral - ddpm == 3 * 2 * batch * bottleneck * proj + 3 * 2 * batch * batch * proj
+
+
+def test_counts_are_kept_in_the_cache_and_read_back_without_torch(tmp_path):
+    """A second process reads the count that the first stored, and imports no torch; a damaged file is
+    counted again and rewritten."""
+    script = ("import json, sys; from coral import flops; "
+              f"print(json.dumps([flops.unet_forward(json.dumps({TINY!r}), 4, 1, 2), 'torch' in sys.modules]))")
+
+    def count() -> list:
+        done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "CORAL_CACHE_DIR": str(tmp_path)},
+                              cwd=REPO, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout)
+
+    counted, read = count(), count()
+    assert counted == [read[0], True] and read[1] is False
+    [stored] = tmp_path.glob("counts-*.json")
+    stored.write_text('{"damaged')
+    assert count() == counted and json.loads(stored.read_text())
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -107,7 +128,7 @@ def test_train_time_is_measured_when_the_benchmark_has_the_step_and_flops_otherw
     # CBDM: no entry of its own, so its counted FLOPs at the DDPM entry's 100 TFLOP/s
     cbdm = model.cost("train", {"setting": "cifar10-rho0.01", "variant": "cbdm"})
     run = grid.run_config(cfg, "cifar10-rho0.01", "cbdm", 0)
-    step_flops = flops.training_step(run, 3, 10)["flops"]
+    step_flops = flops.step_flops(run, 3, 10)["flops"]
     assert cbdm.gpu_seconds == pytest.approx(cfg["train"]["steps"] * step_flops / 100e12)
     assert "nearest: objective ddpm instead of cbdm" in " ".join(cbdm.sources)
     # sampling: the entry's measured time per denoising step, 1000 ancestral steps, 50 batches
@@ -310,7 +331,7 @@ def test_a_training_pass_that_does_not_fit_gets_the_largest_micro_batch_that_doe
     cfg = resolved("paper", gpu=A100)
     run = grid.run_config(cfg, "imagenet_lt", "cbdm", 0)
     states = 5 * unet_gib(cfg, "imagenet_lt")  # weights, gradients, two Adam moments, EMA (CBDM adds no weights)
-    step = flops.training_step(run, 3, 1000)["flops"]
+    step = flops.step_flops(run, 3, 1000)["flops"]
     # a measured CBDM step at batch 128: 10 s, its peak the states and 100 GiB of activations
     write_benchmark(tmp_path, [{"image_size": 64, "objective": "cbdm", "dtype": "bf16", "layout": "nchw",
                                 "batch_size": 128, "ms_per_step": 10_000.0, "flops_per_step": step,
@@ -414,7 +435,7 @@ def test_a_compiled_config_without_compiled_measurements_keeps_the_eager_figures
     run = grid.run_config(cfg, "cifar10-rho0.01", "ddpm", 0)
     write_benchmark(tmp_path, [{"image_size": 32, "objective": "ddpm", "dtype": "fp32", "layout": "nchw",
                                 "batch_size": 128, "ms_per_step": 64.0,
-                                "flops_per_step": flops.training_step(run, 3, 10)["flops"]}], SAMPLING)
+                                "flops_per_step": flops.step_flops(run, 3, 10)["flops"]}], SAMPLING)
     cost = plan.CostModel(cfg, tmp_path).cost("train", {"setting": "cifar10-rho0.01", "variant": "ddpm"})
     assert cost.gpu_seconds == pytest.approx(800_000 * 0.064)
     assert any("32 px fp32 nchw eager batch 128 ddpm (nearest: compile False instead of True)" in source
