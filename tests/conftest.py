@@ -57,9 +57,11 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     """Modules with slow tests start first (stable order otherwise), so that the other worker is not left
-    with one long module at the end (pyproject: each worker takes whole modules)."""
+    with one long module at the end (pyproject: each worker takes whole modules); first of all the SLURM
+    module, which mostly waits on the cluster: the other worker's modules use the core it leaves idle."""
     slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_modules)
+    cluster_modules = {item.path for item in items if "cluster_requirements" in item.fixturenames}
+    items.sort(key=lambda item: (item.path not in cluster_modules, item.path not in slow_modules))
 
 
 @pytest.fixture(scope="session", autouse=True)
