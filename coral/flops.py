@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from coral.io import atomic_path
+from coral.io import read_json, write_json
 
 
 @functools.cache
@@ -35,28 +35,28 @@ def cache_file() -> Path:
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except (OSError, ValueError):  # none yet, or damaged: counted again
         return {}
 
 
-_KEPT: dict = {}  # key -> count, this process's copy of the file
+@functools.cache
+def _counts() -> dict:
+    """key -> count: this process's copy of the cache file, read at its first count."""
+    return _read(cache_file())
 
 
 def _kept(name: str, key: list, count: Callable[[], object]):
     """count() for `key` (JSON), from this process, else the cache file, else counted and stored there."""
-    text = json.dumps([name, *key], sort_keys=True)
-    if not _KEPT:
-        _KEPT.update(_read(cache_file()))
-    if text not in _KEPT:
-        _KEPT[text] = json.loads(json.dumps(count()))  # as read back: tuples are lists
-        try:
-            stored = {**_read(cache_file()), text: _KEPT[text]}  # what other processes stored meanwhile
-            with atomic_path(cache_file()) as tmp:
-                tmp.write_text(json.dumps(stored))
+    text, counts = json.dumps([name, *key], sort_keys=True), _counts()
+    if text not in counts:
+        counts[text] = json.loads(json.dumps(count()))  # as read back: tuples are lists
+        try:  # with what other processes stored meanwhile
+            write_json(cache_file(), {**_read(cache_file()), text: counts[text]})
         except OSError:  # no cache where none can be written: count again next time
             pass
-    return _KEPT[text]
+    return counts[text]
+
 
 def _cdist_flops(x1_shape, x2_shape, *args, out_shape=None, **kwargs) -> int:
     """torch.cdist (p=2), T2H's posterior: a difference, a square and a sum per pair and feature."""

@@ -23,8 +23,6 @@ class TensorBoardLog:
     def __init__(self, folder: str | Path, every: int, diffusion: Diffusion, image_shape: tuple[int, int, int],
                  num_classes: int, bf16_autocast: bool):
         from torch.utils.tensorboard import SummaryWriter  # the optional dependency, only when asked for
-        from torchvision.utils import make_grid  # torchvision loads torch._dynamo: a second, only when asked for
-        self.make_grid = make_grid
         self.writer = SummaryWriter(str(folder))
         self.every, self.diffusion, self.image_shape = every, diffusion, image_shape
         self.labels = torch.arange(min(num_classes, GRID_CLASSES))
@@ -42,8 +40,9 @@ class TensorBoardLog:
         """The sample grid at `step`, when it is a multiple of `every`."""
         if step % self.every:
             return
+        from torchvision.utils import make_grid  # torchvision loads torch._dynamo: a second, only when asked for
         images = generate(ema, self.diffusion, self.labels, self.labels, self.sampler, self.image_shape)
-        self.writer.add_image("samples", self.make_grid(images, nrow=min(len(images), 8)), step)
+        self.writer.add_image("samples", make_grid(images, nrow=min(len(images), 8)), step)
 
     def close(self) -> None:
         self.writer.close()

@@ -32,9 +32,7 @@ WITHOUT_STUDIES = {"presets": {"smoke": {"ablations": {"studies": dict.fromkeys(
     ["tau_sc", "tau_r", "omega", "imbalance_vs_scarcity", "label_drop", "coral_reduction", "latent_vs_ambient"])}}}}
 
 
-def snakemake(clone: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
-    overlay = work.parent / "without_studies.yaml"
-    overlay.write_text(yaml.safe_dump(WITHOUT_STUDIES))
+def snakemake(clone: Path, work: Path, overlay: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(clone / "Snakefile"), "-d", str(work), "--configfile",
                str(clone / "config.yaml"), str(overlay), *args, "--config", "preset=smoke"]
     return subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONPATH": str(clone)})
@@ -49,25 +47,26 @@ def results(work: Path) -> dict[str, str]:
 
 def test_a_tree_of_the_previous_release_upgrades_in_one_run(tmp_path):
     head = git("-C", str(REPO), "rev-parse", "HEAD")
-    clone, work = tmp_path / "clone", tmp_path / "work"
+    clone, work, overlay = tmp_path / "clone", tmp_path / "work", tmp_path / "without_studies.yaml"
+    overlay.write_text(yaml.safe_dump(WITHOUT_STUDIES))
     git("clone", "--quiet", "--no-checkout", str(REPO), str(clone))
     git("-C", str(clone), "fetch", "--quiet", str(REPO), head)
     git("-C", str(clone), "checkout", "--quiet", PREVIOUS)
-    made = snakemake(clone, work, "--cores", "2")
+    made = snakemake(clone, work, overlay, "--cores", "2")
     assert made.returncode == 0, made.stderr[-3000:]
     before = results(work)
 
     git("-C", str(clone), "checkout", "--quiet", head)  # the upgrade
-    plan = snakemake(clone, work, "-n")
+    plan = snakemake(clone, work, overlay, "-n")
     assert plan.returncode == 0 and planned_jobs(plan) == RERUN, plan.stdout[-3000:] + plan.stderr[-3000:]
     lines = plan.stderr.splitlines()
     assert any(line.startswith("coral: adopted ") and "train 4, sample 4, evaluate 4, latent 4" in line for line in lines)
     assert "coral: rule claims reruns 1 job(s), its identity changed: version: (none) -> 2" in lines
     assert any(line.startswith("coral: claims version 2: ") for line in lines)
 
-    upgraded = snakemake(clone, work, "--cores", "2")
+    upgraded = snakemake(clone, work, overlay, "--cores", "2")
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     after = results(work)
     assert {name for name in before if before[name] != after.get(name)} <= CHANGED
     assert [name for name in after if name.endswith("final.pt")] and set(before) <= set(after)
-    assert planned_jobs(snakemake(clone, work, "-n")) == {}
+    assert planned_jobs(snakemake(clone, work, overlay, "-n")) == {}
